@@ -116,6 +116,10 @@ class Splits:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _human_bytes(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
 def _read_text(path: Path, max_bytes: int) -> str:
     if not path.exists():
         raise DataError(path, "file not found")
@@ -123,7 +127,7 @@ def _read_text(path: Path, max_bytes: int) -> str:
         raise DataError(path, "is a folder, expected a .jsonl, .json or .csv file")
     size = path.stat().st_size
     if size > max_bytes:
-        raise DataError(path, f"file is {size / 2**20:.1f} MiB, over the {max_bytes / 2**20:.0f} MiB limit")
+        raise DataError(path, f"file is {_human_bytes(size)}, over the {_human_bytes(max_bytes)} limit")
     raw = path.read_bytes()
     if not raw.strip():
         raise DataError(path, "file is empty")

@@ -208,10 +208,10 @@ def _not_found_message(resolved: ResolvedModel, what: str = "model") -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def cpu_has_bf16() -> bool:
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
     """True when the CPU has bf16 matrix hardware (AMX or AVX512-BF16); elsewhere bf16 is emulated and slow."""
     try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
+        flags = cpuinfo.read_text(errors="replace")
     except OSError:
         return False
     return any(flag in flags.split() for flag in ("amx_bf16", "avx512_bf16"))
