@@ -356,9 +356,13 @@ class LoadedModel:
 
 
 def load_causal_lm(
-    name: str | None = None, *, device: str | None = None, dtype: str | None = None
+    name: str | None = None, *, device: str | None = None, dtype: str | torch.dtype | None = None,
+    quantization_config: Any = None,
 ) -> LoadedModel:
-    """Load a base model and tokenizer in eval mode on the policy device/dtype. Raises ModelNotFoundError."""
+    """Load a base model and tokenizer in eval mode on the policy device/dtype. Raises ModelNotFoundError.
+
+    ``quantization_config`` (a transformers BitsAndBytesConfig) loads the weights quantized, straight onto ``device``.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     start = time.perf_counter()
@@ -370,17 +374,21 @@ def load_causal_lm(
             convert_gguf_to_cache(Path(resolved.location), resolved.cache_dir)
         location = str(resolved.cache_dir)
     device = pick_device(device)
-    torch_dtype = pick_dtype(device, dtype)
+    torch_dtype = dtype if dtype is not None and not isinstance(dtype, str) else pick_dtype(device, dtype)
+    extra: dict[str, Any] = {}
+    if quantization_config is not None:
+        extra = {"quantization_config": quantization_config, "device_map": {"": device}}
     try:
         tokenizer = AutoTokenizer.from_pretrained(location)
-        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype)
+        model = AutoModelForCausalLM.from_pretrained(location, dtype=torch_dtype, **extra)
     except OSError as err:
         if resolved.kind == "hub":
             raise ModelNotFoundError(_not_found_message(resolved)) from err
         raise ModelNotFoundError(f"model folder {location} could not be loaded: {_first_line(err)}") from err
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if quantization_config is None:
+        model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, resolved, device, torch_dtype, time.perf_counter() - start)
 

@@ -1,0 +1,229 @@
+"""The run store: one folder per training run under ``<workspace>/runs/<run-id>/``.
+
+    config.json      the TrainingConfig (and the resolved method settings)
+    status.json      {"state": running|completed|stopped|failed, "error", "step", "total_steps", "updated"}
+    metrics.jsonl    one row per logged step ({"step","loss","lr",...}) and per evaluation ({"step","val_loss"})
+    result.json      the summary (trainable params, adapter bytes, losses, tokens/s, peak memory, wall time)
+    adapter/         PEFT methods: adapter_config.json + adapter_model.safetensors
+    model/           full fine-tuning: a transformers model folder (safetensors) + tokenizer
+    weights/         layer-wise: trained.safetensors (only the trained tensors) + weights.json
+    checkpoints/     step-00000N/ trainable.safetensors, optimizer.safetensors, state.json (latest K kept)
+    card.md          a readable summary
+
+Every JSON/Markdown file is written to a temporary file and renamed, so a reader never sees half a file.
+Nothing here imports torch; loading trained weights lives in core.training.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+STATES = ("running", "completed", "stopped", "failed")
+WEIGHT_FOLDERS = ("adapter", "model", "weights")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, value: Any) -> None:
+    write_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    """Rows of a JSONL file; a torn last line (a process killed mid-append) is skipped."""
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return rows
+
+
+def folder_bytes(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+
+
+def new_run_id(method: str) -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{method.replace('_', '-')}-{secrets.token_hex(2)}"
+
+
+@dataclass
+class Run:
+    """A run folder and what it holds. Cheap: files are read on access."""
+
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return read_json(self.path / "config.json")
+
+    @property
+    def status(self) -> dict[str, Any]:
+        path = self.path / "status.json"
+        return read_json(path) if path.exists() else {"state": "unknown"}
+
+    @property
+    def state(self) -> str:
+        return self.status.get("state", "unknown")
+
+    @property
+    def result(self) -> dict[str, Any] | None:
+        path = self.path / "result.json"
+        return read_json(path) if path.exists() else None
+
+    def metrics(self) -> list[dict[str, Any]]:
+        return read_jsonl(self.path / "metrics.jsonl")
+
+    def train_curve(self) -> list[tuple[int, float]]:
+        return [(row["step"], row["loss"]) for row in self.metrics() if "loss" in row]
+
+    def val_curve(self) -> list[tuple[int, float]]:
+        return [(row["step"], row["val_loss"]) for row in self.metrics() if "val_loss" in row]
+
+    @property
+    def weights_dir(self) -> Path | None:
+        """The folder with the trained weights (adapter/, model/ or weights/), if the run saved any."""
+        for name in WEIGHT_FOLDERS:
+            if (self.path / name).is_dir():
+                return self.path / name
+        return None
+
+    def checkpoints(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a checkpoint folder exists only once fully written)."""
+        folder = self.path / "checkpoints"
+        if not folder.is_dir():
+            return []
+        return sorted(p for p in folder.iterdir() if p.is_dir() and p.name.startswith("step-"))
+
+    def latest_checkpoint(self) -> Path | None:
+        checkpoints = self.checkpoints()
+        return checkpoints[-1] if checkpoints else None
+
+    # writers ---------------------------------------------------------------------------------------------------------
+
+    def set_status(self, state: str, **extra: Any) -> None:
+        if state not in STATES:
+            raise ValueError(f"state: must be one of {', '.join(STATES)}, got {state!r}")
+        write_json(self.path / "status.json", {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                                                **extra})
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps(row) + "\n")
+
+    def truncate_metrics(self, last_step: int) -> None:
+        """Keep only the rows up to ``last_step`` (a resumed run re-logs the steps after its checkpoint)."""
+        rows = [row for row in self.metrics() if row.get("step", 0) <= last_step]
+        write_atomic(self.path / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in rows))
+
+
+class RunStore:
+    """Runs under one folder (``<workspace>/runs``): create, list, get, delete."""
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    def create(self, config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
+        """A new run folder with its config.json and status ``running``. ``run_dir`` must not hold a run yet."""
+        path = Path(run_dir) if run_dir else self.root / new_run_id(config.get("method", "run"))
+        if (path / "config.json").exists():
+            raise ValueError(f"out: {path} already holds a run; resume it with --resume or pick another folder")
+        if path.exists() and any(path.iterdir()):
+            raise ValueError(f"out: {path} is not empty; pick a new folder for the run")
+        path.mkdir(parents=True, exist_ok=True)
+        run = Run(path)
+        write_json(path / "config.json", config)
+        run.set_status("running", step=0)
+        return run
+
+    def list(self) -> list[Run]:
+        """Runs with a config.json, newest first."""
+        if not self.root.is_dir():
+            return []
+        runs = [Run(p) for p in self.root.iterdir() if (p / "config.json").is_file()]
+        return sorted(runs, key=lambda run: (run.path / "config.json").stat().st_mtime, reverse=True)
+
+    def get(self, run: str | Path) -> Run:
+        """A run by id (a folder name under the store) or by path."""
+        path = Path(run)
+        if not (path / "config.json").is_file():
+            path = self.root / str(run)
+        if not (path / "config.json").is_file():
+            raise ValueError(f"run: {run} is not a run folder (no config.json)")
+        return Run(path)
+
+    def delete(self, run: str | Path) -> None:
+        """Remove a run folder. A run still marked running is refused (stop it first)."""
+        found = self.get(run)
+        if found.state == "running":
+            raise ValueError(f"run: {found.run_id} is running; stop it before deleting")
+        trash = found.path.with_name(f".deleting-{found.path.name}")
+        os.replace(found.path, trash)  # one rename: the run disappears from listings at once
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def render_card(config: dict[str, Any], result: dict[str, Any], status: dict[str, Any]) -> str:
+    """card.md: what was trained on what, how big, how long, and how the losses went."""
+
+    def fmt(value: Any, digits: int = 4) -> str:
+        return "n/a" if value is None else (f"{value:.{digits}g}" if isinstance(value, float) else str(value))
+
+    trainable, total = result.get("trainable_params"), result.get("total_params")
+    share = f" ({100 * trainable / total:.3f}%)" if trainable and total else ""
+    rows = [
+        ("Base model", config.get("base_model") or "default"),
+        ("Method", config.get("method")),
+        ("Method settings", json.dumps(config.get("method_config", {}))),
+        ("Data", f"{config.get('data')} (sha256 {str(result.get('data_sha256', ''))[:12]})"),
+        ("Examples", f"{result.get('train_examples')} train, {result.get('val_examples')} validation"),
+        ("Trainable parameters", f"{fmt(trainable)} of {fmt(total)}{share}"),
+        ("Saved weights", f"{fmt(result.get('adapter_bytes'))} bytes"),
+        ("Steps", f"{result.get('steps')} of {result.get('total_steps')}"),
+        ("Wall time", f"{fmt(result.get('wall_s'))} s"),
+        ("Tokens/s", fmt(result.get("tokens_per_s"))),
+        ("Peak memory", f"{fmt(result.get('peak_mem_bytes'))} bytes"),
+        ("Device / dtype", f"{result.get('device')} / {result.get('dtype')}"),
+        ("Final train loss", fmt(result.get("final_train_loss"))),
+        ("Validation loss (first → final)",
+         f"{fmt(result.get('first_val_loss'))} → {fmt(result.get('final_val_loss'))}"),
+        ("Status", status.get("state") + (f": {status['error']}" if status.get("error") else "")),
+    ]
+    lines = [f"# Run {result.get('run_id', '')}", "", "| | |", "|---|---|"]
+    lines += [f"| {key} | {value} |" for key, value in rows]
+    lines += ["", "Training settings:", "", "```json", json.dumps(
+        {k: v for k, v in config.items() if k not in ("method_config",)}, indent=2), "```", ""]
+    return "\n".join(lines)
