@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from core.data import DataError, load_examples
+from core.methods import METHODS, get_method
 from core.models import (
     ModelNotFoundError,
     default_embedding_model,
@@ -21,6 +22,8 @@ from core.models import (
     resolve_base_model,
     resolve_embedding_model,
 )
+from core.runs import RunStore
+from core.training import TrainingConfig, list_presets, load_preset, merge_and_export, resume, train
 
 logger = logging.getLogger("core.cli")
 
@@ -87,6 +90,162 @@ def cmd_data(args: argparse.Namespace) -> dict[str, Any]:
 
 cmd_data.arguments = _data_arguments  # type: ignore[attr-defined]
 command("data", "validate a dataset file and count its rows per task")(cmd_data)
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", help="training data: .jsonl, .json, .csv or .tsv (required unless --resume)")
+    parser.add_argument("--method", help=f"one of {', '.join(METHODS)} (default: the preset's, else lora)")
+    parser.add_argument("--model", help="base model: registry name, hub id or folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--preset", help=f"settings from assets/presets: {', '.join(list_presets())}")
+    length = parser.add_mutually_exclusive_group()
+    length.add_argument("--epochs", type=float, help="passes over the data")
+    length.add_argument("--max-steps", type=int, help="optimizer steps (instead of epochs)")
+    parser.add_argument("--lr", type=float, help="peak learning rate (default: the preset's or the method's)")
+    parser.add_argument("--batch-size", type=int, help="examples per micro-batch")
+    parser.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step")
+    parser.add_argument("--max-length", type=int, help="most tokens per example")
+    parser.add_argument("--val-data", help="validation data (default: hold out 10%% of --data)")
+    parser.add_argument("--seed", type=int, help="seed for init, order and dropout")
+    parser.add_argument("--eval-every", type=int, help="steps between validation passes (0 = about 5 per run)")
+    parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = about 4 per run)")
+    parser.add_argument("--device", help="cpu, cuda or mps")
+    parser.add_argument("--dtype", help="fp32, bf16 or fp16")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a method setting, e.g. --set r=16 --set target_modules=q_proj,v_proj (repeatable)")
+    parser.add_argument("--out", help="the run folder to create (default: a new folder under the workspace's runs/)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped or killed run from its checkpoint")
+
+
+_TRAIN_FLAGS = {"epochs": "epochs", "max_steps": "max_steps", "lr": "learning_rate", "batch_size": "batch_size",
+                "grad_accum": "grad_accum", "max_length": "max_length", "val_data": "val_data", "seed": "seed",
+                "eval_every": "eval_every", "checkpoint_every": "checkpoint_every", "device": "device",
+                "dtype": "dtype", "model": "base_model", "data": "data", "method": "method"}
+
+
+def training_config_from_args(args: argparse.Namespace) -> TrainingConfig:
+    """Preset (if any) < explicit flags < --set method settings."""
+    values = {key: getattr(args, flag) for flag, key in _TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    if values.get("max_steps") is not None:
+        values.setdefault("epochs", 1.0)
+    method_settings: dict[str, str] = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise CliError(f"--set: expected KEY=VALUE, got {item!r}")
+        method_settings[key.strip()] = value.strip()
+    if method_settings:
+        values["method_config"] = method_settings
+    if not values.get("data"):
+        raise CliError("--data: required (the training data file)")
+    if args.preset:
+        return TrainingConfig.from_preset(args.preset, **values)
+    return TrainingConfig.from_dict(values)
+
+
+class _Progress:
+    """A progress bar on stderr (redrawn in place on a terminal, a line per ~5% otherwise)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.last_line_step = 0
+
+    def step(self, step: int, total: int, loss: float, lr: float, tokens_per_s: float, eta_s: float) -> None:
+        filled = int(24 * step / total)
+        text = (f"[{'#' * filled}{'.' * (24 - filled)}] step {step}/{total} loss {loss:.4f} lr {lr:.2e} "
+                f"{tokens_per_s:.0f} tok/s eta {int(eta_s) // 60}m{int(eta_s) % 60:02d}s")
+        if self.tty:
+            sys.stderr.write("\r" + text + ("\n" if step == total else ""))
+            sys.stderr.flush()
+        elif step == total or step - self.last_line_step >= max(1, total // 20):
+            self.last_line_step = step
+            print(text, file=sys.stderr, flush=True)
+
+    def eval(self, step: int, val_loss: float) -> None:
+        print(("\n" if self.tty else "") + f"step {step}: validation loss {val_loss:.4f}", file=sys.stderr, flush=True)
+
+
+def cmd_train(args: argparse.Namespace) -> dict[str, Any]:
+    import signal
+    import threading
+
+    stop = threading.Event()
+
+    def on_interrupt(signum: int, frame: Any) -> None:  # first Ctrl-C: stop after this step and save
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logger.warning("stopping after the current step (Ctrl-C again to abort)")
+        stop.set()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt)
+    progress = _Progress()
+    try:
+        if args.resume:
+            result = resume(args.resume, on_step=progress.step, on_eval=progress.eval, stop_event=stop)
+        else:
+            config = training_config_from_args(args)
+            result = train(config, run_dir=args.out, on_step=progress.step, on_eval=progress.eval, stop_event=stop)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    logger.info("run %s %s: %d/%d steps, %.0f tokens/s, %s", result.run_id, result.state, result.steps,
+                result.total_steps, result.tokens_per_s, result.run_dir)
+    return result.contract()
+
+
+cmd_train.arguments = _train_arguments  # type: ignore[attr-defined]
+command("train", "fine-tune the base model with one method; --resume continues a stopped or killed run")(cmd_train)
+
+
+def _methods_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--method", help="show one method's settings")
+
+
+def cmd_methods(args: argparse.Namespace) -> dict[str, Any]:
+    names = [args.method] if args.method else list(METHODS)
+    methods = {}
+    for name in names:
+        method = get_method(name)
+        methods[name] = {"title": method.title, "description": method.description, "default_lr": method.default_lr,
+                         "settings": [{k: (v if isinstance(v, int | float | str | bool | list | None) else str(v))
+                                       for k, v in row.items()} for row in method.settings()]}
+    return {"methods": methods, "presets": {name: load_preset(name)["description"] for name in list_presets()}}
+
+
+cmd_methods.arguments = _methods_arguments  # type: ignore[attr-defined]
+command("methods", "list the fine-tuning methods, their settings and the presets")(cmd_methods)
+
+
+def _runs_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--runs", help="the runs folder (default: the workspace's runs/)")
+    action = parser.add_mutually_exclusive_group()
+    action.add_argument("--delete", metavar="RUN", help="delete a run (id or folder)")
+    action.add_argument("--merge", metavar="RUN", help="merge a LoRA-family run into the base and export it to --out")
+    parser.add_argument("--out", help="with --merge: the folder for the merged model")
+
+
+def cmd_runs(args: argparse.Namespace) -> dict[str, Any]:
+    from core.workspace import Workspace
+
+    store = RunStore(args.runs or Workspace.open().runs)
+    if args.delete:
+        store.delete(args.delete)
+        return {"deleted": args.delete}
+    if args.merge:
+        if not args.out:
+            raise CliError("--out: required with --merge (the folder for the merged model)")
+        out = merge_and_export(store.get(args.merge).path, args.out)
+        return {"merged": args.merge, "out": str(out)}
+    rows = []
+    for run in store.list():
+        config, result = run.config, run.result or {}
+        rows.append({"run_id": run.run_id, "run_dir": str(run.path), "method": config.get("method"),
+                     "state": run.state, "steps": result.get("steps", run.status.get("step")),
+                     "trainable_params": result.get("trainable_params"), "adapter_bytes": result.get("adapter_bytes"),
+                     "final_val_loss": result.get("final_val_loss"), "wall_s": result.get("wall_s")})
+    return {"runs": rows}
+
+
+cmd_runs.arguments = _runs_arguments  # type: ignore[attr-defined]
+command("runs", "list training runs; --delete one; --merge one into the base model and export it")(cmd_runs)
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -205,7 +205,7 @@ def render_card(config: dict[str, Any], result: dict[str, Any], status: dict[str
     trainable, total = result.get("trainable_params"), result.get("total_params")
     share = f" ({100 * trainable / total:.3f}%)" if trainable and total else ""
     rows = [
-        ("Base model", config.get("base_model") or "default"),
+        ("Base model", result.get("base_model") or config.get("base_model") or "default"),
         ("Method", config.get("method")),
         ("Method settings", json.dumps(config.get("method_config", {}))),
         ("Data", f"{config.get('data')} (sha256 {str(result.get('data_sha256', ''))[:12]})"),

@@ -80,6 +80,7 @@ class TrainingConfig:
     checkpoint_every: int = _help("Steps between checkpoints (0 = about 4 per run)", 0)
     keep_checkpoints: int = _help("Checkpoints kept on disk (oldest removed first)", 2)
     group_by_length: bool = _help("Batch examples of similar length (less padding)", True)
+    answer_only_head: bool = _help("Apply the LM head to answer positions only: same loss, less work", True)
     gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~30% slower", False)
     device: str | None = _help("cpu, cuda, mps (default: best available)")
     dtype: str | None = _help("fp32, bf16 or fp16 (default: the device policy)")
@@ -296,7 +297,7 @@ class TrainResult:
     data_sha256: str
     device: str
     dtype: str
-    error: str | None = None
+    base_model: str = ""
 
     @property
     def trainable_percent(self) -> float:
@@ -620,8 +621,9 @@ def train(
     from core.workspace import Workspace
 
     store = RunStore(runs_root or Workspace.open().runs)
+    data = prepare_data(config, _tokenizer_for(config))  # bad data or model: an error before any run folder exists
     run = store.create({"format": 1, **config.to_dict()}, run_dir)
-    return _run(run, config, None, on_step, on_eval, stop_event)
+    return _run(run, config, None, on_step, on_eval, stop_event, data)
 
 
 def resume(
@@ -641,17 +643,18 @@ def resume(
     values = {k: v for k, v in run.config.items() if k != "format"}
     config = TrainingConfig.from_dict(values)
     checkpoint = run.latest_checkpoint()
-    return _run(run, config, checkpoint, on_step, on_eval, stop_event)
+    data = prepare_data(config, _tokenizer_for(config))
+    return _run(run, config, checkpoint, on_step, on_eval, stop_event, data)
 
 
 def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
-         on_eval: EvalCallback | None, stop_event: threading.Event | None) -> TrainResult:
+         on_eval: EvalCallback | None, stop_event: threading.Event | None, data: PreparedData) -> TrainResult:
     import torch
 
     start_wall = time.perf_counter()
     run.set_status("running", step=0)
     try:
-        return _loop(run, config, checkpoint, on_step, on_eval, stop_event, start_wall)
+        return _loop(run, config, checkpoint, on_step, on_eval, stop_event, start_wall, data)
     except BaseException as err:  # record the failure (also KeyboardInterrupt), then let it propagate
         message = f"{type(err).__name__}: {err}".splitlines()[0]
         run.set_status("failed", error=message)
@@ -663,15 +666,14 @@ def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: Ste
 
 
 def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
-          on_eval: EvalCallback | None, stop_event: threading.Event | None, start_wall: float) -> TrainResult:
+          on_eval: EvalCallback | None, stop_event: threading.Event | None, start_wall: float,
+          data: PreparedData) -> TrainResult:
     import torch
 
     method = get_method(config.method)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     device = pick_device(config.device)
-    tokenizer = _tokenizer_for(config)  # data errors surface before any model loads
-    data = prepare_data(config, tokenizer)
     micro_per_epoch, total, warmup, eval_every, checkpoint_every = _plan(config, len(data.train))
     model, loaded, compute = load_training_model(config, total)
     tokenizer = loaded.tokenizer
@@ -685,6 +687,8 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     step, tokens_seen, train_s = 0, 0, 0.0
     if checkpoint is not None:
         state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
+        if state.get("data_sha256") not in (None, data.sha256):
+            raise ValueError(f"resume: the data files of run {run.run_id} changed since it started")
         step, tokens_seen, train_s = state["step"], state["tokens_seen"], state["train_s"]
         run.truncate_metrics(step)
         logger.info("resumed %s at step %d/%d from %s", run.run_id, step, total, checkpoint.name)
@@ -707,7 +711,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
         return cache[epoch][index]
 
     allocator = _adalora_allocator(model)
-    fast_head = supports_answer_only_head(model)
+    fast_head = config.answer_only_head and supports_answer_only_head(model)
     val_losses = [row["val_loss"] for row in run.metrics() if "val_loss" in row]
     train_losses = [row["loss"] for row in run.metrics() if "loss" in row]
     state = "completed"
@@ -766,7 +770,8 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
                     on_eval(step, val)
             if step % checkpoint_every == 0 or stopping or step == total:
                 save_checkpoint(run, model, optimizer, scheduler, step,
-                                {"tokens_seen": tokens_seen, "train_s": train_s, "total_steps": total},
+                                {"tokens_seen": tokens_seen, "train_s": train_s, "total_steps": total,
+                                 "data_sha256": data.sha256},
                                 config.keep_checkpoints, scaler)
             run.set_status("running", step=step, total_steps=total)
             if stopping and step < total:
@@ -783,10 +788,14 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
         tokens_per_s=round(tokens_seen / train_s, 2) if train_s else 0.0, peak_mem_bytes=int(memory.peak),
         wall_s=round(time.perf_counter() - start_wall, 3), train_examples=len(data.train),
         val_examples=len(data.val), data_sha256=data.sha256, device=device,
-        dtype=str(compute).removeprefix("torch."),
+        dtype=str(compute).removeprefix("torch."), base_model=loaded.resolved.name,
     )
     write_json(run.path / "result.json", asdict(result))
     run.set_status(state, step=step, total_steps=total)
+    if state == "completed":  # a completed run cannot resume: its checkpoints (optimizer state) are dead weight
+        import shutil
+
+        shutil.rmtree(run.path / "checkpoints", ignore_errors=True)
     write_atomic(run.path / "card.md", render_card(run.config, asdict(result), run.status))
     return result
 

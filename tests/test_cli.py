@@ -54,3 +54,62 @@ def test_python_dash_m_core_runs_as_a_module():
     result = json.loads(proc.stdout)
     assert result["rows"] == 100
     assert set(result["tasks"]) == {"qa", "summarization", "classification"}
+
+
+CONTRACT_KEYS = {"run_dir", "method", "trainable_params", "total_params", "adapter_bytes", "train_loss",
+                 "final_train_loss", "final_val_loss", "tokens_per_s", "peak_mem_bytes", "wall_s"}
+
+
+def _tiny_data(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.jsonl"
+    rows = [{"instruction": f"Which pod goes in slot {i}?", "output": f"Slot {i} takes a basil pod.", "task": "qa"}
+            for i in range(12)]
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def test_train_json_follows_the_contract_then_runs_lists_and_deletes(tmp_path, tiny_model_dir, capsys):
+    data, out = _tiny_data(tmp_path), tmp_path / "runs" / "first"
+    argv = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--method", "lora", "--max-steps", "3",
+            "--batch-size", "4", "--set", "r=4", "--set", "target_modules=q_proj,v_proj", "--out", str(out),
+            "--dtype", "fp32", "--json"]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    result = json.loads(captured.out)
+    assert CONTRACT_KEYS <= set(result)
+    assert result["run_dir"] == str(out) and result["method"] == "lora" and len(result["train_loss"]) == 3
+    assert json.loads((out / "config.json").read_text())["method_config"]["r"] == 4
+    assert json.loads((out / "status.json").read_text())["state"] == "completed"
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
+    assert result["adapter_bytes"] == sum(f.stat().st_size for f in (out / "adapter").iterdir())
+    assert "step 3/3" in captured.err  # the progress bar went to stderr
+
+    assert main(["runs", "--runs", str(out.parent), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)["runs"]
+    assert [row["run_id"] for row in listed] == ["first"] and listed[0]["state"] == "completed"
+    assert main(["train", "--resume", str(out)]) == 2
+    assert "already completed" in capsys.readouterr().err
+    assert main(["runs", "--runs", str(out.parent), "--delete", "first", "--json"]) == 0
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "needle"),
+    [
+        (["--set", "r=abc"], "r: expected int"),
+        (["--set", "rank=4"], "rank: not a setting"),
+        (["--set", "r"], "--set: expected KEY=VALUE"),
+        (["--preset", "no-such-preset"], "preset: unknown preset"),
+        (["--method", "lorax"], "method: unknown method"),
+        (["--batch-size", "0"], "batch_size: must be"),
+        (["--epochs", "1", "--max-steps", "2"], "not allowed with argument"),
+    ],
+)
+def test_train_bad_arguments_exit_2_before_any_run_exists(tmp_path, tiny_model_dir, capsys, extra, needle):
+    runs = tmp_path / "runs"
+    argv = ["train", "--data", str(_tiny_data(tmp_path)), "--model", str(tiny_model_dir), "--out",
+            str(runs / "r"), *extra]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0], err
+    assert not runs.exists()
