@@ -337,39 +337,24 @@ def quantization_config(config: QLoraConfig, compute_dtype: Any) -> Any:
 
 
 def build_prompt_tuning(model: PreTrainedModel, config: PromptTuningConfig, ctx: BuildContext) -> PreTrainedModel:
-    import peft
+    """Soft prompt; ``init=text`` copies the token embeddings of ``init_text`` (repeated to the prompt length).
 
-    if config.init == "text":
-        peft_config = peft.PromptTuningConfig(
-            task_type=_task_type(), num_virtual_tokens=config.num_virtual_tokens,
-            prompt_tuning_init=peft.PromptTuningInit.TEXT, prompt_tuning_init_text=config.init_text,
-            tokenizer_name_or_path=ctx.tokenizer.name_or_path,
-        )
-        # PEFT re-loads the tokenizer by name; hand it ours instead (a converted cache or a test tokenizer)
-        return _with_tokenizer(model, peft_config, ctx.tokenizer)
-    peft_config = peft.PromptTuningConfig(task_type=_task_type(), num_virtual_tokens=config.num_virtual_tokens,
-                                          prompt_tuning_init=peft.PromptTuningInit.RANDOM)
-    return peft.get_peft_model(model, peft_config)
-
-
-def _with_tokenizer(model: PreTrainedModel, peft_config: Any, tokenizer: PreTrainedTokenizerBase) -> PreTrainedModel:
-    """Text-initialised prompt tuning without PEFT loading a tokenizer: init randomly, then copy the embeddings."""
+    The copy is done here rather than by PEFT's TEXT init, which re-loads the tokenizer by name (a converted cache
+    or an in-memory tokenizer has none to load)."""
     import peft
     import torch
 
-    init_text = peft_config.prompt_tuning_init_text
-    n = peft_config.num_virtual_tokens
-    peft_config.prompt_tuning_init = peft.PromptTuningInit.RANDOM
-    peft_config.tokenizer_name_or_path = None
+    peft_config = peft.PromptTuningConfig(task_type=_task_type(), num_virtual_tokens=config.num_virtual_tokens,
+                                          prompt_tuning_init=peft.PromptTuningInit.RANDOM)
     peft_model = peft.get_peft_model(model, peft_config)
-    ids = tokenizer(init_text, add_special_tokens=False)["input_ids"]
-    ids = (ids * (n // max(1, len(ids)) + 1))[:n]  # repeat the text to fill the soft prompt
-    with torch.no_grad():
-        word_embeddings = model.get_input_embeddings().weight  # (vocab, hidden)
-        encoder = peft_model.prompt_encoder[peft_model.active_adapter]
-        encoder.embedding.weight.copy_(word_embeddings[torch.tensor(ids)].to(encoder.embedding.weight.dtype))
-    # keep the intent on record for the adapter config
-    peft_model.peft_config[peft_model.active_adapter].prompt_tuning_init_text = init_text
+    if config.init == "text":
+        ids = ctx.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+        n = config.num_virtual_tokens
+        ids = (ids * (n // max(1, len(ids)) + 1))[:n]
+        with torch.no_grad():
+            word_embeddings = peft_model.get_input_embeddings().weight  # (vocab, hidden)
+            encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+            encoder.embedding.weight.copy_(word_embeddings[torch.tensor(ids)].to(encoder.embedding.weight.dtype))
     return peft_model
 
 
@@ -402,11 +387,16 @@ def build_ia3(model: PreTrainedModel, config: IA3Config, ctx: BuildContext) -> P
 def build_adalora(model: PreTrainedModel, config: AdaLoraConfig, ctx: BuildContext) -> PreTrainedModel:
     import peft
 
-    total = max(ctx.total_steps, 3)
+    # The last step must fall in the final phase (ranks fixed and re-applied every step); otherwise triplets pruned
+    # at the last re-allocation train again and the saved, rank-cut adapter differs from the trained one.
+    total = ctx.total_steps
+    if total < 2:
+        raise ValueError("max_steps: adalora needs at least 2 optimizer steps (a budgeting and a final phase)")
+    tfinal = max(1, int(total * config.final_fraction))
     tinit = int(total * config.warmup_fraction)
-    tfinal = int(total * config.final_fraction)
     if total - tinit - tfinal < 1:  # AdaLoRA needs a budgeting phase of at least one step
-        tinit, tfinal = 0, 0
+        tinit = 0
+        tfinal = min(tfinal, total - 1)
     peft_config = peft.AdaLoraConfig(
         task_type=_task_type(), init_r=config.init_r, target_r=config.target_r, lora_alpha=config.alpha,
         lora_dropout=config.dropout, target_modules=config.target_modules, total_step=total, tinit=tinit,

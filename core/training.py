@@ -128,10 +128,9 @@ class TrainingConfig:
         """A preset from assets/presets/<name>.json with ``overrides`` applied (``method_config`` merged)."""
         preset = load_preset(name)["config"]
         values = {**preset, **{k: v for k, v in overrides.items() if k != "method_config"}}
-        if overrides.get("method_config"):
-            same_method = overrides.get("method", preset.get("method")) == preset.get("method")
-            base = preset.get("method_config", {}) if same_method else {}
-            values["method_config"] = {**base, **overrides["method_config"]}
+        same_method = values.get("method") == preset.get("method")
+        base = preset.get("method_config", {}) if same_method else {}  # another method: the preset's settings go
+        values["method_config"] = {**base, **(overrides.get("method_config") or {})}
         return cls.from_dict(values)
 
     def to_dict(self) -> dict[str, Any]:
@@ -409,6 +408,18 @@ def _adalora_allocator(model: Any) -> Any:
     return getattr(getattr(model, "base_model", None), "rankallocator", None)
 
 
+def _adalora_config(model: Any) -> Any:
+    return model.peft_config[model.base_model.trainable_adapter_name]
+
+
+def finalize_adalora(model: Any) -> None:
+    """Re-apply the current rank pattern, so the trained weights equal what the rank-cut saved adapter holds."""
+    allocator = _adalora_allocator(model)
+    pattern = _adalora_config(model).rank_pattern if allocator is not None else None
+    if pattern:
+        allocator.mask_using_rank_pattern(model.base_model.model, pattern)
+
+
 def save_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any, step: int, extra: dict[str, Any],
                     keep: int, scaler: Any = None) -> Path:
     """checkpoints/step-N/: trainable weights, optimizer state, scheduler, RNG and loop state; written to a
@@ -445,7 +456,8 @@ def save_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any, step: 
     state = {
         "step": step, "param_groups": opt["param_groups"], "optimizer_scalars": scalars,
         "scheduler": scheduler.state_dict(), "python_random": _jsonable_random_state(),
-        "scaler": scaler.state_dict() if scaler is not None else None, **extra,
+        "scaler": scaler.state_dict() if scaler is not None else None,
+        "adalora_rank_pattern": _adalora_config(model).rank_pattern if allocator is not None else None, **extra,
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     final = root / f"step-{step:08d}"
@@ -494,6 +506,8 @@ def load_checkpoint(checkpoint: Path, model: Any, optimizer: Any, scheduler: Any
         for attr in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
             prefix = f"adalora.{attr}."
             getattr(allocator, attr).update({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+        if state.get("adalora_rank_pattern"):
+            _adalora_config(model).rank_pattern = state["adalora_rank_pattern"]
     torch.set_rng_state(tensors["rng.torch"])
     if torch.cuda.is_available():
         cuda_states = [tensors[k] for k in sorted(k for k in tensors if k.startswith("rng.cuda."))]
@@ -778,6 +792,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
                 state = "stopped"
                 logger.info("stopped at step %d/%d", step, total)
                 break
+    finalize_adalora(model)
     weights = save_trained(run, model, tokenizer, method.save_format)
     result = TrainResult(
         run_dir=str(run.path), run_id=run.run_id, method=config.method, state=state, steps=step, total_steps=total,
