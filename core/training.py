@@ -700,10 +700,10 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     scaler = torch.amp.GradScaler("cuda") if compute == torch.float16 and device.startswith("cuda") else None
     step, tokens_seen, train_s = 0, 0, 0.0
     if checkpoint is not None:
-        state = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
-        if state.get("data_sha256") not in (None, data.sha256):
+        saved = load_checkpoint(checkpoint, model, optimizer, scheduler, scaler)
+        if saved.get("data_sha256") not in (None, data.sha256):
             raise ValueError(f"resume: the data files of run {run.run_id} changed since it started")
-        step, tokens_seen, train_s = state["step"], state["tokens_seen"], state["train_s"]
+        step, tokens_seen, train_s = saved["step"], saved["tokens_seen"], saved["train_s"]
         run.truncate_metrics(step)
         logger.info("resumed %s at step %d/%d from %s", run.run_id, step, total, checkpoint.name)
     elif run.metrics():
