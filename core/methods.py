@@ -30,6 +30,11 @@ def _check(condition: bool, name: str, message: str) -> None:
         raise ValueError(f"{name}: {message}")
 
 
+def _check_virtual_tokens(value: Any) -> None:
+    _check(isinstance(value, int) and 1 <= value <= 512, "num_virtual_tokens",
+           f"must be an integer in 1..512, got {value!r}")
+
+
 def _modules(value: str | list[str], name: str) -> str | list[str]:
     """``"all-linear"``, a comma-separated string or a list of module names."""
     if isinstance(value, str):
@@ -132,8 +137,7 @@ class PromptTuningConfig(MethodConfig):
                            "Answer the request accurately and concisely.")
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.num_virtual_tokens, int) and 1 <= self.num_virtual_tokens <= 512,
-               "num_virtual_tokens", f"must be an integer in 1..512, got {self.num_virtual_tokens!r}")
+        _check_virtual_tokens(self.num_virtual_tokens)
         _check(self.init in ("text", "random"), "init", f"must be text or random, got {self.init!r}")
         _check(self.init != "text" or bool(self.init_text.strip()), "init_text", "is empty while init=text")
 
@@ -145,8 +149,7 @@ class PrefixTuningConfig(MethodConfig):
     encoder_hidden_size: int = _help("Hidden size of that MLP (prefix_projection only)", 256)
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.num_virtual_tokens, int) and 1 <= self.num_virtual_tokens <= 512,
-               "num_virtual_tokens", f"must be an integer in 1..512, got {self.num_virtual_tokens!r}")
+        _check_virtual_tokens(self.num_virtual_tokens)
         _check(isinstance(self.encoder_hidden_size, int) and self.encoder_hidden_size >= 1, "encoder_hidden_size",
                f"must be an integer >= 1, got {self.encoder_hidden_size!r}")
 
@@ -158,8 +161,7 @@ class PTuningConfig(MethodConfig):
     encoder_type: str = _help("Prompt encoder: MLP or LSTM", "MLP")
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.num_virtual_tokens, int) and 1 <= self.num_virtual_tokens <= 512,
-               "num_virtual_tokens", f"must be an integer in 1..512, got {self.num_virtual_tokens!r}")
+        _check_virtual_tokens(self.num_virtual_tokens)
         _check(isinstance(self.encoder_hidden_size, int) and self.encoder_hidden_size >= 1, "encoder_hidden_size",
                f"must be an integer >= 1, got {self.encoder_hidden_size!r}")
         _check(self.encoder_type in ("MLP", "LSTM"), "encoder_type", f"must be MLP or LSTM, got {self.encoder_type!r}")

@@ -355,6 +355,26 @@ class LoadedModel:
     load_s: float
 
 
+def loadable_location(resolved: ResolvedModel) -> str:
+    """Where transformers can load ``resolved`` from: its converted cache for a GGUF (converted once), else itself."""
+    if resolved.kind != "gguf":
+        return resolved.location
+    assert resolved.cache_dir is not None
+    if not is_complete_cache(resolved.cache_dir):
+        convert_gguf_to_cache(Path(resolved.location), resolved.cache_dir)
+    return str(resolved.cache_dir)
+
+
+def load_tokenizer(name: str | None = None) -> PreTrainedTokenizerBase:
+    """The base model's tokenizer alone (pad token set to eos when missing)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(loadable_location(resolve_base_model(name)))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
 def load_causal_lm(
     name: str | None = None, *, device: str | None = None, dtype: str | torch.dtype | None = None,
     quantization_config: Any = None,
@@ -367,12 +387,7 @@ def load_causal_lm(
 
     start = time.perf_counter()
     resolved = resolve_base_model(name)
-    location = resolved.location
-    if resolved.kind == "gguf":
-        assert resolved.cache_dir is not None
-        if not is_complete_cache(resolved.cache_dir):
-            convert_gguf_to_cache(Path(resolved.location), resolved.cache_dir)
-        location = str(resolved.cache_dir)
+    location = loadable_location(resolved)
     device = pick_device(device)
     torch_dtype = dtype if dtype is not None and not isinstance(dtype, str) else pick_dtype(device, dtype)
     extra: dict[str, Any] = {}

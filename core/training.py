@@ -33,7 +33,7 @@ from core.methods import (
     get_method,
     quantization_config,
 )
-from core.models import LoadedModel, load_causal_lm, pick_device, pick_dtype
+from core.models import LoadedModel, load_causal_lm, load_tokenizer, pick_device, pick_dtype
 from core.runs import Run, RunStore, folder_bytes, read_json, render_card, write_atomic, write_json
 
 if TYPE_CHECKING:
@@ -597,12 +597,13 @@ def evaluate_loss(model: Any, examples: list[Any], batch_size: int, pad_id: int,
             module.training = True
     total_loss, total_tokens = 0.0, 0
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    fast_head = supports_answer_only_head(model)
     with torch.no_grad(), _autocast(device, compute):
         for start in range(0, len(order), batch_size):
             batch = collate([examples[i] for i in order[start : start + batch_size]], pad_id, device)
             n = loss_tokens(batch)
             if n:
-                loss = answer_loss(model, batch) if supports_answer_only_head(model) else model(**batch).loss
+                loss = answer_loss(model, batch) if fast_head else model(**batch).loss
                 total_loss += float(loss) * n
                 total_tokens += n
     if was_training:
@@ -817,21 +818,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
 
 def _tokenizer_for(config: TrainingConfig) -> Any:
     """The base model's tokenizer, loaded without the weights (to encode and check the data first)."""
-    from transformers import AutoTokenizer
-
-    from core.models import convert_gguf_to_cache, is_complete_cache, resolve_base_model
-
-    resolved = resolve_base_model(config.base_model)
-    location = resolved.location
-    if resolved.kind == "gguf":
-        assert resolved.cache_dir is not None
-        if not is_complete_cache(resolved.cache_dir):
-            convert_gguf_to_cache(Path(resolved.location), resolved.cache_dir)
-        location = str(resolved.cache_dir)
-    tokenizer = AutoTokenizer.from_pretrained(location)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_tokenizer(config.base_model)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -850,8 +837,7 @@ def load_trained_model(run_dir: str | Path, *, device: str | None = None, dtype:
     if weights is None:
         raise ValueError(f"run: {run.run_id} saved no weights (status {run.state})")
     if method.save_format == FULL_FORMAT:
-        loaded = load_causal_lm(str(weights), device=device, dtype=dtype)
-        return LoadedModel(loaded.model, loaded.tokenizer, loaded.resolved, loaded.device, loaded.dtype, loaded.load_s)
+        return load_causal_lm(str(weights), device=device, dtype=dtype)
     loaded = load_causal_lm(config.base_model, device=device, dtype=dtype)
     model = loaded.model
     if method.save_format == PARTIAL_FORMAT:
