@@ -248,6 +248,122 @@ cmd_runs.arguments = _runs_arguments  # type: ignore[attr-defined]
 command("runs", "list training runs; --delete one; --merge one into the base model and export it")(cmd_runs)
 
 
+def _index_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--docs", nargs="+", required=True, metavar="PATH",
+                        help="files or folders (walked recursively): .md .txt .html .pdf .jsonl .csv")
+    parser.add_argument("--out", help="the index folder (default: the workspace's indexes/<name of the first PATH>);"
+                                      " an existing index there is updated: only new, changed and deleted files")
+    parser.add_argument("--chunk-size", type=int, help="most tokens per chunk (default 200)")
+    parser.add_argument("--overlap", type=int, help="tokens shared by consecutive chunks of a section (default 32)")
+    parser.add_argument("--index-type", choices=("flat", "hnsw", "ivf"), help="FAISS index (default flat: exact)")
+    parser.add_argument("--embedding-model", help="sentence-transformers name, hub id or folder "
+                                                  "(default: bundled all-MiniLM-L6-v2)")
+    parser.add_argument("--text-column", help="for .jsonl/.csv: the column holding the text (default: detected)")
+    parser.add_argument("--no-context", action="store_true",
+                        help="embed chunk text alone, without its document title and headings in front")
+    parser.add_argument("--rebuild", action="store_true", help="rebuild from scratch instead of updating")
+
+
+class _StageProgress:
+    """``stage done/total`` lines on stderr, at most one per stage per ~10%."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, int] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        step = max(1, total // 10)
+        if done == total or done - self.last.get(stage, -step) >= step:
+            self.last[stage] = done
+            print(f"{stage}: {done}/{total}", file=sys.stderr, flush=True)
+
+
+def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    from core.workspace import Workspace
+    from retrieval import ChunkingConfig, IndexConfig, SentenceTransformerEmbedder, build_index
+
+    chunk_values = {"chunk_size": args.chunk_size, "overlap": args.overlap}
+    chunking = ChunkingConfig(**{key: value for key, value in chunk_values.items() if value is not None})
+    index_config = IndexConfig(index_type=args.index_type or "flat", contextual=not args.no_context)
+    out = Path(args.out) if args.out else Workspace.open().indexes / (Path(args.docs[0]).stem or "index")
+    embedder = SentenceTransformerEmbedder.load(args.embedding_model)
+    result = build_index(args.docs, out, embedder, index_config=index_config, chunking=chunking,
+                         text_column=args.text_column, rebuild=args.rebuild, on_progress=_StageProgress())
+    for item in result.skipped:
+        logger.warning("skipped %s: %s", item.path, item.reason)
+    for warning in result.warnings:
+        logger.warning("%s", warning)
+    return result.contract()
+
+
+cmd_index.arguments = _index_arguments  # type: ignore[attr-defined]
+command("index", "build or update a FAISS knowledge base from documents")(cmd_index)
+
+
+def _search_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mmr", type=float, metavar="LAMBDA",
+                        help="diversify results with maximal marginal relevance (1 = relevance only, 0 = diversity)")
+    parser.add_argument("--dense", action="store_true",
+                        help="embedding similarity only (default: hybrid, fused with BM25 keyword ranking)")
+
+
+def _load_kb(folder: str):
+    from retrieval import KnowledgeBase, SentenceTransformerEmbedder
+
+    return KnowledgeBase.load(folder, SentenceTransformerEmbedder.load)
+
+
+def _search_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, metavar="DIR", help="an index folder made by `index`")
+    parser.add_argument("--query", required=True, help="the text to search for")
+    parser.add_argument("--k", type=int, default=5, help="results to return (default 5)")
+    _search_options(parser)
+
+
+def cmd_search(args: argparse.Namespace) -> dict[str, Any]:
+    kb = _load_kb(args.index)
+    hits = kb.search(args.query, args.k, mmr_lambda=args.mmr, hybrid=not args.dense)
+    return {"index_dir": args.index, "query": args.query, "hybrid": not args.dense, "mmr": args.mmr,
+            "results": [hit.to_dict() for hit in hits]}
+
+
+def _human_search(result: dict[str, Any]) -> None:
+    for hit in result["results"]:
+        where = " > ".join(hit["headings"]) or hit["title"]
+        cosine = f" (cosine {hit['dense_score']:.3f})" if "dense_score" in hit else ""
+        print(f"{hit['rank']}. {hit['score']:.4f}{cosine}  {hit['source']}  [{where}]")
+        print("   " + " ".join(hit["text"].split())[:300])
+
+
+cmd_search.arguments = _search_arguments  # type: ignore[attr-defined]
+cmd_search.human = _human_search  # type: ignore[attr-defined]
+command("search", "top-k chunks of a knowledge base for a query")(cmd_search)
+
+
+def _retrieval_eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--index", required=True, metavar="DIR", help="an index folder made by `index`")
+    parser.add_argument("--data", required=True, help="JSONL rows with a question (question/query/instruction) and "
+                                                      "a source document; rows without a source are left out")
+    parser.add_argument("--k", type=int, default=3, help="hit@1..k and MRR@k (default 3)")
+    parser.add_argument("--per-question", action="store_true", help="include each question's rank")
+    _search_options(parser)
+
+
+def cmd_retrieval_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from retrieval import evaluate_retrieval, load_cases
+
+    cases = load_cases(args.data)
+    kb = _load_kb(args.index)
+    report = evaluate_retrieval(kb, cases, k=args.k, mmr_lambda=args.mmr, hybrid=not args.dense)
+    return {"index_dir": args.index, "data": args.data, **report.to_dict(per_question=args.per_question)}
+
+
+cmd_retrieval_eval.arguments = _retrieval_eval_arguments  # type: ignore[attr-defined]
+command("retrieval-eval", "hit@k and MRR of a knowledge base over questions with known source documents")(
+    cmd_retrieval_eval)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 
 
@@ -273,8 +389,9 @@ def _print_human(result: dict[str, Any]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    for noisy in ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers"):
+    for noisy in ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers", "faiss"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     try:
         args = build_parser().parse_args(argv)
         result = COMMANDS[args.command][0](args)
@@ -284,5 +401,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(result))
     else:
-        _print_human(result)
+        getattr(COMMANDS[args.command][0], "human", _print_human)(result)
     return 0
