@@ -1,18 +1,34 @@
-"""Text generation over a loaded base model."""
+"""Batched generation over one base model, with fine-tuned adapters mixed into the same batch where PEFT allows.
+
+``generate_batch`` runs one left-padded ``model.generate`` for many prompts and reports, per row, the answer, its
+token count and the time its last token came out. ``AdapterHost`` owns a base model for inference: LoRA/QLoRA
+adapters are loaded into one PeftModel under their run id and share a batch with base rows through PEFT's
+``adapter_names`` ("__base__" for rows without an adapter); adapters that cannot be mixed (prompt learning, IA3,
+AdaLoRA, DoRA) and fully or layer-wise fine-tuned runs get a model of their own and a batch of their own.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from core.data import render_prompt
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from core.models import LoadedModel
+
 logger = logging.getLogger(__name__)
+
+BASE = "__base__"  # PEFT's adapter name for rows that use no adapter
+MIXABLE_METHODS = ("lora", "qlora")
+TextCallback = Callable[[int, str], None]  # (row index in the call, answer text so far)
 
 
 @dataclass
@@ -23,8 +39,12 @@ class GenerationConfig:
     temperature: float = field(default=0.0, metadata={"help": "0 = greedy; > 0 samples"})
     top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling mass (0-1], used when sampling"})
     repetition_penalty: float = field(default=1.0, metadata={"help": ">= 1.0; 1.0 = off"})
+    stop: list[str] = field(default_factory=list, metadata={"help": "Strings that end an answer (not included)"})
+    seed: int = field(default=0, metadata={"help": "Sampling seed (used when temperature > 0)"})
 
     def __post_init__(self) -> None:
+        if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
+            raise ValueError(f"max_new_tokens: must be an integer, got {self.max_new_tokens!r}")
         if not 1 <= self.max_new_tokens <= 2048:
             raise ValueError(f"max_new_tokens: must be between 1 and 2048, got {self.max_new_tokens}")
         if self.temperature < 0:
@@ -33,6 +53,9 @@ class GenerationConfig:
             raise ValueError(f"top_p: must be in (0, 1], got {self.top_p}")
         if self.repetition_penalty < 1:
             raise ValueError(f"repetition_penalty: must be >= 1.0, got {self.repetition_penalty}")
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        self.stop = [text for text in self.stop if text]
 
     def generate_kwargs(self) -> dict:
         kwargs: dict = {"max_new_tokens": self.max_new_tokens, "repetition_penalty": self.repetition_penalty}
@@ -44,11 +67,114 @@ class GenerationConfig:
 
 
 @dataclass(frozen=True)
+class Generated:
+    """One row of a batched generate. Times are seconds from the start of the batch."""
+
+    text: str
+    new_tokens: int
+    prompt_tokens: int
+    last_token_s: float
+    batch_s: float
+    batch_size: int
+    finish: str  # eos, stop or length
+    started_at: float = 0.0  # time.perf_counter() when the batch started
+
+
+@dataclass(frozen=True)
 class Reply:
     text: str
     prompt: str
     new_tokens: int
     latency_s: float
+
+
+class _StepClock:
+    """A generate() streamer: the time of every decoding step, and the text of each row as it grows."""
+
+    def __init__(self, tokenizer: PreTrainedTokenizerBase, rows: int, stop_ids: set[int],
+                 on_text: TextCallback | None) -> None:
+        self.tokenizer = tokenizer
+        self.start = time.perf_counter()
+        self.step_times: list[float] = []
+        self.prompt_seen = False
+        self.on_text = on_text
+        self.stop_ids = stop_ids
+        self.tokens: list[list[int]] = [[] for _ in range(rows)]
+        self.done = [False] * rows
+
+    def put(self, value: Any) -> None:
+        if not self.prompt_seen:  # the first call carries the prompt ids
+            self.prompt_seen = True
+            return
+        self.step_times.append(time.perf_counter() - self.start)
+        if self.on_text is None:
+            return
+        ids = value.reshape(-1).tolist()  # (rows,)
+        for row, token in enumerate(ids):
+            if self.done[row]:
+                continue
+            if token in self.stop_ids:
+                self.done[row] = True
+                continue
+            self.tokens[row].append(token)
+            self.on_text(row, self.tokenizer.decode(self.tokens[row], skip_special_tokens=True))
+
+    def end(self) -> None:
+        pass
+
+
+def generate_batch(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: GenerationConfig | None = None,
+    *,
+    adapter_names: Sequence[str] | None = None,
+    on_text: TextCallback | None = None,
+) -> list[Generated]:
+    """Generate for rendered ``prompts`` in one left-padded batch. ``adapter_names`` (PEFT mixed batch) per row.
+
+    A row ends at an end-of-sequence token, at a ``config.stop`` string (cut from the text) or at max_new_tokens.
+    """
+    import torch
+
+    config = config or GenerationConfig()
+    if not prompts:
+        return []
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids.add(tokenizer.eos_token_id)
+    stop_ids = {token for token in eos_ids | {pad_id} if token is not None}
+    batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
+                      add_special_tokens=False).to(model.device)
+    prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()  # (rows,)
+    clock = _StepClock(tokenizer, len(prompts), stop_ids, on_text)
+    extra: dict[str, Any] = {}
+    if adapter_names is not None:
+        extra["adapter_names"] = list(adapter_names)
+    if config.stop:
+        extra.update(stop_strings=config.stop, tokenizer=tokenizer)
+    if config.temperature > 0:
+        torch.manual_seed(config.seed)
+    with torch.inference_mode():
+        output = model.generate(**batch, **config.generate_kwargs(), pad_token_id=pad_id, streamer=clock, **extra)
+    batch_s = time.perf_counter() - clock.start
+    new = output[:, batch["input_ids"].shape[1]:].tolist()  # (rows, steps)
+    results = []
+    for row, ids in enumerate(new):
+        n = next((i for i, token in enumerate(ids) if token in stop_ids), len(ids))
+        finish = "eos" if n < len(ids) else "length"
+        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
+        for stop in config.stop:
+            cut = text.find(stop)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+        produced = min(len(ids), n + (1 if finish == "eos" else 0))  # the end token counts as generated
+        last = clock.step_times[produced - 1] if produced and clock.step_times else batch_s
+        results.append(Generated(text.strip(), n, int(prompt_tokens[row]), last, batch_s, len(prompts), finish,
+                                 clock.start))
+    return results
 
 
 def generate_reply(
@@ -58,14 +184,170 @@ def generate_reply(
     config: GenerationConfig | None = None,
 ) -> Reply:
     """One chat reply for ``messages`` (the model's chat template), decoded without special tokens."""
-    import torch
-
-    config = config or GenerationConfig()
     prompt = render_prompt(tokenizer, messages)
-    inputs = tokenizer(prompt, return_tensors="pt", add_special_tokens=False).to(model.device)
-    start = time.perf_counter()
-    with torch.inference_mode():
-        output = model.generate(**inputs, **config.generate_kwargs(), pad_token_id=tokenizer.pad_token_id)
-    new = output[0, inputs["input_ids"].shape[1] :]  # (new_tokens,)
-    text = tokenizer.decode(new, skip_special_tokens=True).strip()
-    return Reply(text, prompt, int(new.shape[0]), time.perf_counter() - start)
+    generated = generate_batch(model, tokenizer, [prompt], config)[0]
+    return Reply(generated.text, prompt, generated.new_tokens, generated.batch_s)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Adapters over one base model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+class AdapterError(ValueError):
+    """A run that cannot be used as an adapter of this base model (the message names both)."""
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    key: str  # the run id: the PEFT adapter name, and the name shown in results
+    run_dir: str
+    method: str
+    mixable: bool
+
+
+class AdapterHost:
+    """The inference owner of one loaded base model and the fine-tuned runs applied to it.
+
+    All generation on the base model goes through ``generate`` (one at a time, under ``lock``): once a LoRA adapter
+    is loaded the base model's layers carry it, and only ``adapter_names`` keeps base rows clean.
+    """
+
+    def __init__(self, base: LoadedModel, *, max_separate: int = 3) -> None:
+        self.base = base
+        self.lock = threading.RLock()
+        self.max_separate = max_separate
+        self.adapters: dict[str, AdapterInfo] = {}
+        self._peft: Any = None
+        self._separate: dict[str, LoadedModel] = {}  # insertion order = least recently used first
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.base.tokenizer
+
+    def add(self, run_dir: str | Path) -> AdapterInfo:
+        """Make a completed (or stopped) run usable; loads its weights on first use. Returns its key."""
+        from core.runs import Run
+
+        run = Run(Path(run_dir))
+        if not (run.path / "config.json").is_file():
+            raise AdapterError(f"adapter: {run.path} is not a training run folder (no config.json)")
+        if run.run_id in self.adapters and self.adapters[run.run_id].run_dir == str(run.path):
+            return self.adapters[run.run_id]
+        config = run.config
+        self._check_base(run.run_id, config.get("base_model"))
+        if run.weights_dir is None:
+            raise AdapterError(f"adapter: run {run.run_id} has no saved weights (state {run.state})")
+        method = config.get("method", "")
+        settings = config.get("method_config") or {}
+        mixable = method in MIXABLE_METHODS and not settings.get("use_dora")
+        info = AdapterInfo(run.run_id, str(run.path), method, mixable)
+        with self.lock:
+            if mixable:
+                self._load_mixed(info, run.weights_dir)
+            self.adapters[info.key] = info
+        logger.info("adapter %s (%s) ready%s", info.key, method, " for mixed batches" if mixable else "")
+        return info
+
+    def _check_base(self, run_id: str, trained_on: str | None) -> None:
+        from core.models import resolve_base_model
+
+        ours = self.base.resolved
+        try:
+            theirs = resolve_base_model(trained_on)
+        except Exception as err:  # the run's base may be a folder that no longer exists
+            raise AdapterError(f"adapter: run {run_id} was trained on {trained_on}, which cannot be found ({err})"
+                               ) from None
+        if (theirs.name, theirs.location) != (ours.name, ours.location) and theirs.location != ours.location:
+            raise AdapterError(f"adapter: run {run_id} was trained on base model {theirs.name}, but the arena's base "
+                               f"model is {ours.name}; pick a run of {ours.name} or switch the base model")
+
+    def _load_mixed(self, info: AdapterInfo, weights: Path) -> None:
+        from peft import PeftModel
+
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self.base.model, str(weights), adapter_name=info.key)
+        elif info.key not in self._peft.peft_config:
+            self._peft.load_adapter(str(weights), adapter_name=info.key)
+        self._peft.eval()
+
+    def remove(self, key: str) -> None:
+        """Forget an adapter (e.g. its run was deleted)."""
+        with self.lock:
+            info = self.adapters.pop(key, None)
+            if info is None:
+                return
+            if info.mixable and self._peft is not None and len(self._peft.peft_config) > 1:
+                self._peft.delete_adapter(key)  # PEFT keeps at least one; a stale one is never selected
+            self._separate.pop(key, None)
+
+    def _separate_model(self, key: str) -> LoadedModel:
+        from core.training import load_trained_model
+
+        if key in self._separate:
+            self._separate[key] = self._separate.pop(key)  # most recently used
+            return self._separate[key]
+        while len(self._separate) >= self.max_separate:
+            dropped = next(iter(self._separate))
+            del self._separate[dropped]
+            logger.info("unloaded %s (keeping at most %d separate models)", dropped, self.max_separate)
+        info = self.adapters[key]
+        loaded = load_trained_model(info.run_dir, device=self.base.device, dtype=self.base.dtype)
+        self._separate[key] = loaded
+        return loaded
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return render_prompt(self.base.tokenizer, messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.base.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def context_window(self) -> int:
+        config = self.base.model.config
+        return int(getattr(config, "max_position_embeddings", 0) or 2048)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        adapters: Sequence[str | None],
+        config: GenerationConfig | None = None,
+        *,
+        max_batch_size: int = 8,
+        on_text: TextCallback | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[Generated]:
+        """Generate for each prompt with its adapter key (None = base model), as few batches as possible.
+
+        Rows of the base model and of mixable adapters share batches; every other adapter gets its own.
+        ``on_text(row, text)`` streams answers (row = index in ``prompts``); ``on_batch(done_rows, total)``.
+        """
+        if len(prompts) != len(adapters):
+            raise ValueError(f"adapters: {len(adapters)} given for {len(prompts)} prompts")
+        for key in adapters:
+            if key is not None and key not in self.adapters:
+                raise AdapterError(f"adapter: {key} is not loaded; add its run first")
+        groups: dict[str, list[int]] = {}
+        for row, key in enumerate(adapters):
+            group = "" if key is None or self.adapters[key].mixable else key
+            groups.setdefault(group, []).append(row)
+        results: list[Generated | None] = [None] * len(prompts)
+        done = 0
+        with self.lock:
+            for group, rows in groups.items():
+                for begin in range(0, len(rows), max_batch_size):
+                    part = rows[begin:begin + max_batch_size]
+                    if group:
+                        loaded = self._separate_model(group)
+                        model, names = loaded.model, None
+                    else:
+                        model = self._peft if self._peft is not None else self.base.model
+                        names = [adapters[row] or BASE for row in part] if self._peft is not None else None
+                    forward = (lambda i, text, part=part: on_text(part[i], text)) if on_text else None
+                    outputs = generate_batch(model, self.base.tokenizer, [prompts[row] for row in part], config,
+                                             adapter_names=names, on_text=forward)
+                    for row, output in zip(part, outputs, strict=True):
+                        results[row] = output
+                    done += len(part)
+                    if on_batch:
+                        on_batch(done, len(prompts))
+        return [result for result in results if result is not None]

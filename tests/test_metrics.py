@@ -427,3 +427,12 @@ def test_cold_load_is_lazy_offline_and_writes_only_under_hf_home(tmp_path: Path)
     # ... and writes nothing in the working directory or beside the module files.
     assert list(cwd.iterdir()) == []
     assert _tree(REPO / "core" / "metrics") == before
+
+
+def test_contains_answer_whole_words_after_normalisation() -> None:
+    from core.metrics import contains_answer
+
+    assert contains_answer("The capital of France is Paris.", "Paris") == 1.0
+    assert contains_answer("It is 12 litres, I think", "12 litres") == 1.0
+    assert contains_answer("Parisian food is great", "Paris") == 0.0  # not a whole word
+    assert contains_answer("anything", "The") == 0.0  # nothing left after normalisation

@@ -1,4 +1,4 @@
-"""Scoring for the arena and batch evaluation: ROUGE, BLEU, exact match, token F1, similarity, accuracy.
+"""Scoring for the arena and batch evaluation: ROUGE, BLEU, exact match, token F1, contains, similarity, accuracy.
 
 The text metrics are the project's own evaluate.Metric modules in ``core/metrics/modules/`` (``evaluate.load("rouge")``
 would fetch a script from the hub, which fails offline). A :class:`Scorer` loads them lazily, once, on first use,
@@ -64,6 +64,7 @@ EVALUATE_MODULES: tuple[MetricModule, ...] = (
 )
 REFERENCE_METRICS: tuple[str, ...] = (
     *(metric for module in EVALUATE_MODULES for _, metric in module.outputs),
+    "contains",
     "similarity",
 )
 METRIC_NAMES: tuple[str, ...] = (*REFERENCE_METRICS, "accuracy")
@@ -121,6 +122,13 @@ def classification_accuracy(prediction: str, reference: str, label_set: Sequence
     return float(normalize_answer(predicted) == normalize_answer(reference))
 
 
+def contains_answer(prediction: str, reference: str) -> float:
+    """1.0 when the normalised reference appears in the normalised prediction as whole words (short-answer QA:
+    "Paris" in "The capital of France is Paris."), else 0.0."""
+    wanted = normalize_answer(reference)
+    return float(bool(wanted) and f" {wanted} " in f" {normalize_answer(prediction)} ")
+
+
 def _cosine_similarities(embedder: Embedder, predictions: list[str], references: list[str]) -> list[float]:
     """Cosine similarity per pair; one ``encode`` call for all texts (2n x dim), re-normalised for safety."""
     vectors = np.asarray(embedder.encode(predictions + references, normalize_embeddings=True), dtype=np.float64)
@@ -149,7 +157,7 @@ class Scorer:
         self._loaded: dict[str, EvaluationModule] = {}
         self._lock = threading.RLock()
         names = [metric for module in self.modules for _, metric in module.outputs]
-        self.metric_names: tuple[str, ...] = (*names, "similarity")
+        self.metric_names: tuple[str, ...] = (*names, "contains", "similarity")
 
     def module(self, name: str) -> EvaluationModule:
         """The loaded evaluate module ``name`` (loading it now if needed)."""
@@ -222,6 +230,8 @@ class Scorer:
                 for key, metric in spec.outputs:
                     for i, value in zip(scored, output[key], strict=True):
                         rows[i][metric] = float(value)
+        for i, prediction, reference in zip(scored, preds, refs, strict=True):
+            rows[i]["contains"] = contains_answer(prediction, reference)
         if embedder is not None:
             for i, value in zip(scored, _cosine_similarities(embedder, preds, refs), strict=True):
                 rows[i]["similarity"] = value
@@ -302,6 +312,7 @@ __all__ = [
     "Scorer",
     "bootstrap_ci",
     "classification_accuracy",
+    "contains_answer",
     "has_reference",
     "predict_label",
     "score",
