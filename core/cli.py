@@ -364,6 +364,122 @@ command("retrieval-eval", "hit@k and MRR of a knowledge base over questions with
     cmd_retrieval_eval)
 
 
+def _variant_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--variants", help="comma-separated: zero_shot,few_shot,rag,finetuned,finetuned_rag "
+                                           "(default: all five; strategy@RUN picks a run for one variant)")
+    parser.add_argument("--adapter", action="append", default=[], metavar="RUN_DIR",
+                        help="a training run (folder or id) for the fine-tuned variants; repeat to compare several")
+    parser.add_argument("--index", metavar="DIR", help="knowledge base folder for the RAG variants")
+    parser.add_argument("--few-shot", metavar="PATH", help="examples file for few-shot (default: the demo train set)")
+    parser.add_argument("--k", type=int, help="retrieved passages per RAG prompt (default 3)")
+    parser.add_argument("--shots", type=int, help="worked examples per few-shot prompt (default 3)")
+    parser.add_argument("--selection", choices=("similar", "fixed", "random"),
+                        help="how few-shot examples are picked (default similar)")
+    parser.add_argument("--dense", action="store_true", help="retrieve by embeddings only (default: hybrid)")
+    parser.add_argument("--model", help="base model: registry name, hub id or folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--system", help="system prompt (default: the model's own)")
+    parser.add_argument("--max-new-tokens", type=int, help="most tokens per answer (default 128; eval 64)")
+    parser.add_argument("--temperature", type=float, help="0 = greedy (default)")
+    parser.add_argument("--top-p", type=float, help="nucleus sampling mass when temperature > 0")
+    parser.add_argument("--repetition-penalty", type=float, help=">= 1.0 (default 1.0 = off)")
+    parser.add_argument("--stop", action="append", default=[], help="a string that ends an answer (repeatable)")
+    parser.add_argument("--batch-size", type=int, help="most rows per generate call (default 8)")
+    parser.add_argument("--seed", type=int, help="seed for random few-shot picks and sampling")
+
+
+def arena_config_from_args(args: argparse.Namespace, *, max_new_tokens: int = 128):
+    from core.arena import DEFAULT_VARIANTS, ArenaConfig
+    from core.generation import GenerationConfig
+
+    generation = {"max_new_tokens": args.max_new_tokens or max_new_tokens, "stop": args.stop}
+    for flag, key in (("temperature", "temperature"), ("top_p", "top_p"),
+                      ("repetition_penalty", "repetition_penalty"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            generation[key] = getattr(args, flag)
+    values: dict[str, Any] = {
+        "variants": args.variants.split(",") if args.variants else list(DEFAULT_VARIANTS),
+        "adapters": args.adapter, "index": args.index, "few_shot_pool": args.few_shot, "hybrid": not args.dense,
+        "system_prompt": args.system, "generation": GenerationConfig(**generation)}
+    for flag, key in (("k", "rag_k"), ("shots", "few_shot_k"), ("selection", "few_shot_selection"),
+                      ("batch_size", "max_batch_size"), ("seed", "seed")):
+        if getattr(args, flag) is not None:
+            values[key] = getattr(args, flag)
+    return ArenaConfig(**values)
+
+
+def _arena_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--query", required=True, help="the question or instruction")
+    parser.add_argument("--reference", help="the expected answer (scores are n/a without one)")
+    parser.add_argument("--input", default="", help="text the instruction applies to (e.g. a message to summarise)")
+    parser.add_argument("--task", help="task name, e.g. classification (scores accuracy on the label)")
+    _variant_arguments(parser)
+
+
+def cmd_arena(args: argparse.Namespace) -> dict[str, Any]:
+    from core.engine import Engine
+
+    config = arena_config_from_args(args)
+    engine = Engine()
+    result = engine.arena(args.query, config, reference=args.reference, task=args.task, input_text=args.input,
+                          model=args.model)
+    return result.to_dict()
+
+
+def _human_arena(result: dict[str, Any]) -> None:
+    print(f"query: {result['query']}")
+    if result.get("reference"):
+        print(f"reference: {result['reference']}")
+    for row in result["results"]:
+        print(f"\n== {row['variant']}" + (f"  ({row['latency_s']:.1f} s, {row['new_tokens']} tokens)"
+                                          if row["available"] else "  (unavailable)"))
+        if not row["available"]:
+            print(f"   {row['error']}")
+            continue
+        print("   " + row["answer"].replace("\n", "\n   "))
+        shown = {k: round(v, 3) for k, v in row["metrics"].items() if v is not None}
+        if shown:
+            print(f"   scores: {shown}")
+        for passage in row["retrieved"]:
+            print(f"   [{passage['score']:.3f}] {passage['source']}")
+
+
+cmd_arena.arguments = _arena_arguments  # type: ignore[attr-defined]
+cmd_arena.human = _human_arena  # type: ignore[attr-defined]
+command("arena", "one query through zero-shot, few-shot, RAG, fine-tuned and fine-tuned+RAG, side by side")(cmd_arena)
+
+
+def _eval_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="test set: .jsonl/.json/.csv/.tsv with reference answers")
+    parser.add_argument("--out", help="folder for the results (default: a new folder under the workspace's evals/)")
+    parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
+    parser.add_argument("--tasks", help="comma-separated task names to keep (e.g. qa,classification)")
+    _variant_arguments(parser)
+
+
+def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from core.engine import Engine
+
+    config = arena_config_from_args(args, max_new_tokens=64)
+    engine = Engine()
+    progress = _StageProgress()
+    tasks = [task.strip() for task in args.tasks.split(",")] if args.tasks else None
+    result = engine.evaluate(args.data, config, out=args.out, limit=args.limit, tasks=tasks, model=args.model,
+                             on_progress=progress)
+    return result.contract()
+
+
+def _human_eval(result: dict[str, Any]) -> None:
+    print(f"eval_dir: {result['eval_dir']}  ({result['n']} examples, {result['wall_s']} s)")
+    for variant, metrics in result["summary"].items():
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None and k not in ("latency_s",))
+        print(f"{variant}: {shown}")
+
+
+cmd_eval.arguments = _eval_arguments  # type: ignore[attr-defined]
+cmd_eval.human = _human_eval  # type: ignore[attr-defined]
+command("eval", "run variants over a test set; per-example scores and a summary with 95% intervals")(cmd_eval)
+
+
 # --------------------------------------------------------------------------------------------------------------------
 
 

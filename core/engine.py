@@ -7,7 +7,10 @@ import threading
 from collections.abc import Iterable
 from pathlib import Path
 
-from core.generation import GenerationConfig, Reply, generate_reply
+from core.arena import ArenaConfig, ArenaContext, ArenaResult, run_query
+from core.data import Example, demo_path, load_examples
+from core.evals import EvalResult, new_eval_id, run_eval
+from core.generation import AdapterHost, GenerationConfig, Reply
 from core.models import LoadedModel, ModelManager
 from core.runs import RunStore
 from core.training import TrainingConfig, TrainResult, resume, train
@@ -30,6 +33,10 @@ class Engine:
         self.runs = RunStore(self.workspace.runs)
         self._kb_lock = threading.Lock()
         self._knowledge_bases: dict[str, tuple[int, KnowledgeBase]] = {}
+        self._hosts: dict[str, AdapterHost] = {}
+        self._pools: dict[str, tuple[list[Example], object]] = {}
+        self._scorer = None
+        self._lock = threading.Lock()
 
     def base_model(self, name: str | None = None) -> LoadedModel:
         """The shared base model (default: ``$TUNE_ARENA_MODEL`` or SmolLM2-135M-Instruct)."""
@@ -40,9 +47,11 @@ class Engine:
         """Answer one prompt with the base model through its chat template."""
         if not prompt or not prompt.strip():
             raise ValueError("prompt: is empty; type a question")
-        loaded = self.base_model(model)
+        host = self.host(model)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
-        return generate_reply(loaded.model, loaded.tokenizer, messages, generation)
+        rendered = host.render(messages)
+        generated = host.generate([rendered], [None], generation)[0]
+        return Reply(generated.text, rendered, generated.new_tokens, generated.batch_s)
 
     def train(self, config: TrainingConfig, **kwargs) -> TrainResult:
         """Train a new run in this workspace (``kwargs``: run_dir, on_step, on_eval, stop_event; see core.training)."""
@@ -107,3 +116,107 @@ class Engine:
                          "index_type": manifest.get("index", {}).get("index_type"), **manifest.get("counts", {}),
                          "updated": manifest.get("updated")})
         return rows
+
+    # ---- arena and evaluation ----------------------------------------------------------------------------------
+
+    def host(self, model: str | None = None) -> AdapterHost:
+        """The inference owner of the shared base model ``model`` (all generation on it goes through here)."""
+        from core.models import default_base_model
+
+        key = model or default_base_model()
+        loaded = self.base_model(model)
+        with self._lock:
+            if key not in self._hosts:
+                self._hosts[key] = AdapterHost(loaded)
+            return self._hosts[key]
+
+    def scorer(self):
+        """The shared metrics Scorer (evaluate modules load on first use)."""
+        from core.metrics import Scorer
+
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = Scorer()
+            return self._scorer
+
+    def few_shot_pool(self, path: str | Path | None = None) -> tuple[list[Example], object]:
+        """Examples with answers from ``path`` (default: the demo train set) and their unit vectors (n, d)."""
+        path = str(path or demo_path("train.jsonl"))
+        with self._lock:
+            if path in self._pools:
+                return self._pools[path]
+        examples = [example for example in load_examples(path).examples if example.output]
+        vectors = self.embedder().embed([example.user_text for example in examples])
+        with self._lock:
+            self._pools[path] = (examples, vectors)
+        return examples, vectors
+
+    def resolve_run(self, run: str) -> Path:
+        """A run folder from a path or a run id of this workspace."""
+        path = Path(run).expanduser()
+        if (path / "config.json").is_file():
+            return path
+        return self.runs.get(run).path
+
+    def arena_context(self, config: ArenaConfig, *, model: str | None = None, strict_adapters: bool = True,
+                      similarity: bool = True) -> ArenaContext:
+        """Everything the variants of ``config`` need; parts that cannot load carry their reason instead."""
+        from core.arena import STRATEGIES
+
+        specs = config.specs()
+        host = self.host(model)
+        context = ArenaContext(host=host, scorer=self.scorer())
+        if any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs):
+            if not config.index:
+                context.index_error = "no knowledge base chosen (build one, or pass --index DIR)"
+            else:
+                try:
+                    context.knowledge_base = self.knowledge_base(config.index)
+                except (ValueError, OSError) as err:
+                    context.index_error = f"knowledge base unavailable: {err}"
+        if any(STRATEGIES[spec.strategy].uses_shots for spec in specs) and config.few_shot_k > 0:
+            try:
+                context.pool, context.pool_vectors = self.few_shot_pool(config.few_shot_pool)
+            except (ValueError, OSError) as err:
+                raise ValueError(f"few_shot_pool: {err}") from None
+            embedder = self.embedder()
+            context.embed = lambda texts: embedder.embed(texts)
+        for spec in specs:
+            if not spec.adapter or spec.adapter in context.adapter_keys or spec.adapter in context.adapter_errors:
+                continue
+            try:
+                context.adapter_keys[spec.adapter] = host.add(self.resolve_run(spec.adapter)).key
+            except (ValueError, KeyError, OSError) as err:
+                if strict_adapters:
+                    raise
+                context.adapter_errors[spec.adapter] = str(err)
+        if similarity:
+            context.similarity_embedder = self.models.embedder()
+        return context
+
+    def arena(self, query: str, config: ArenaConfig | None = None, *, reference: str | None = None,
+              task: str | None = None, input_text: str = "", model: str | None = None,
+              on_text=None) -> ArenaResult:
+        """One query through every variant of ``config``, side by side and scored against ``reference``."""
+        config = config or ArenaConfig()
+        if not query or not query.strip():
+            raise ValueError("query: is empty; type a question")
+        context = self.arena_context(config, model=model)
+        return run_query(query, config, context, reference=reference, task=task, input_text=input_text,
+                         on_text=on_text)
+
+    def evaluate(self, data: str | Path, config: ArenaConfig | None = None, *, out: str | Path | None = None,
+                 limit: int | None = None, tasks: list[str] | None = None, model: str | None = None,
+                 on_progress=None) -> EvalResult:
+        """Run ``config``'s variants over a test file; saved under ``out`` (default: a new folder in evals/)."""
+        config = config or ArenaConfig()
+        examples = load_examples(data).examples
+        if tasks:
+            examples = [example for example in examples if example.task in tasks]
+        if limit is not None:
+            examples = examples[:limit]
+        if not examples:
+            raise ValueError(f"data: {data} has no examples to evaluate" + (f" for tasks {tasks}" if tasks else ""))
+        context = self.arena_context(config, model=model)
+        folder = Path(out) if out else self.workspace.evals / new_eval_id(data)
+        return run_eval(examples, config, context, folder, data_path=str(data), on_progress=on_progress)
