@@ -165,7 +165,8 @@ class ArenaContext:
 
 @dataclass
 class VariantResult:
-    """One variant's answer to one query. ``latency_s``: from the request's start to its last token."""
+    """One variant's answer to one query. ``latency_s``: from the request's start to its last token (retrieval,
+    prompting and earlier batches included); ``generate_s``: from its own batch's start to its last token."""
 
     variant: str
     strategy: str
@@ -178,6 +179,7 @@ class VariantResult:
     new_tokens: int = 0
     prompt_tokens: int = 0
     retrieval_s: float | None = None
+    generate_s: float | None = None  # from the start of its batch to its last token
     batch_s: float | None = None
     batch_size: int = 0
     finish: str | None = None
@@ -187,7 +189,7 @@ class VariantResult:
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
-        for key in ("latency_s", "batch_s", "retrieval_s"):
+        for key in ("latency_s", "generate_s", "batch_s", "retrieval_s"):
             if row[key] is not None:
                 row[key] = round(row[key], 3)
         return row
@@ -318,6 +320,7 @@ def run_examples(
             result.answer, result.new_tokens, result.finish = output.text, output.new_tokens, output.finish
             result.batch_s, result.batch_size = output.batch_s, output.batch_size
             result.latency_s = output.started_at + output.last_token_s - start
+            result.generate_s = output.last_token_s
 
     if score:
         score_results(examples, table, context, label_sets)

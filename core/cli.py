@@ -471,7 +471,8 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
 def _human_eval(result: dict[str, Any]) -> None:
     print(f"eval_dir: {result['eval_dir']}  ({result['n']} examples, {result['wall_s']} s)")
     for variant, metrics in result["summary"].items():
-        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items() if v is not None and k not in ("latency_s",))
+        shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
+                          if v is not None and k not in ("generate_s", "new_tokens"))
         print(f"{variant}: {shown}")
 
 

@@ -79,7 +79,7 @@ def summarise(rows: Sequence[dict[str, Any]], *, n_resamples: int = 1000, seed: 
             for metric, value in (row.get("metrics") or {}).items():
                 if value is not None:
                     metrics.setdefault(metric, []).append(float(value))
-            for metric in ("latency_s", "new_tokens"):
+            for metric in ("generate_s", "new_tokens"):
                 if row.get(metric) is not None:
                     metrics.setdefault(metric, []).append(float(row[metric]))
     summary: dict[str, dict[str, dict[str, dict[str, float | int | None]]]] = {}
@@ -142,7 +142,7 @@ def save_eval(result: EvalResult, config: ArenaConfig, out: Path, *, data_path: 
     write_json(out / "results.json", {"data": data_path, "config": config.to_dict(), **result.contract(),
                                       "rows": result.rows})
     metric_names = sorted({metric for row in result.rows for metric in (row.get("metrics") or {})})
-    columns = ["id", "task", "variant", "adapter", "available", "error", "answer", "reference", "latency_s",
+    columns = ["id", "task", "variant", "adapter", "available", "error", "answer", "reference", "generate_s",
                "new_tokens", "prompt_tokens", *metric_names]
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -175,18 +175,19 @@ def render_report(result: EvalResult, *, data_path: str = "", chart: Path | None
     lines = [f"# Evaluation {Path(result.eval_dir).name}", "",
              f"Data: `{data_path}` — {result.n} examples x {len(result.variants)} variants, "
              f"{result.wall_s:.0f} s ({result.generate_s:.0f} s generating, {result.metrics_s:.1f} s scoring).", "",
-             "Mean and 95% bootstrap interval per variant; n/a where a metric does not apply.", ""]
+             "Mean and 95% bootstrap interval per variant; n/a where a metric does not apply. generate s: seconds "
+             "from the start of an example's batch to its last token.", ""]
     tasks = sorted({task for tasks in result.summary.values() for task in tasks}, key=lambda t: (t == ALL_TASKS, t))
     for task in tasks:
         metrics = [m for m in HEADLINE if any(m in tasks_.get(task, {}) for tasks_ in result.summary.values())]
-        lines += [f"## {task}", "", "| variant | " + " | ".join(metrics) + " | latency s |",
+        lines += [f"## {task}", "", "| variant | " + " | ".join(metrics) + " | generate s |",
                   "|---|" + "---|" * (len(metrics) + 1)]
         for variant in result.variants:
             stats = result.summary.get(variant, {}).get(task)
             if stats is None:
                 lines.append(f"| {variant} | " + " | ".join("unavailable" for _ in metrics) + " | |")
                 continue
-            latency = stats.get("latency_s", {}).get("mean")
+            latency = stats.get("generate_s", {}).get("mean")
             shown = f"{latency:.1f}" if latency is not None else ""
             lines.append(f"| {variant} | " + " | ".join(_fmt(stats.get(m)) for m in metrics) + f" | {shown} |")
         lines.append("")
