@@ -139,17 +139,20 @@ class Engine:
                 self._scorer = Scorer()
             return self._scorer
 
-    def few_shot_pool(self, path: str | Path | None = None) -> tuple[list[Example], object]:
-        """Examples with answers from ``path`` (default: the demo train set) and their unit vectors (n, d)."""
+    def few_shot_pool(self, path: str | Path | None = None, *, with_vectors: bool = True,
+                      ) -> tuple[list[Example], object]:
+        """Examples with answers from ``path`` (default: the demo train set) and, when ``with_vectors``, their unit
+        embedding vectors (n, d) for similarity selection. Cached per file."""
         path = str(path or demo_path("train.jsonl"))
         with self._lock:
-            if path in self._pools:
-                return self._pools[path]
-        examples = [example for example in load_examples(path).examples if example.output]
-        vectors = self.embedder().embed([example.user_text for example in examples])
+            cached = self._pools.get(path)
+        if cached is None:
+            cached = ([example for example in load_examples(path).examples if example.output], None)
+        if with_vectors and cached[1] is None:
+            cached = (cached[0], self.embedder().embed([example.user_text for example in cached[0]]))
         with self._lock:
-            self._pools[path] = (examples, vectors)
-        return examples, vectors
+            self._pools[path] = cached
+        return cached
 
     def resolve_run(self, run: str) -> Path:
         """A run folder from a path or a run id of this workspace."""
@@ -176,11 +179,13 @@ class Engine:
                     context.index_error = f"knowledge base unavailable: {err}"
         if any(STRATEGIES[spec.strategy].uses_shots for spec in specs) and config.few_shot_k > 0:
             try:
-                context.pool, context.pool_vectors = self.few_shot_pool(config.few_shot_pool)
+                similar = config.few_shot_selection == "similar"
+                context.pool, context.pool_vectors = self.few_shot_pool(config.few_shot_pool, with_vectors=similar)
             except (ValueError, OSError) as err:
                 raise ValueError(f"few_shot_pool: {err}") from None
-            embedder = self.embedder()
-            context.embed = lambda texts: embedder.embed(texts)
+            if similar:
+                embedder = self.embedder()
+                context.embed = lambda texts: embedder.embed(texts)
         for spec in specs:
             if not spec.adapter or spec.adapter in context.adapter_keys or spec.adapter in context.adapter_errors:
                 continue

@@ -436,3 +436,5 @@ def test_contains_answer_whole_words_after_normalisation() -> None:
     assert contains_answer("It is 12 litres, I think", "12 litres") == 1.0
     assert contains_answer("Parisian food is great", "Paris") == 0.0  # not a whole word
     assert contains_answer("anything", "The") == 0.0  # nothing left after normalisation
+    assert contains_answer("A triangle has 3 sides.", "Three") == 1.0  # number words up to twelve match digits
+    assert contains_answer("It has 30 sides.", "Three") == 0.0

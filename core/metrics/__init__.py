@@ -122,11 +122,19 @@ def classification_accuracy(prediction: str, reference: str, label_set: Sequence
     return float(normalize_answer(predicted) == normalize_answer(reference))
 
 
+NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
+                "seven": "7", "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12"}
+
+
+def _with_digits(text: str) -> str:
+    return " ".join(NUMBER_WORDS.get(word, word) for word in normalize_answer(text).split())
+
+
 def contains_answer(prediction: str, reference: str) -> float:
     """1.0 when the normalised reference appears in the normalised prediction as whole words (short-answer QA:
-    "Paris" in "The capital of France is Paris."), else 0.0."""
-    wanted = normalize_answer(reference)
-    return float(bool(wanted) and f" {wanted} " in f" {normalize_answer(prediction)} ")
+    "Paris" in "The capital of France is Paris."), else 0.0. Number words up to twelve count as digits."""
+    wanted = _with_digits(reference)
+    return float(bool(wanted) and f" {wanted} " in f" {_with_digits(prediction)} ")
 
 
 def _cosine_similarities(embedder: Embedder, predictions: list[str], references: list[str]) -> list[float]:
