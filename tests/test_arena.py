@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny_models import build_tiny_llama
 from training_helpers import ROWS, tiny_config, write_rows
 
 from core.arena import ArenaConfig, ArenaContext, parse_variants, run_examples
@@ -116,7 +117,6 @@ def talkative_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     """The tiny Llama with the embeddings of special and whitespace-only tokens zeroed: a random tied-embedding
     model otherwise repeats the newline that ends the prompt forever, and every answer decodes to ''."""
     import torch
-    from conftest import build_tiny_llama
 
     model = build_tiny_llama(len(tiny_tokenizer))
     silent = [i for i in range(len(tiny_tokenizer)) if i < 3 or not tiny_tokenizer.decode([i]).strip()]
@@ -209,8 +209,6 @@ def test_unmixable_adapter_gets_its_own_batch(host, tiny, runs):
 
 
 def test_adapter_of_another_base_model_is_refused(host, tmp_path, tiny_tokenizer):
-    from conftest import build_tiny_llama
-
     other = tmp_path / "other-base"
     build_tiny_llama(len(tiny_tokenizer), seed=5).save_pretrained(other)
     tiny_tokenizer.save_pretrained(other)
