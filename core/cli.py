@@ -449,7 +449,8 @@ command("arena", "one query through zero-shot, few-shot, RAG, fine-tuned and fin
 
 
 def _eval_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data", required=True, help="test set: .jsonl/.json/.csv/.tsv with reference answers")
+    parser.add_argument("--data", help="test set: .jsonl/.json/.csv/.tsv with reference answers "
+                                       "(default: the demo test split)")
     parser.add_argument("--out", help="folder for the results (default: a new folder under the workspace's evals/)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
     parser.add_argument("--tasks", help="comma-separated task names to keep (e.g. qa,classification)")
@@ -463,7 +464,10 @@ def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
     engine = Engine()
     progress = _StageProgress()
     tasks = [task.strip() for task in args.tasks.split(",")] if args.tasks else None
-    result = engine.evaluate(args.data, config, out=args.out, limit=args.limit, tasks=tasks, model=args.model,
+    from core.data import demo_path
+
+    data = args.data or str(demo_path("test.jsonl"))
+    result = engine.evaluate(data, config, out=args.out, limit=args.limit, tasks=tasks, model=args.model,
                              on_progress=progress)
     return result.contract()
 

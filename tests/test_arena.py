@@ -297,3 +297,18 @@ def test_run_eval_writes_every_report(host, tmp_path):
     assert all(0.0 <= saved["summary"][v]["rougeL"] <= 1.0 for v in ("zero_shot", "rag"))
     assert Path(result.eval_dir, "chart.png").read_bytes().startswith(b"\x89PNG")
     assert "## all" in (tmp_path / "eval/report.md").read_text()
+
+
+def test_single_query_streams_growing_text_per_variant(host):
+    from core.arena import run_query
+
+    seen: dict[int, list[str]] = {}
+    config = ArenaConfig(variants=["zero_shot", "rag"], generation=GEN)
+    result = run_query("Tank?", config, ArenaContext(host=host, knowledge_base=FakeKB()),
+                       on_text=lambda variant, text: seen.setdefault(variant, []).append(text))
+    assert set(seen) == {0, 1}
+    for variant, texts in seen.items():
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))  # text only grows
+        assert texts[-1].strip() == result.results[variant].answer
+    with pytest.raises(ValueError, match="query: is empty"):
+        run_query("  ", config, ArenaContext(host=host))
