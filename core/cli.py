@@ -458,14 +458,13 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> dict[str, Any]:
+    from core.data import demo_path
     from core.engine import Engine
 
     config = arena_config_from_args(args, max_new_tokens=64)
     engine = Engine()
     progress = _StageProgress()
     tasks = [task.strip() for task in args.tasks.split(",")] if args.tasks else None
-    from core.data import demo_path
-
     data = args.data or str(demo_path("test.jsonl"))
     result = engine.evaluate(data, config, out=args.out, limit=args.limit, tasks=tasks, model=args.model,
                              on_progress=progress)
