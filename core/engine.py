@@ -39,7 +39,8 @@ class Engine:
         self._lock = threading.Lock()
 
     def base_model(self, name: str | None = None) -> LoadedModel:
-        """The shared base model (default: ``$TUNE_ARENA_MODEL`` or SmolLM2-135M-Instruct)."""
+        """The shared base model (default: ``$TUNE_ARENA_MODEL`` or SmolLM2-135M-Instruct). Generate through
+        ``host()``: once a LoRA adapter is loaded its layers sit inside this model."""
         return self.models.base(name)
 
     def ask(self, prompt: str, *, system: str | None = None, model: str | None = None,
