@@ -232,8 +232,16 @@ class AdapterHost:
         run = Run(Path(run_dir))
         if not (run.path / "config.json").is_file():
             raise AdapterError(f"adapter: {run.path} is not a training run folder (no config.json)")
-        if run.run_id in self.adapters and self.adapters[run.run_id].run_dir == str(run.path):
-            return self.adapters[run.run_id]
+        key = run.run_id
+        existing = self.adapters.get(key)
+        if existing is not None and existing.run_dir == str(run.path):
+            return existing
+        if existing is not None:  # another folder with the same name: keep both apart
+            import hashlib
+
+            key = f"{run.run_id}-{hashlib.sha256(str(run.path.resolve()).encode()).hexdigest()[:6]}"
+            if key in self.adapters:
+                return self.adapters[key]
         config = run.config
         self._check_base(run.run_id, config.get("base_model"))
         if run.weights_dir is None:
@@ -241,7 +249,7 @@ class AdapterHost:
         method = config.get("method", "")
         settings = config.get("method_config") or {}
         mixable = method in MIXABLE_METHODS and not settings.get("use_dora")
-        info = AdapterInfo(run.run_id, str(run.path), method, mixable)
+        info = AdapterInfo(key, str(run.path), method, mixable)
         with self.lock:
             if mixable:
                 self._load_mixed(info, run.weights_dir)
@@ -258,7 +266,7 @@ class AdapterHost:
         except Exception as err:  # the run's base may be a folder that no longer exists
             raise AdapterError(f"adapter: run {run_id} was trained on {trained_on}, which cannot be found ({err})"
                                ) from None
-        if (theirs.name, theirs.location) != (ours.name, ours.location) and theirs.location != ours.location:
+        if theirs.location != ours.location:
             raise AdapterError(f"adapter: run {run_id} was trained on base model {theirs.name}, but the arena's base "
                                f"model is {ours.name}; pick a run of {ours.name} or switch the base model")
 

@@ -312,3 +312,13 @@ def test_single_query_streams_growing_text_per_variant(host):
         assert texts[-1].strip() == result.results[variant].answer
     with pytest.raises(ValueError, match="query: is empty"):
         run_query("  ", config, ArenaContext(host=host))
+
+
+def test_two_runs_with_the_same_folder_name_stay_apart(host, runs, tmp_path):
+    import shutil
+
+    copy = tmp_path / "elsewhere" / Path(runs["lora_b"]).name
+    shutil.copytree(runs["lora_b"], copy)
+    first, second = host.add(runs["lora_b"]).key, host.add(copy).key
+    assert first != second and host.add(copy).key == second
+    assert host.adapters[second].run_dir == str(copy)
