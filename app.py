@@ -13,6 +13,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; m
 import gradio as gr  # noqa: E402
 
 from core.engine import Engine  # noqa: E402
+from ui.arena import CSS, create_arena_tab  # noqa: E402
 from ui.ask import create_ask_tab  # noqa: E402
 
 TITLE = "Tune Arena"
@@ -23,6 +24,8 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
     engine = engine or Engine()
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nPrompting, RAG or fine-tuning? Compare them on your task, side by side.")
+        with gr.Tab("Arena"):
+            create_arena_tab(engine)
         with gr.Tab("Ask"):
             create_ask_tab(engine)
     return demo
@@ -33,6 +36,7 @@ def main() -> None:
     demo = build_app()
     demo.queue(default_concurrency_limit=2)
     demo.launch(
+        css=CSS,
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
     )

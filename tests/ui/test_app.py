@@ -36,6 +36,22 @@ def test_ask_through_gradio_client(live_app):
         client.predict("   ", "", 32, api_name="/ask")
 
 
+@pytest.mark.integration
+def test_arena_through_gradio_client(live_app):
+    from gradio_client import Client
+
+    client = Client(live_app, verbose=False)
+    variants = ["zero_shot", "few_shot", "rag", "finetuned"]
+    status, cards = client.predict("What does error code E15 mean?", "E15 means the pump motor is jammed.", "qa", "",
+                                   variants, [], "demo", 2, 3, 24, 0.0, api_name="/arena")
+    assert status.startswith("3 of 4 variants answered")
+    assert cards.count("<div class='ta-card'>") == 3 and cards.count("ta-card ta-off") == 1
+    assert "no fine-tuned run chosen" in cards  # a fresh workspace has no run yet
+    assert cards.count("ROUGE-L") == 3 and "Retrieved passages" in cards and "error-codes.md" in cards
+    with pytest.raises(Exception, match="Type a query first"):
+        client.predict(" ", "", "", "", variants, [], "demo", 2, 3, 24, 0.0, api_name="/arena")
+
+
 @pytest.mark.browser
 @pytest.mark.integration
 def test_ask_in_chromium(live_app, tmp_path):

@@ -1,0 +1,214 @@
+"""Arena tab: one query through the chosen variants, answers streamed side by side as cards, scored.
+
+Layout and wiring only: widget values -> ArenaConfig -> ``engine.arena`` (run in a worker thread so answers can be
+streamed), result -> HTML cards.
+"""
+
+from __future__ import annotations
+
+import html
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import gradio as gr
+
+from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
+from core.data import demo_path, load_examples
+from core.engine import Engine
+from core.generation import GenerationConfig
+
+DEMO_INDEX = "demo"
+CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
+         ("accuracy", "accuracy"))
+
+
+def _runs(engine: Engine) -> list[tuple[str, str]]:
+    """(label, run folder) of every run with saved weights, newest first."""
+    choices = []
+    for run in engine.runs.list():
+        if run.weights_dir is None:
+            continue
+        result = run.result or {}
+        loss = result.get("final_val_loss")
+        label = f"{run.run_id} ({run.config.get('method')}" + (f", val loss {loss:.2f})" if loss else ")")
+        choices.append((label, str(run.path)))
+    return choices
+
+
+def _indexes(engine: Engine) -> list[tuple[str, str]]:
+    rows = [(f"{row['name']} ({row.get('chunks', '?')} chunks)", row["folder"]) for row in engine.list_indexes()
+            if "error" not in row]
+    if not any(row[1].endswith(f"/{DEMO_INDEX}") for row in rows):
+        rows.append(("demo corpus (indexed on first use, ~15 s)", DEMO_INDEX))
+    return rows
+
+
+def _examples() -> list[tuple[str, int]]:
+    rows = load_examples(demo_path("test.jsonl")).examples
+    return [(f"{row.task}: {row.instruction[:70]}" + (f" / {row.input[:40]}…" if row.input else ""), number)
+            for number, row in enumerate(rows)]
+
+
+def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None = None) -> str:
+    title = html.escape(result["variant"])
+    if not result.get("available", True):
+        return (f"<div class='ta-card ta-off'><h3>{title}</h3><p class='ta-why'>Unavailable: "
+                f"{html.escape(result.get('error') or '')}</p></div>")
+    answer = streaming if streaming is not None else result.get("answer", "")
+    chips = []
+    if result.get("latency_s") is not None:
+        chips.append(f"<span class='ta-chip'>{result['latency_s']:.1f} s</span>")
+        chips.append(f"<span class='ta-chip'>{result.get('new_tokens', 0)} tokens</span>")
+    for key, label in CHIPS:
+        value = (result.get("metrics") or {}).get(key)
+        if value is None:
+            continue
+        star = " ta-best" if best.get(key) is not None and value >= best[key] - 1e-9 else ""
+        chips.append(f"<span class='ta-chip ta-score{star}'>{label} {value:.2f}</span>")
+    retrieved = "".join(
+        f"<li><b>{passage['score']:.2f}</b> {html.escape(passage['source'].rsplit('/', 1)[-1])}: "
+        f"{html.escape(' '.join(passage['text'].split())[:300])}</li>" for passage in result.get("retrieved", []))
+    parts = [f"<div class='ta-card'><h3>{title}</h3>",
+             f"<div class='ta-answer'>{html.escape(answer) or '<i>…</i>'}</div>",
+             f"<div class='ta-chips'>{''.join(chips)}</div>"]
+    if retrieved:
+        parts.append(f"<details><summary>Retrieved passages</summary><ol>{retrieved}</ol></details>")
+    if result.get("prompt"):
+        parts.append(f"<details><summary>Exact prompt</summary><pre>{html.escape(result['prompt'])}</pre></details>")
+    parts.append("</div>")
+    return "".join(parts)
+
+
+def render_cards(results: list[dict[str, Any]], streams: dict[int, str] | None = None) -> str:
+    """Cards side by side; the best value of each metric (over available variants) is highlighted."""
+    best: dict[str, float] = {}
+    for key, _ in CHIPS:
+        values = [(r.get("metrics") or {}).get(key) for r in results if r.get("available", True)]
+        values = [v for v in values if v is not None]
+        if len(values) > 1 and max(values) > min(values):
+            best[key] = max(values)
+    cards = [_card(result, best, (streams or {}).get(number)) for number, result in enumerate(results)]
+    return f"<div class='ta-cards'>{''.join(cards)}</div>"
+
+
+def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
+    examples = _examples()
+    with gr.Row():
+        with gr.Column(scale=3):
+            query = gr.Textbox(label="Query", lines=2, placeholder="Ask about the demo company, or anything",
+                               elem_id="arena-query")
+            with gr.Row():
+                reference = gr.Textbox(label="Reference answer (optional: enables scores)", lines=1,
+                                       elem_id="arena-reference")
+                task = gr.Dropdown(["", "qa", "summarization", "classification"], value="", label="Task",
+                                   elem_id="arena-task")
+            context = gr.Textbox(label="Input text (e.g. a message to summarise)", lines=2, visible=True,
+                                 elem_id="arena-input")
+            pick = gr.Dropdown(examples, label="…or pick a demo test question", value=None, elem_id="arena-pick")
+        with gr.Column(scale=2):
+            variants = gr.CheckboxGroup(list(DEFAULT_VARIANTS), value=list(DEFAULT_VARIANTS), label="Variants",
+                                        info=" · ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values()),
+                                        elem_id="arena-variants")
+            adapter = gr.Dropdown(_runs(engine), label="Fine-tuned run(s)", multiselect=True,
+                                  elem_id="arena-adapter")
+            index = gr.Dropdown(_indexes(engine), value=DEMO_INDEX, label="Knowledge base", elem_id="arena-index")
+            refresh_lists = gr.Button("Refresh runs and knowledge bases", size="sm", elem_id="arena-refresh")
+            with gr.Accordion("Settings", open=False):
+                shots = gr.Slider(0, 8, value=3, step=1, label="Few-shot examples")
+                rag_k = gr.Slider(1, 8, value=3, step=1, label="Retrieved passages")
+                max_new_tokens = gr.Slider(8, 512, value=96, step=8, label="Max new tokens")
+                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+            run = gr.Button("Run the arena", variant="primary", elem_id="arena-run")
+    status = gr.Markdown(elem_id="arena-status")
+    cards = gr.HTML(elem_id="arena-cards")
+
+    def on_pick(number: int | None):
+        if number is None:
+            return gr.update(), gr.update(), gr.update(), gr.update()
+        row = load_examples(demo_path("test.jsonl")).examples[int(number)]
+        return row.instruction, row.output or "", row.input, row.task or ""
+
+    def refresh():
+        return gr.update(choices=_runs(engine)), gr.update(choices=_indexes(engine))
+
+    def on_run(query_text, reference_text, task_name, input_text, chosen, runs, index_choice, k_shots, k_rag,
+               tokens, temp) -> Iterator[tuple[str, str]]:
+        if not query_text or not query_text.strip():
+            raise gr.Error("Type a query first (or pick a demo test question).")
+        if not chosen:
+            raise gr.Error("Choose at least one variant.")
+        try:
+            config = ArenaConfig(variants=list(chosen), adapters=list(runs or []), index=index_choice or None,
+                                 few_shot_k=int(k_shots), rag_k=int(k_rag),
+                                 generation=GenerationConfig(max_new_tokens=int(tokens), temperature=float(temp)))
+        except ValueError as err:
+            raise gr.Error(str(err)) from None
+        if index_choice == DEMO_INDEX and not (engine.workspace.indexes / DEMO_INDEX / "manifest.json").exists():
+            yield "Indexing the demo corpus (once)…", ""
+            engine.build_index([str(demo_path("corpus"))], DEMO_INDEX)
+        specs = config.specs()
+        placeholder = [{"variant": s.name, "available": True, "answer": ""} for s in specs]
+        streams: dict[int, str] = {}
+        updates: queue.Queue = queue.Queue()
+        outcome: dict[str, Any] = {}
+
+        def work() -> None:
+            try:
+                outcome["result"] = engine.arena(query_text, config, reference=reference_text or None,
+                                                 task=task_name or None, input_text=input_text or "",
+                                                 on_text=lambda variant, text: updates.put((variant, text)))
+            except Exception as err:  # shown to the user as one line
+                outcome["error"] = err
+            updates.put(None)
+
+        worker = threading.Thread(target=work, daemon=True)
+        worker.start()
+        yield "Generating…", render_cards(placeholder)
+        while True:
+            item = updates.get()
+            if item is None:
+                break
+            while item is not None:
+                streams[item[0]] = item[1]
+                try:
+                    item = updates.get_nowait()
+                except queue.Empty:
+                    break
+            if item is None:
+                break
+            yield "Generating…", render_cards(placeholder, streams)
+        worker.join()
+        if "error" in outcome:
+            raise gr.Error(str(outcome["error"]).splitlines()[0])
+        result: ArenaResult = outcome["result"]
+        rows = [r.to_dict() for r in result.results]
+        ran = [r for r in rows if r["available"]]
+        summary = f"{len(ran)} of {len(rows)} variants answered in {result.wall_s:.1f} s"
+        if not reference_text:
+            summary += " · add a reference answer to see scores"
+        yield summary, render_cards(rows)
+
+    pick.change(on_pick, [pick], [query, reference, context, task])
+    inputs = [query, reference, task, context, variants, adapter, index, shots, rag_k, max_new_tokens, temperature]
+    run.click(on_run, inputs, [status, cards], api_name="arena", concurrency_limit=2)
+    query.submit(on_run, inputs, [status, cards])
+    refresh_lists.click(refresh, None, [adapter, index], queue=False)
+    return {"query": query, "reference": reference, "variants": variants, "adapter": adapter, "index": index,
+            "run": run, "cards": cards, "status": status}
+
+
+CSS = """
+.ta-cards {display: grid; grid-template-columns: repeat(auto-fit, minmax(200px, 1fr)); gap: 12px;}
+.ta-card {border: 1px solid var(--border-color-primary); border-radius: 10px; padding: 12px;
+          background: var(--background-fill-secondary);}
+.ta-card h3 {margin: 0 0 8px 0; font-size: 1.05em;}
+.ta-off {opacity: 0.6;}
+.ta-answer {white-space: pre-wrap; min-height: 3em; margin-bottom: 8px;}
+.ta-chip {display: inline-block; padding: 2px 8px; margin: 2px; border-radius: 999px; font-size: 0.85em;
+          background: var(--background-fill-primary); border: 1px solid var(--border-color-primary);}
+.ta-best {background: #d8f5d0; border-color: #4caf50; font-weight: 600; color: #1b5e20;}
+.ta-card pre {white-space: pre-wrap; font-size: 0.8em; max-height: 300px; overflow: auto;}
+.ta-why {font-style: italic;}
+"""
