@@ -14,7 +14,7 @@ from typing import Protocol
 
 from retrieval.documents import Document
 
-HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t]*#*[ \t]*$")
+HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")  # "## C#" is "C#"; "## B ##" is "B"
 SENTENCE_END = re.compile(r"[.!?][\"')\]]*\s+")
 
 
@@ -160,6 +160,7 @@ def chunk_document(document: Document, tokenizer: TokenSpans, config: ChunkingCo
     headings: list[tuple[int, str]] = []
     chunks: list[ChunkSpan] = []
     current: list = []  # [start, end, headings] of the chunk being built
+    lead: int | None = None  # start of the heading lines that end ``current`` with no text after them yet
 
     def emit(start: int, end: int, path: tuple[str, ...]) -> None:
         while start < end and text[start].isspace():
@@ -175,45 +176,67 @@ def chunk_document(document: Document, tokenizer: TokenSpans, config: ChunkingCo
     def path_now() -> tuple[str, ...]:
         return tuple(title for _, title in headings)
 
+    def cut_long(start: int, end: int, path: tuple[str, ...]) -> int:
+        """Emit overlapping pieces of ``[start, end)`` cut at line, sentence or word boundaries while it is longer
+        than a chunk; returns where the rest (at most ``size`` tokens) starts."""
+        while counter.count(start, end) > size:
+            limit = counter.char_after_tokens(start, size) or end
+            cut = _best_break(text, start, limit)
+            if cut <= start:
+                cut = limit
+            emit(start, cut, path)
+            following = _overlap_start(text, counter, cut, overlap, start)
+            start = following if start < following < cut else cut
+        return start
+
     for block in split_blocks(text):
         if block.level:
-            if current and counter.count(current[0], current[1]) >= config.min_chunk_tokens:
-                emit(*current)
-                current = []
+            if current:
+                body_end = current[1] if lead is None else lead  # the text before any trailing heading lines
+                body = counter.count(current[0], body_end)
+                if body and (body >= config.min_chunk_tokens or counter.count(current[0], block.end) > size):
+                    emit(current[0], body_end, current[2])  # trailing heading lines move on with this heading
+                    current = [] if lead is None else [lead, current[1], current[2]]
+                if current and counter.count(current[0], block.end) > size:  # heading lines only, over a chunk
+                    emit(cut_long(current[0], current[1], current[2]), current[1], current[2])
+                    current = []
             while headings and headings[-1][0] >= block.level:
                 headings.pop()
             headings.append((block.level, HEADING.match(text[block.start:block.end]).group(2)))
-            if current:  # a short section: keep it, and the new heading joins it
+            if current:  # a short section (or heading lines): the new heading joins it
                 current[1] = block.end
+                lead = block.start if lead is None else lead
             else:
-                current = [block.start, block.end, path_now()]
+                current = [block.start, block.end, ()]
+                lead = block.start
+            if lead == current[0]:  # heading lines only so far: the chunk sits under the latest of them
+                current[2] = path_now()
             continue
         if current and counter.count(current[0], block.end) <= size:
             current[1] = block.end
+            lead = None
             continue
-        if current and counter.count(current[0], current[1]) >= config.min_chunk_tokens:
+        if current and lead is not None and lead > current[0]:
+            # text, then heading lines it cannot share a chunk with: the headings lead this block's first chunk
+            emit(current[0], lead, current[2])
+            current = [lead, block.end, path_now()]
+        elif current and lead is None and counter.count(current[0], current[1]) >= config.min_chunk_tokens:
             emit(*current)
             begin = _overlap_start(text, counter, current[1], overlap, current[0])
             if counter.count(begin, block.end) > size:
                 begin = block.start
             current = [begin, block.end, current[2] if begin < block.start else path_now()]
-        elif current:  # too short to stand alone (e.g. a heading line): it leads this block's first chunk
+        elif current:  # too short to stand alone, or heading lines only: it leads this block's first chunk
             current[1] = block.end
         else:
             current = [block.start, block.end, path_now()]
-        if counter.count(current[0], current[1]) <= size:
-            continue
-        # the block alone is longer than a chunk: cut it at line, sentence or word boundaries
-        start = current[0]
-        while counter.count(start, block.end) > size:
-            limit = counter.char_after_tokens(start, size) or block.end
-            cut = _best_break(text, start, limit)
-            if cut <= start:
-                cut = limit
-            emit(start, cut, current[2])
-            following = _overlap_start(text, counter, cut, overlap, start)
-            start = following if start < following < cut else cut
-        current = [start, block.end, current[2]]
+        lead = None
+        if counter.count(current[0], current[1]) > size:  # the block alone is longer than a chunk: cut it
+            current = [cut_long(current[0], block.end, current[2]), block.end, current[2]]
     if current:
-        emit(*current)
+        if lead == current[0] and chunks and counter.count(chunks[-1].start, current[1]) <= size:
+            last = chunks.pop()  # only heading lines are left (an empty last section): they end the previous chunk
+            emit(last.start, current[1], last.headings)
+        else:
+            emit(*current)
     return chunks

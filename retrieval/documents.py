@@ -93,7 +93,9 @@ def read_text(path: Path) -> str:
 
 
 def _first_heading(text: str) -> str | None:
-    match = re.search(r"^#{1,6}\s+(.+?)\s*#*\s*$", text, flags=re.MULTILINE)
+    # one line only ([ \t], not \s, which would run on into the next line); a closing run of #s needs a space before
+    # it, so "# Using C#" keeps its "#"
+    match = re.search(r"^#{1,6}[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$", text, flags=re.MULTILINE)
     return match.group(1).strip() if match else None
 
 

@@ -47,8 +47,13 @@ class RetrievalReport:
 
 
 def source_matches(chunk_source: str, wanted: str) -> bool:
-    """True if ``chunk_source`` is ``wanted`` or ends with it as whole path components (``#row`` ignored)."""
-    chunk_path = chunk_source.split("#", 1)[0].replace("\\", "/").strip("/")
+    """True if ``chunk_source`` is ``wanted`` or ends with it as whole path components. The chunk's ``#row`` is
+    ignored unless ``wanted`` names a row too (``faq.jsonl#4``): then only that row matches."""
+    chunk_path, _, chunk_row = chunk_source.partition("#")
+    wanted, has_row, wanted_row = wanted.partition("#")
+    if has_row and chunk_row != wanted_row:
+        return False
+    chunk_path = chunk_path.replace("\\", "/").strip("/")
     wanted = wanted.replace("\\", "/").strip("/")
     return chunk_path == wanted or chunk_path.endswith("/" + wanted)
 

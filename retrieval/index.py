@@ -12,10 +12,12 @@ document embeds nothing, and only added, changed or deleted documents touch the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import tempfile
@@ -252,6 +254,7 @@ class KnowledgeBase:
         target.parent.mkdir(parents=True, exist_ok=True)
         with self._lock:
             tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
+            old = None
             try:
                 faiss.write_index(self.index, str(tmp / "index.faiss"))
                 with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as handle:
@@ -261,13 +264,15 @@ class KnowledgeBase:
                     os.fsync(handle.fileno())
                 (tmp / "manifest.json").write_text(json.dumps(self.manifest(), indent=1) + "\n", encoding="utf-8")
                 _fsync_folder(tmp)
-                old = None
                 if target.exists():
                     old = target.parent / f".old-{target.name}-{secrets.token_hex(4)}"
                     os.rename(target, old)
                 os.rename(tmp, target)
             except BaseException:
                 shutil.rmtree(tmp, ignore_errors=True)
+                if old is not None and not target.exists():  # the new one did not move in: the old one goes back
+                    with contextlib.suppress(OSError):  # else ``recover`` brings it back on the next load
+                        os.rename(old, target)
                 raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
@@ -301,7 +306,7 @@ class KnowledgeBase:
             raise IndexFolderError(f"{folder / 'index.faiss'}: not a readable FAISS index ({reason})") from None
         _configure_search(kb.index, index_config)
         chunks_path = folder / "chunks.jsonl"
-        with open(chunks_path, encoding="utf-8") as handle:
+        with open(chunks_path, "rb") as handle:  # bytes: invalid UTF-8 fails in json.loads, naming the line
             for number, line in enumerate(handle, start=1):
                 if not line.strip():
                     continue
@@ -517,7 +522,11 @@ def _folder_bytes(folder: Path) -> int:
 
 def recover(folder: Path) -> None:
     """Finish a save interrupted between its two renames: bring back ``.old-<name>-*`` if ``folder`` is missing."""
-    olds = sorted(folder.parent.glob(f".old-{folder.name}-*"), key=lambda path: path.stat().st_mtime)
+    # exactly ".old-<name>-<8 hex digits>" (what ``save`` writes): a glob ".old-<name>-*" would also take the saved
+    # copy of a sibling index whose name extends this one ("kb-2" for "kb") and treat "[", "*" in names as patterns
+    own = re.compile(rf"\.old-{re.escape(folder.name)}-[0-9a-f]{{8}}")
+    olds = sorted((path for path in folder.parent.iterdir() if own.fullmatch(path.name)),
+                  key=lambda path: path.stat().st_mtime)
     if not olds:
         return
     if not (folder / "manifest.json").exists() and not folder.exists():
