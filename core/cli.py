@@ -391,7 +391,8 @@ def arena_config_from_args(args: argparse.Namespace, *, max_new_tokens: int = 12
     from core.arena import DEFAULT_VARIANTS, ArenaConfig
     from core.generation import GenerationConfig
 
-    generation = {"max_new_tokens": args.max_new_tokens or max_new_tokens, "stop": args.stop}
+    generation = {"max_new_tokens": max_new_tokens if args.max_new_tokens is None else args.max_new_tokens,
+                  "stop": args.stop}
     for flag, key in (("temperature", "temperature"), ("top_p", "top_p"),
                       ("repetition_penalty", "repetition_penalty"), ("seed", "seed")):
         if getattr(args, flag) is not None:

@@ -216,6 +216,8 @@ class Engine:
                  on_progress=None) -> EvalResult:
         """Run ``config``'s variants over a test file; saved under ``out`` (default: a new folder in evals/)."""
         config = config or ArenaConfig()
+        if limit is not None and limit < 1:
+            raise ValueError(f"limit: must be at least 1, got {limit}")
         examples = load_examples(data).examples
         if tasks:
             examples = [example for example in examples if example.task in tasks]

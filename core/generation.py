@@ -257,6 +257,12 @@ class AdapterHost:
         logger.info("adapter %s (%s) ready%s", info.key, method, " for mixed batches" if mixable else "")
         return info
 
+    @staticmethod
+    def _prompt_learning(method: str) -> bool:
+        from core.methods import METHODS
+
+        return method in METHODS and METHODS[method].prompt_learning
+
     def _check_base(self, run_id: str, trained_on: str | None) -> None:
         from core.models import resolve_base_model
 
@@ -266,7 +272,11 @@ class AdapterHost:
         except Exception as err:  # the run's base may be a folder that no longer exists
             raise AdapterError(f"adapter: run {run_id} was trained on {trained_on}, which cannot be found ({err})"
                                ) from None
-        if theirs.location != ours.location:
+
+        def where(model) -> str:  # one folder however it is spelled (relative, symlinked); hub ids as they are
+            return model.location if model.kind == "hub" else str(Path(model.location).resolve())
+
+        if where(theirs) != where(ours):
             raise AdapterError(f"adapter: run {run_id} was trained on base model {theirs.name}, but the arena's base "
                                f"model is {ours.name}; pick a run of {ours.name} or switch the base model")
 
@@ -326,7 +336,8 @@ class AdapterHost:
     ) -> list[Generated]:
         """Generate for each prompt with its adapter key (None = base model), as few batches as possible.
 
-        Rows of the base model and of mixable adapters share batches; every other adapter gets its own.
+        Rows of the base model and of mixable adapters share batches; every other adapter gets its own (for
+        prompt-learning methods, one per prompt length).
         ``on_text(row, text)`` streams answers (row = index in ``prompts``); ``on_batch(done_rows, total)``.
         """
         if len(prompts) != len(adapters):
@@ -334,14 +345,18 @@ class AdapterHost:
         for key in adapters:
             if key is not None and key not in self.adapters:
                 raise AdapterError(f"adapter: {key} is not loaded; add its run first")
-        groups: dict[str, list[int]] = {}
+        groups: dict[tuple[str, int], list[int]] = {}
         for row, key in enumerate(adapters):
             group = "" if key is None or self.adapters[key].mixable else key
-            groups.setdefault(group, []).append(row)
+            # PEFT puts virtual tokens before the padding, so a prompt-learning adapter sees a padded row at other
+            # distances than the same row alone: it batches only rows of the same token length.
+            length = len(self.base.tokenizer(prompts[row], add_special_tokens=False)["input_ids"]) if (
+                group and self._prompt_learning(self.adapters[key].method)) else 0
+            groups.setdefault((group, length), []).append(row)
         results: list[Generated | None] = [None] * len(prompts)
         done = 0
         with self.lock:
-            for group, rows in groups.items():
+            for (group, _), rows in groups.items():
                 for begin in range(0, len(rows), max_batch_size):
                     part = rows[begin:begin + max_batch_size]
                     if group:

@@ -129,7 +129,9 @@ def select_shots(
     if example.task:
         same_task = [index for index in candidates if pool[index].task == example.task]
         candidates = same_task or candidates
-    if selection == "fixed" or len(candidates) <= k:
+    if not candidates:
+        return []
+    if selection == "fixed" or (selection == "random" and len(candidates) <= k):
         chosen = candidates[:k]
     elif selection == "random":
         chosen = sorted(random.Random(seed).sample(candidates, k))

@@ -1,307 +1,167 @@
-"""Arena on the tiny Llama: prompt builders, batched == one-by-one generation, mixed LoRA adapters in one batch ==
-each adapter alone, unmixable adapters in their own batch, base-model mismatch, unavailable variants, eval summary."""
+"""The arena: variants over examples with an ArenaContext built by hand (the tiny Llama behind an AdapterHost, a
+fake knowledge base, a small pool), unavailable variants with their reasons, the context window, scoring, variant
+parsing and config errors, and `python -m core arena` in-process."""
 
 from __future__ import annotations
 
-import csv
 import json
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
-from tiny_models import build_tiny_llama
-from training_helpers import ROWS, tiny_config, write_rows
-
-from core.arena import ArenaConfig, ArenaContext, parse_variants, run_examples
-from core.data import Example, build_messages
-from core.evals import run_eval, summarise
-from core.generation import AdapterError, AdapterHost, GenerationConfig, generate_batch
-from core.models import load_causal_lm
-from core.prompting import (
-    Passage,
-    PromptTooLongError,
-    few_shot_messages,
-    fit_passages,
-    label_set,
-    rag_messages,
-    select_shots,
-    zero_shot_messages,
+from arena_helpers import (
+    PROMPTS,
+    EchoHost,
+    FakeEncoder,
+    FakeKB,
+    one_torch_thread,
+    talkative_model_dir,
+    trained_runs,
 )
-from core.training import load_trained_model, train
 
-GEN = GenerationConfig(max_new_tokens=10)
-PROMPTS = ["What is the capital of France?", "Tank?", "How many pod slots has the Orbit 3 garden and its tank size?"]
+from core.arena import ArenaConfig, ArenaContext, parse_variants, run_examples, run_query
+from core.cli import main
+from core.data import Example
+from core.generation import AdapterHost, GenerationConfig, generate_batch
+from core.models import load_causal_lm
+from core.prompting import RAG_INSTRUCTION
+from core.training import load_trained_model
 
-
-# --------------------------------------------------------------------------------------------------------------------
-# Prompt builders (pure)
-# --------------------------------------------------------------------------------------------------------------------
-
-QUERY = Example(instruction="How big is the tank?", task="qa", uid="q")
+GEN = GenerationConfig(max_new_tokens=8)
+VARIANTS = ["zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag"]
+# p0 p2 p4: classification; p1 p3 p5: qa
 POOL = [Example(instruction=f"Question {i}?", output=f"Answer {i}.", task="qa" if i % 2 else "classification",
                 uid=f"p{i}") for i in range(6)]
+EXAMPLES = [Example(instruction=q, output="Paris.", task="qa", uid=f"e{i}") for i, q in enumerate(PROMPTS)]
 
 
-def test_zero_and_few_shot_layouts():
-    assert zero_shot_messages(QUERY, "Be brief.") == build_messages(QUERY, "Be brief.")
-    messages = few_shot_messages(QUERY, POOL[1:3], "Be brief.")
-    assert [m["role"] for m in messages] == ["system", "user", "assistant", "user", "assistant", "user"]
-    assert messages[1]["content"] == "Question 1?" and messages[2]["content"] == "Answer 1."
-    assert messages[-1]["content"] == "How big is the tank?"
-
-
-def test_rag_prompt_numbers_passages_with_their_file_names():
-    passages = [Passage("The tank holds 5.5 litres.", "corpus/orbit.md", 0.9), Passage("Other.", "x/y.md", 0.5)]
-    content = rag_messages(QUERY, passages)[-1]["content"]
-    assert "[1] (source: orbit.md) The tank holds 5.5 litres." in content and "[2] (source: y.md)" in content
-    assert content.endswith("Question: How big is the tank?")
-    assert rag_messages(QUERY, []) == zero_shot_messages(QUERY)
-
-
-def test_fit_passages_drops_the_lowest_ranked_first():
-    passages = [Passage("a " * 10, "1", 0.9), Passage("b " * 10, "2", 0.8), Passage("c " * 10, "3", 0.7)]
-    size = lambda kept: 5 + sum(len(p.text.split()) for p in kept)  # noqa: E731
-    assert [p.source for p in fit_passages(size, passages, 26)] == ["1", "2"]
-    assert fit_passages(size, passages, 5) == []
-    with pytest.raises(PromptTooLongError, match="5 tokens, over the 4"):
-        fit_passages(size, passages, 4)
-
-
-def test_shot_selection_strategies():
-    pool = [*POOL, Example(instruction="How big is the tank?", output="x", task="qa", uid="q")]
-    fixed = select_shots(pool, QUERY, 2, selection="fixed")
-    assert [s.uid for s in fixed] == ["p1", "p3"]  # same task first, never the query itself
-    random_a = select_shots(pool, QUERY, 2, selection="random", seed=1)
-    assert random_a == select_shots(pool, QUERY, 2, selection="random", seed=1)
-    assert {s.uid for s in random_a} <= {"p1", "p3", "p5"}
-
-    def embed(texts):  # question number -> a direction; the query is closest to question 5
-        vectors = [[1.0, float(t.split()[1].rstrip("?"))] if t.startswith("Question") else [1.0, 4.6] for t in texts]
-        vectors = np.array(vectors, dtype=np.float32)
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-    similar = select_shots(pool[:6], QUERY, 2, selection="similar", embed=embed)
-    assert [s.uid for s in similar] == ["p3", "p5"]  # most similar last, next to the query
-    with pytest.raises(ValueError, match="few_shot_selection"):
-        select_shots(pool, QUERY, 2, selection="best")
-
-
-def test_label_set_from_instruction_or_known_labels():
-    example = Example(instruction="Classify the message into one category: billing, shipping, technical.")
-    assert label_set(example) == ["billing", "shipping", "technical"]
-    assert label_set(example, ["a", "b"]) == ["a", "b"]
-    assert label_set(Example(instruction="Summarise this.")) is None
-
-
-def test_parse_variants_and_config_errors():
-    specs = parse_variants(["zero_shot", "finetuned", "rag"], ["runs/a", "runs/b"])
-    assert [s.name for s in specs] == ["zero_shot", "finetuned@a", "finetuned@b", "rag"]
-    assert parse_variants(["finetuned@runs/x"])[0].adapter == "runs/x"
-    with pytest.raises(ValueError, match="unknown variant 'best'"):
-        parse_variants(["best"])
-    with pytest.raises(ValueError, match="listed twice"):
-        parse_variants(["rag", "rag"])
-    with pytest.raises(ValueError, match="^rag_k:"):
-        ArenaConfig(rag_k=0)
-    with pytest.raises(ValueError, match="^max_new_tokens:"):
-        GenerationConfig(max_new_tokens=0)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Generation on the tiny model
-# --------------------------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
 
 
 @pytest.fixture(scope="module")
 def talkative_dir(tmp_path_factory, tiny_tokenizer) -> Path:
-    """The tiny Llama with the embeddings of special and whitespace-only tokens zeroed: a random tied-embedding
-    model otherwise repeats the newline that ends the prompt forever, and every answer decodes to ''."""
-    import torch
-
-    model = build_tiny_llama(len(tiny_tokenizer))
-    silent = [i for i in range(len(tiny_tokenizer)) if i < 3 or not tiny_tokenizer.decode([i]).strip()]
-    with torch.no_grad():
-        model.model.embed_tokens.weight[silent] = 0.0
-    folder = tmp_path_factory.mktemp("talkative-llama")
-    model.save_pretrained(folder)
-    tiny_tokenizer.save_pretrained(folder)
-    return folder
+    return talkative_model_dir(tmp_path_factory, tiny_tokenizer)
 
 
 @pytest.fixture(scope="module")
-def tiny(talkative_dir):
-    return load_causal_lm(str(talkative_dir), device="cpu", dtype="fp32")
-
-
-def rendered(loaded, questions):
-    return [loaded.tokenizer.apply_chat_template([{"role": "user", "content": q}], tokenize=False,
-                                                 add_generation_prompt=True) for q in questions]
-
-
-def test_batched_generation_equals_one_by_one(tiny):
-    prompts = rendered(tiny, PROMPTS)
-    batched = generate_batch(tiny.model, tiny.tokenizer, prompts, GEN)
-    alone = [generate_batch(tiny.model, tiny.tokenizer, [p], GEN)[0] for p in prompts]
-    assert [(b.text, b.new_tokens) for b in batched] == [(a.text, a.new_tokens) for a in alone]
-    assert all(b.text for b in batched) and len({b.text for b in batched}) == 3
-    assert len({b.prompt_tokens for b in batched}) == 3  # really different lengths: left padding was exercised
-    assert all(0 < b.last_token_s <= b.batch_s and b.batch_size == 3 for b in batched)
-
-
-def test_length_and_stop_strings(tiny):
-    prompt = rendered(tiny, PROMPTS[:1])
-    plain = generate_batch(tiny.model, tiny.tokenizer, prompt, GEN)[0]
-    assert plain.finish == "length" and plain.new_tokens == GEN.max_new_tokens  # this model never ends by itself
-    stop = plain.text[2:4]
-    cut = generate_batch(tiny.model, tiny.tokenizer, prompt, GenerationConfig(max_new_tokens=10, stop=[stop]))[0]
-    assert cut.finish == "stop" and stop not in cut.text and plain.text.startswith(cut.text)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Adapters: mixed batches, separate models, base mismatch
-# --------------------------------------------------------------------------------------------------------------------
+def runs(tmp_path_factory, talkative_dir):
+    return trained_runs(tmp_path_factory, talkative_dir)
 
 
 @pytest.fixture(scope="module")
-def runs(talkative_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("arena-runs")
-    data = write_rows(root / "rows.jsonl", ROWS)
-    made = {}
-    for name, method, seed in (("lora_a", "lora", 1), ("lora_b", "lora", 2), ("ia3", "ia3", 3)):
-        config = tiny_config(data, talkative_dir, method=method, seed=seed, learning_rate=0.05, max_steps=4)
-        made[name] = train(config, run_dir=root / name).run_dir
-    return made
+def host(talkative_dir, runs):
+    """One host for the module, with the LoRA run loaded (base rows stay clean: test_generation checks that)."""
+    host = AdapterHost(load_causal_lm(str(talkative_dir), device="cpu", dtype="fp32"))
+    host.add(runs["lora_a"])
+    return host
 
 
-@pytest.fixture
-def host(talkative_dir):
-    return AdapterHost(load_causal_lm(str(talkative_dir), device="cpu", dtype="fp32"))
-
-
-def alone_with(run_dir, prompts):
-    loaded = load_trained_model(run_dir, device="cpu", dtype="fp32")
-    return [generate_batch(loaded.model, loaded.tokenizer, [p], GEN)[0].text for p in prompts]
-
-
-def test_mixed_lora_batch_equals_each_adapter_alone(host, tiny, runs):
-    prompts = rendered(tiny, PROMPTS)
-    a, b = host.add(runs["lora_a"]).key, host.add(runs["lora_b"]).key
-    assert host.adapters[a].mixable and host.adapters[b].mixable
-    rows = [prompts[0], prompts[1], prompts[2], prompts[0], prompts[2]]
-    keys = [None, a, b, a, None]
-    mixed = [g.text for g in host.generate(rows, keys, GEN)]
-    base = [generate_batch(tiny.model, tiny.tokenizer, [p], GEN)[0].text for p in prompts]
-    assert mixed[0] == base[0] and mixed[4] == base[2]  # base rows untouched by the loaded adapters
-    assert [mixed[1], mixed[3]] == [alone_with(runs["lora_a"], [prompts[1], prompts[0]])[i] for i in (0, 1)]
-    assert mixed[2] == alone_with(runs["lora_b"], [prompts[2]])[0]
-    assert mixed[1] != base[1] or mixed[2] != base[2]  # the adapters really change answers
-    assert {g.batch_size for g in host.generate(rows, keys, GEN)} == {5}  # one generate call for all five
-
-
-def test_unmixable_adapter_gets_its_own_batch(host, tiny, runs):
-    prompts = rendered(tiny, PROMPTS[:2])
-    key = host.add(runs["ia3"]).key
-    assert not host.adapters[key].mixable
-    out = host.generate([prompts[0], prompts[1], prompts[0]], [key, None, key], GEN)
-    assert [g.batch_size for g in out] == [2, 1, 2]
-    assert [out[0].text, out[2].text] == [alone_with(runs["ia3"], [prompts[0]])[0]] * 2
-    assert out[1].text == generate_batch(tiny.model, tiny.tokenizer, [prompts[1]], GEN)[0].text
-
-
-def test_adapter_of_another_base_model_is_refused(host, tmp_path, tiny_tokenizer):
-    other = tmp_path / "other-base"
-    build_tiny_llama(len(tiny_tokenizer), seed=5).save_pretrained(other)
-    tiny_tokenizer.save_pretrained(other)
-    data = write_rows(tmp_path / "rows.jsonl", ROWS)
-    run = train(tiny_config(data, other, method="lora", max_steps=1), run_dir=tmp_path / "other-run").run_dir
-    with pytest.raises(AdapterError, match=f"trained on base model {other}.*base model is {host.base.resolved.name}"):
-        host.add(run)
-    with pytest.raises(AdapterError, match="not loaded"):
-        host.generate(["x"], ["nope"], GEN)
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Variants over examples
-# --------------------------------------------------------------------------------------------------------------------
-
-
-class FakeKB:
-    """search() like retrieval.KnowledgeBase, returning two fixed passages."""
-
-    def search(self, query, k, hybrid=True):
-        from retrieval.index import Chunk, SearchHit
-
-        chunks = [Chunk(i, f"d{i}", f"corpus/doc{i}.md", f"Doc {i}", (), 0, 10, f"Passage {i} about tanks.", 4, "h")
-                  for i in range(2)]
-        return [SearchHit(rank, 0.9 - rank / 10, chunk) for rank, chunk in enumerate(chunks[:k], start=1)]
-
-
-def test_every_variant_answers_and_missing_parts_are_explained(host, runs):
-    key = host.add(runs["lora_a"]).key
-    examples = [Example(instruction=q, output="Paris.", task="qa", uid=f"e{i}") for i, q in enumerate(PROMPTS)]
-    config = ArenaConfig(adapters=[runs["lora_a"]], few_shot_k=2, few_shot_selection="fixed", rag_k=2,
-                         generation=GEN)
-    context = ArenaContext(host=host, knowledge_base=FakeKB(), pool=POOL, adapter_keys={runs["lora_a"]: key})
-    table = run_examples(examples, config, context)
-    assert [r.variant for r in table[0]] == ["zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag"]
-    assert all(r.available and r.prompt and r.latency_s > 0 for row in table for r in row)
-    assert table[0][1].shots == ["p1", "p3"] and len(table[0][2].retrieved) == 2
-    assert table[0][0].retrieved == [] and "(source: doc0.md)" in table[0][4].prompt
-    alone = [run_examples([example], config, context)[0] for example in examples]
-    assert [[r.answer for r in row] for row in table] == [[r.answer for r in row] for row in alone]
-
-    bare = ArenaContext(host=host, index_error="knowledge base unavailable: index folder x does not exist")
-    row = run_examples(examples[:1], ArenaConfig(generation=GEN), bare)[0]
-    reasons = {r.variant: r.error for r in row if not r.available}
-    assert reasons["rag"].endswith("does not exist") and "no fine-tuned run" in reasons["finetuned"]
-    assert "no few-shot examples" in reasons["few_shot"] and row[0].available and row[0].answer is not None
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Evaluation summary and reports
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def test_summary_means_per_variant_and_task():
-    rows = [
-        {"variant": "a", "task": "qa", "metrics": {"rougeL": 0.2, "accuracy": None}},
-        {"variant": "a", "task": "qa", "metrics": {"rougeL": 0.4}},
-        {"variant": "a", "task": "cls", "metrics": {"rougeL": 0.9, "accuracy": 1.0}},
-        {"variant": "b", "task": "qa", "metrics": {"rougeL": 0.7}, "available": True},
-        {"variant": "b", "task": "qa", "metrics": {}, "available": False},
-    ]
-    summary = summarise(rows, n_resamples=200)
-    assert summary["a"]["qa"]["rougeL"]["mean"] == pytest.approx(0.3) and summary["a"]["qa"]["rougeL"]["n"] == 2
-    assert summary["a"]["all"]["rougeL"]["mean"] == pytest.approx(0.5) and summary["a"]["all"]["rougeL"]["n"] == 3
-    assert "accuracy" not in summary["a"]["qa"] and summary["a"]["cls"]["accuracy"]["mean"] == 1.0
-    assert summary["b"]["all"]["rougeL"]["n"] == 1  # the unavailable row is left out
-    stats = summary["a"]["all"]["rougeL"]
-    assert stats["low"] <= stats["mean"] <= stats["high"] and stats["low"] < stats["high"]
-
-
-def test_run_eval_writes_every_report(host, tmp_path):
+@pytest.fixture(scope="module")
+def scorer():
     from core.metrics import Scorer
 
-    examples = [Example(instruction=q, output="Paris is the capital.", task="qa", uid=f"e{i}")
-                for i, q in enumerate(PROMPTS)]
-    config = ArenaConfig(variants=["zero_shot", "rag"], generation=GEN)
-    context = ArenaContext(host=host, scorer=Scorer(), knowledge_base=FakeKB())
-    result = run_eval(examples, config, context, tmp_path / "eval", data_path="rows.jsonl")
-    files = sorted(p.name for p in (tmp_path / "eval").iterdir())
-    assert files == ["chart.png", "examples.csv", "report.md", "results.json", "summary.csv"]
-    with open(tmp_path / "eval/examples.csv", newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert len(rows) == 6 and {r["variant"] for r in rows} == {"zero_shot", "rag"}
-    saved = json.loads((tmp_path / "eval/results.json").read_text())
-    assert saved["n"] == 3 and set(saved["summary"]) == {"zero_shot", "rag"}
-    assert all(0.0 <= saved["summary"][v]["rougeL"] <= 1.0 for v in ("zero_shot", "rag"))
-    assert Path(result.eval_dir, "chart.png").read_bytes().startswith(b"\x89PNG")
-    assert "## all" in (tmp_path / "eval/report.md").read_text()
+    return Scorer()
+
+
+def full_context(host, runs, **extra):
+    return ArenaContext(host=host, knowledge_base=FakeKB(), pool=POOL, adapter_keys={runs["lora_a"]: "lora_a"},
+                        **extra)
+
+
+def full_config(runs, **extra):
+    values = {"adapters": [runs["lora_a"]], "few_shot_k": 2, "few_shot_selection": "fixed", "rag_k": 2,
+              "generation": GEN}
+    return ArenaConfig(**{**values, **extra})
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Every variant on the tiny model
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_every_variant_answers_with_its_own_material(host, runs):
+    context = full_context(host, runs)
+    table = run_examples(EXAMPLES, full_config(runs), context, score=False)
+    assert [[r.variant for r in row] for row in table] == [VARIANTS] * 3
+    for example, row in zip(EXAMPLES, table, strict=True):
+        by = {r.variant: r for r in row}
+        assert all(r.available and r.error is None and r.answer and r.prompt for r in row)
+        assert all(r.new_tokens == GEN.max_new_tokens and r.finish == "length" for r in row)
+        assert all(0 < r.generate_s <= r.latency_s and r.batch_size >= 1 for r in row)
+        for name in ("rag", "finetuned_rag"):
+            assert [(p["source"], p["score"], p["title"]) for p in by[name].retrieved] == [
+                ("corpus/doc0.md", 0.4, "Doc 1"), ("corpus/doc1.md", 0.3, "Doc 2")]  # dense scores, best first
+            assert "[1] (source: doc0.md) Passage 0 about tanks." in by[name].prompt
+            assert "[2] (source: doc1.md) Passage 1 about pods." in by[name].prompt
+            assert by[name].retrieval_s is not None
+        for name in ("zero_shot", "few_shot", "finetuned"):
+            assert by[name].retrieved == [] and "Passage 0" not in by[name].prompt
+        assert by["few_shot"].shots == ["p1", "p3"]
+        assert "Question 1?" in by["few_shot"].prompt and "Answer 3." in by["few_shot"].prompt
+        assert all(r.shots == [] for r in row if r.variant != "few_shot")
+        assert by["finetuned"].prompt == by["zero_shot"].prompt  # the adapter sees the layout it trained on
+        assert by["finetuned_rag"].prompt == by["rag"].prompt
+        assert by["finetuned"].adapter == runs["lora_a"] and by["zero_shot"].adapter is None
+        assert example.instruction in by["zero_shot"].prompt
+    assert context.knowledge_base.calls == [(q, 2, True) for q in PROMPTS]  # one search per example
+
+
+def test_variants_generate_with_the_right_weights(host, runs):
+    table = run_examples(EXAMPLES, full_config(runs), full_context(host, runs), score=False)
+    base = load_causal_lm(str(host.base.resolved.location), device="cpu", dtype="fp32")
+    tuned = load_trained_model(runs["lora_a"], device="cpu", dtype="fp32")
+
+    def alone(loaded, prompt):
+        return generate_batch(loaded.model, loaded.tokenizer, [prompt], GEN)[0].text
+
+    for row in table:
+        by = {r.variant: r for r in row}
+        for name in ("zero_shot", "few_shot", "rag"):
+            assert by[name].answer == alone(base, by[name].prompt)
+        for name in ("finetuned", "finetuned_rag"):
+            assert by[name].answer == alone(tuned, by[name].prompt)
+    assert any(row[0].answer != row[3].answer for row in table)  # the adapter changes at least one answer
+
+
+def test_two_adapters_of_different_methods_side_by_side(host, runs):
+    """A LoRA run (mixed into the base batch) and a prompt-tuning run (a batch of its own) as two variants."""
+    lora, prompt = runs["lora_a"], runs["prompt_tuning"]
+    keys = {lora: host.add(lora).key, prompt: host.add(prompt).key}
+    config = ArenaConfig(variants=["zero_shot", "finetuned"], adapters=[lora, prompt], generation=GEN)
+    table = run_examples(EXAMPLES[:2], config, ArenaContext(host=host, adapter_keys=keys), score=False)
+    assert [r.variant for r in table[0]] == ["zero_shot", "finetuned@lora_a", "finetuned@prompt_tuning"]
+    for row in table:
+        assert row[1].prompt == row[2].prompt == row[0].prompt
+        for result, run in ((row[1], lora), (row[2], prompt)):
+            loaded = load_trained_model(run, device="cpu", dtype="fp32")
+            assert result.answer == generate_batch(loaded.model, loaded.tokenizer, [result.prompt], GEN)[0].text
+    assert table[0][0].batch_size == 4  # base + LoRA rows of both examples share one batch
+    # prompt tuning gets batches of its own, one per prompt length (virtual tokens sit before the padding)
+    lengths = [len(host.base.tokenizer(row[2].prompt, add_special_tokens=False)["input_ids"]) for row in table]
+    assert table[0][2].batch_size == (2 if lengths[0] == lengths[1] else 1)
+
+
+def test_batched_across_examples_equals_each_example_alone(host, runs):
+    config, context = full_config(runs), full_context(host, runs)
+    together = run_examples(EXAMPLES, config, context, score=False)
+    alone = [run_examples([example], config, context, score=False)[0] for example in EXAMPLES]
+    assert [[(r.answer, r.prompt, r.retrieved, r.shots) for r in row] for row in together] == [
+        [(r.answer, r.prompt, r.retrieved, r.shots) for r in row] for row in alone]
+    assert max(r.batch_size for row in together for r in row) == 8  # 15 rows in batches of at most 8
+    assert max(r.batch_size for row in alone for r in row) <= 5
+
+
+def test_progress_reports_retrieval_and_generation(host, runs):
+    seen = []
+    run_examples(EXAMPLES, full_config(runs, max_batch_size=4), full_context(host, runs), score=False,
+                 on_progress=lambda stage, done, total: seen.append((stage, done, total)))
+    assert [s for s in seen if s[0] == "retrieve"] == [("retrieve", 1, 3), ("retrieve", 2, 3), ("retrieve", 3, 3)]
+    assert [s for s in seen if s[0] == "generate"] == [("generate", n, 15) for n in (4, 8, 12, 15)]
 
 
 def test_single_query_streams_growing_text_per_variant(host):
-    from core.arena import run_query
-
     seen: dict[int, list[str]] = {}
     config = ArenaConfig(variants=["zero_shot", "rag"], generation=GEN)
     result = run_query("Tank?", config, ArenaContext(host=host, knowledge_base=FakeKB()),
@@ -310,15 +170,270 @@ def test_single_query_streams_growing_text_per_variant(host):
     for variant, texts in seen.items():
         assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))  # text only grows
         assert texts[-1].strip() == result.results[variant].answer
-    with pytest.raises(ValueError, match="query: is empty"):
-        run_query("  ", config, ArenaContext(host=host))
 
 
-def test_two_runs_with_the_same_folder_name_stay_apart(host, runs, tmp_path):
-    import shutil
+# --------------------------------------------------------------------------------------------------------------------
+# Unavailable variants
+# --------------------------------------------------------------------------------------------------------------------
 
-    copy = tmp_path / "elsewhere" / Path(runs["lora_b"]).name
-    shutil.copytree(runs["lora_b"], copy)
-    first, second = host.add(runs["lora_b"]).key, host.add(copy).key
-    assert first != second and host.add(copy).key == second
-    assert host.adapters[second].run_dir == str(copy)
+
+def test_missing_parts_make_variants_unavailable_while_others_answer(host):
+    bare = ArenaContext(host=host, index_error="knowledge base unavailable: index folder x does not exist")
+    row = run_examples(EXAMPLES[:1], ArenaConfig(generation=GEN), bare, score=False)[0]
+    reasons = {r.variant: r.error for r in row if not r.available}
+    assert set(reasons) == {"few_shot", "rag", "finetuned", "finetuned_rag"}
+    assert reasons["rag"] == "knowledge base unavailable: index folder x does not exist"
+    assert reasons["finetuned"].startswith("no fine-tuned run chosen")
+    assert reasons["finetuned_rag"].startswith("no fine-tuned run chosen")  # the adapter is the first thing missing
+    assert reasons["few_shot"].startswith("no few-shot examples")
+    assert row[0].available and row[0].answer and row[0].latency_s > 0
+    assert all(r.answer == "" and r.latency_s is None and r.prompt == "" for r in row if not r.available)
+
+    no_index = run_examples(EXAMPLES[:1], ArenaConfig(variants=["rag"], generation=GEN), ArenaContext(host=host))
+    assert no_index[0][0].error.startswith("no knowledge base chosen")
+
+
+def test_an_adapter_that_failed_to_load_is_unavailable_with_its_error(host):
+    context = ArenaContext(host=host, adapter_errors={"runs/x": "adapter: run x was trained on base model other"})
+    row = run_examples(EXAMPLES[:1], ArenaConfig(variants=["zero_shot", "finetuned"], adapters=["runs/x"],
+                                                 generation=GEN), context, score=False)[0]
+    assert row[0].available and not row[1].available
+    assert row[1].error == "adapter: run x was trained on base model other"
+
+
+def test_empty_query_is_refused(host):
+    for query in ("", "   "):
+        with pytest.raises(ValueError, match="^query: is empty"):
+            run_query(query, ArenaConfig(generation=GEN), ArenaContext(host=host))
+
+
+def test_latency_counts_from_the_request_start_and_generate_s_from_the_batch_start():
+    class SlowKB(FakeKB):
+        def search(self, query, k, hybrid=True):
+            time.sleep(0.05)
+            return super().search(query, k, hybrid)
+
+    host = EchoHost(lambda prompt, adapter: "ok")  # every row: last token 0.02 s into its batch
+    row = run_examples(EXAMPLES[:1], ArenaConfig(variants=["zero_shot", "rag"]),
+                       ArenaContext(host=host, knowledge_base=SlowKB()), score=False)[0]
+    assert [r.generate_s for r in row] == [0.02, 0.02]
+    assert all(r.latency_s >= 0.05 + 0.02 for r in row)  # the retrieval came first, for every variant
+    assert row[1].retrieval_s >= 0.05 and row[0].retrieval_s is None
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The context window (a host that counts words as tokens)
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_passages_are_dropped_to_fit_then_the_query_is_refused():
+    passages = [" ".join([f"w{i}"] * 30) for i in range(3)]  # 30 words each
+    host = EchoHost(lambda prompt, adapter: "ok", window=100)
+    config = ArenaConfig(variants=["zero_shot", "rag"], rag_k=3, generation=GenerationConfig(max_new_tokens=20))
+    context = ArenaContext(host=host, knowledge_base=FakeKB(passages))
+    # budget 100 - 20 = 80 words; rendered: "user:" + instruction + "Passages:" + 33 per passage + "Question:" + query
+    overhead = 1 + len(RAG_INSTRUCTION.split()) + 1 + 1 + 2
+    assert overhead + 33 <= 80 < overhead + 66
+    row = run_examples([Example(instruction="Tank size?")], config, context, score=False)[0]
+    assert row[1].available and [p["text"] for p in row[1].retrieved] == [passages[0]]
+    assert "w1" not in row[1].prompt and row[1].prompt_tokens == overhead + 33
+
+    long = Example(instruction=" ".join(["word"] * 85))
+    row = run_examples([long], config, context, score=False)[0]
+    assert not row[0].available and not row[1].available
+    assert "86 tokens, over the 80" in row[0].error  # "user:" + 85 words
+    assert "over the 80" in row[1].error
+    assert len(host.calls) == 1  # nothing was generated for the refused example
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Scores
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_metrics_are_none_without_a_reference_and_floats_with_one(host, runs, scorer):
+    context = full_context(host, runs, scorer=scorer, similarity_embedder=FakeEncoder())
+    config = full_config(runs, variants=["zero_shot", "rag"])
+    query = PROMPTS[0]  # its answer has letters (ROUGE ignores other characters)
+    unscored = run_query(query, config, context)
+    assert all(r.metrics and all(v is None for v in r.metrics.values()) for r in unscored.results)  # n/a, never 0
+
+    answer = unscored.results[0].answer  # greedy: the same answer again, now used as the reference
+    scored = run_query(query, config, context, reference=answer)
+    zero, rag = scored.results
+    assert zero.answer == answer
+    assert zero.metrics["rouge1"] == pytest.approx(1.0) and zero.metrics["exact_match"] == 1.0
+    assert zero.metrics["similarity"] == pytest.approx(1.0) and zero.metrics["token_f1"] == pytest.approx(1.0)
+    assert "accuracy" not in zero.metrics
+    assert all(isinstance(v, float) and 0.0 <= v <= 1.0 for v in rag.metrics.values())
+    assert {"rouge1", "rouge2", "rougeL", "bleu"} <= set(rag.metrics)
+
+    without_embedder = run_query(query, config, full_context(host, runs, scorer=scorer), reference=answer)
+    assert without_embedder.results[0].metrics["similarity"] is None
+    assert without_embedder.results[0].metrics["rouge1"] == pytest.approx(1.0)
+
+
+def test_classification_rows_score_accuracy_on_the_label(scorer):
+    instruction = "Classify the message into one category: billing, shipping, technical."
+    host = EchoHost(lambda prompt, adapter: "This is about shipping." if "parcel" in prompt else "A billing issue.")
+    examples = [Example(instruction=instruction, input="Where is my parcel?", output="shipping",
+                        task="classification", uid="c1"),
+                Example(instruction=instruction, input="The app crashes.", output="technical",
+                        task="classification", uid="c2")]
+    table = run_examples(examples, ArenaConfig(variants=["zero_shot"]), ArenaContext(host=host, scorer=scorer))
+    assert [row[0].metrics["accuracy"] for row in table] == [1.0, 0.0]
+
+
+def test_result_dict_follows_the_cli_contract(host, runs):
+    result = run_query("Tank?", full_config(runs, variants=["zero_shot", "rag"]), full_context(host, runs),
+                       reference="A 5.5 litre tank.")
+    data = json.loads(json.dumps(result.to_dict()))
+    assert data["query"] == "Tank?" and data["reference"] == "A 5.5 litre tank."
+    assert [r["variant"] for r in data["results"]] == ["zero_shot", "rag"]
+    for row in data["results"]:
+        assert {"variant", "answer", "prompt", "latency_s", "new_tokens", "metrics", "retrieved"} <= set(row)
+    assert {"text", "source", "score"} <= set(data["results"][1]["retrieved"][0])
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Variant names and config
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_parse_variants_expands_one_variant_per_adapter():
+    specs = parse_variants(["zero_shot", "finetuned", "rag", "finetuned_rag"], ["runs/a", "runs/b/"])
+    assert [(s.name, s.strategy, s.adapter) for s in specs] == [
+        ("zero_shot", "zero_shot", None), ("finetuned@a", "finetuned", "runs/a"),
+        ("finetuned@b", "finetuned", "runs/b/"), ("rag", "rag", None),
+        ("finetuned_rag@a", "finetuned_rag", "runs/a"), ("finetuned_rag@b", "finetuned_rag", "runs/b/")]
+    one = parse_variants(["finetuned", " rag ", ""], ["runs/a"])
+    assert [(s.name, s.adapter) for s in one] == [("finetuned", "runs/a"), ("rag", None)]
+    assert parse_variants(["finetuned"])[0].adapter is None  # unavailable later, with its reason
+
+
+def test_strategy_at_run_names_a_run():
+    specs = parse_variants(["finetuned@runs/x", "finetuned"], ["runs/y"])
+    assert [(s.name, s.adapter) for s in specs] == [("finetuned@runs/x", "runs/x"), ("finetuned", "runs/y")]
+
+
+@pytest.mark.parametrize(("names", "adapters", "message"), [
+    (["best"], [], "unknown variant 'best'"),
+    (["rag@runs/x"], [], "rag takes no adapter"),
+    (["rag", "rag"], [], "rag is listed twice"),
+    (["finetuned@a", "finetuned"], ["runs/a", "runs/b"], "finetuned@a is listed twice"),
+    ([], [], "none chosen"),
+    ([" ", ""], [], "none chosen"),
+])
+def test_parse_variants_rejects(names, adapters, message):
+    with pytest.raises(ValueError, match=f"^variants: .*{message}"):
+        parse_variants(names, adapters)
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"few_shot_k": -1}, "few_shot_k"), ({"few_shot_k": 17}, "few_shot_k"), ({"few_shot_k": "3"}, "few_shot_k"),
+    ({"rag_k": 0}, "rag_k"), ({"rag_k": 21}, "rag_k"), ({"rag_k": True}, "rag_k"),
+    ({"max_batch_size": 0}, "max_batch_size"), ({"few_shot_selection": "best"}, "few_shot_selection"),
+    ({"variants": ["zero_shot", "nope"]}, "variants"), ({"variants": "zero_shot,zero_shot"}, "variants"),
+    ({"generation": {"max_new_tokens": 0}}, "max_new_tokens"), ({"generation": {"top_p": 2}}, "top_p"),
+])
+def test_arena_config_errors_name_the_field(values, field):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        ArenaConfig(**values)
+
+
+def test_arena_config_accepts_strings_and_dicts():
+    config = ArenaConfig(variants="zero_shot, finetuned", adapters="runs/a", generation={"max_new_tokens": 5})
+    assert config.variants == ["zero_shot", "finetuned"] and config.adapters == ["runs/a"]
+    assert config.generation == GenerationConfig(max_new_tokens=5)
+    assert [s.adapter for s in config.specs()] == [None, "runs/a"]
+    assert json.loads(json.dumps(config.to_dict()))["generation"]["max_new_tokens"] == 5
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# `python -m core arena` in-process
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def workspace(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "workspace"))
+    return tmp_path / "workspace"
+
+
+def one_error_line(capsys):
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, captured.err
+    return errors[0]
+
+
+@pytest.fixture
+def fake_embedder(monkeypatch):
+    """The engine's embedding model (all-MiniLM-L6-v2, loaded for the similarity metric) replaced by a fake."""
+    from core.models import ModelManager
+
+    asked: list[str | None] = []
+
+    def embedder(self, name=None):
+        asked.append(name)
+        return FakeEncoder()
+
+    monkeypatch.setattr(ModelManager, "embedder", embedder)
+    return asked
+
+
+# The tiny model and the fake embedder are passed even where the error should come first: a check that lets the
+# arguments through then runs on them instead of on the bundled SmolLM2 + MiniLM.
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--query", "Tank?", "--variants", "zero_shot,best"], "unknown variant 'best'"),
+    (["--query", "   ", "--variants", "zero_shot"], "query: is empty"),
+    (["--query", "Tank?", "--variants", "zero_shot", "--k", "0"], "rag_k:"),
+    (["--query", "Tank?", "--variants", "zero_shot", "--shots", "99"], "few_shot_k:"),
+    (["--query", "Tank?", "--variants", "zero_shot", "--max-new-tokens", "0"], "max_new_tokens:"),
+    (["--query", "Tank?", "--variants", "zero_shot", "--top-p", "0"], "top_p:"),
+    (["--query", "Tank?", "--variants", "zero_shot", "--selection", "best"], "invalid choice: 'best'"),
+    (["--variants", "zero_shot"], "--query"),
+])
+def test_arena_cli_bad_arguments_exit_2_with_one_line(workspace, talkative_dir, fake_embedder, capsys, extra,
+                                                       needle):
+    short = [] if "--max-new-tokens" in extra else ["--max-new-tokens", "1"]
+    assert main(["arena", *extra, "--model", str(talkative_dir), *short, "--json"]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err.count("\n") == 1, captured.err
+    assert captured.err.startswith("error: ") and needle in captured.err
+
+
+def test_arena_cli_unknown_adapter_exits_2(workspace, talkative_dir, capsys):
+    code = main(["arena", "--query", "Tank?", "--model", str(talkative_dir), "--variants", "finetuned",
+                 "--adapter", "no-such-run", "--json"])
+    assert code == 2
+    assert "no-such-run is not a run folder" in one_error_line(capsys)
+
+
+def test_arena_cli_json_shape_with_the_tiny_model(workspace, talkative_dir, tmp_path, capsys, fake_embedder):
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"instruction": f"Question {i}?", "output": f"Answer {i}.", "id": f"s{i}"})
+                            + "\n" for i in range(4)))
+    argv = ["arena", "--query", "How big is the tank?", "--reference", "A 5.5 litre tank.", "--model",
+            str(talkative_dir), "--variants", "zero_shot,few_shot,rag,finetuned", "--few-shot", str(pool),
+            "--selection", "fixed", "--shots", "2", "--index", str(tmp_path / "missing-index"),
+            "--max-new-tokens", "6", "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # exactly one JSON document
+    data = json.loads(out)
+    assert data["query"] == "How big is the tank?" and data["reference"] == "A 5.5 litre tank."
+    rows = {row["variant"]: row for row in data["results"]}
+    assert list(rows) == ["zero_shot", "few_shot", "rag", "finetuned"]
+    for name in ("zero_shot", "few_shot"):
+        row = rows[name]
+        assert row["available"] and row["answer"] and row["new_tokens"] == 6 and row["latency_s"] > 0
+        assert {"rouge1", "rouge2", "rougeL", "bleu", "similarity"} <= set(row["metrics"])
+        assert all(isinstance(value, float) for value in row["metrics"].values())
+        assert row["retrieved"] == []
+    assert rows["few_shot"]["shots"] == ["s0", "s1"] and "Question 0?" in rows["few_shot"]["prompt"]
+    assert not rows["rag"]["available"] and "does not exist" in rows["rag"]["error"]
+    assert not rows["finetuned"]["available"] and "no fine-tuned run" in rows["finetuned"]["error"]
+    assert all(row["metrics"] == {} for row in (rows["rag"], rows["finetuned"]))
+    assert fake_embedder  # the similarity metric asked for the embedding model

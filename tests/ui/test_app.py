@@ -63,6 +63,7 @@ def test_ask_in_chromium(live_app, tmp_path):
         try:
             page = browser.new_page()
             page.goto(live_app)
+            page.get_by_role("tab", name="Ask").click()  # Arena is the first tab
             page.locator("#prompt textarea").fill("What is the capital of France?")
             page.locator("#ask").click()
             expect(page.locator("#answer textarea")).to_have_value(re.compile("Paris"), timeout=90_000)

@@ -1,0 +1,293 @@
+"""Generation on the tiny Llama (fp32, CPU): one left-padded batch equals one-by-one calls, stop/eos/length
+endings, decoding settings; AdapterHost: mixed LoRA batches equal each adapter alone and leave base rows clean,
+unmixable adapters get batches of their own, adapters of another base model are refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from arena_helpers import PROMPTS, one_torch_thread, rendered, talkative_model_dir, trained_runs
+from tiny_models import build_tiny_llama
+from training_helpers import ROWS, tiny_config, write_rows
+
+from core.generation import AdapterError, AdapterHost, GenerationConfig, generate_batch
+from core.models import load_causal_lm
+from core.training import load_trained_model, train
+
+GEN = GenerationConfig(max_new_tokens=10)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
+
+
+@pytest.fixture(scope="module")
+def talkative_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    return talkative_model_dir(tmp_path_factory, tiny_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def tiny(talkative_dir):
+    """The plain base model, never touched by an adapter."""
+    return load_causal_lm(str(talkative_dir), device="cpu", dtype="fp32")
+
+
+@pytest.fixture(scope="module")
+def prompts(tiny):
+    return rendered(tiny.tokenizer, PROMPTS)
+
+
+def one_by_one(loaded, prompts, config=GEN):
+    return [generate_batch(loaded.model, loaded.tokenizer, [p], config)[0] for p in prompts]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# generate_batch
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_batched_generation_equals_one_by_one(tiny, prompts):
+    batched = generate_batch(tiny.model, tiny.tokenizer, prompts, GEN)
+    alone = one_by_one(tiny, prompts)
+    assert [(b.text, b.new_tokens, b.finish) for b in batched] == [(a.text, a.new_tokens, a.finish) for a in alone]
+    assert [b.prompt_tokens for b in batched] == [a.prompt_tokens for a in alone]
+    assert len({b.prompt_tokens for b in batched}) == 3  # really different lengths: left padding was exercised
+    assert all(b.text for b in batched) and len({b.text for b in batched}) == 3
+    assert all(b.batch_size == 3 for b in batched) and all(a.batch_size == 1 for a in alone)
+    assert all(0 < b.last_token_s <= b.batch_s for b in batched + alone)
+    assert len({b.started_at for b in batched}) == 1
+
+
+def test_prompt_tokens_count_the_prompt_without_padding(tiny, prompts):
+    out = generate_batch(tiny.model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=1))
+    assert [o.prompt_tokens for o in out] == [len(tiny.tokenizer(p, add_special_tokens=False)["input_ids"])
+                                              for p in prompts]
+
+
+def test_max_new_tokens_ends_with_length(tiny, prompts):
+    for limit in (1, 4):
+        out = generate_batch(tiny.model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=limit))
+        assert all(o.finish == "length" and o.new_tokens == limit for o in out)  # this model never ends by itself
+
+
+def test_stop_string_cuts_the_text_and_only_its_row(tiny, prompts):
+    plain = generate_batch(tiny.model, tiny.tokenizer, prompts, GEN)
+    stop = plain[0].text[2:4]
+    assert stop.strip()
+    assert all(stop not in o.text for o in plain[1:])  # the other rows never produce it
+    cut = generate_batch(tiny.model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=10, stop=[stop]))
+    assert cut[0].finish == "stop" and stop not in cut[0].text
+    assert cut[0].text == plain[0].text[:plain[0].text.index(stop)].strip()
+    assert cut[0].new_tokens < GEN.max_new_tokens  # generation ended there, not at the limit
+    assert [(o.text, o.finish) for o in cut[1:]] == [(o.text, "length") for o in plain[1:]]
+
+
+def test_end_of_sequence_token_ends_a_row_and_is_not_counted(tiny, prompts, monkeypatch):
+    config = GenerationConfig(max_new_tokens=10, repetition_penalty=2.0)  # the penalty makes row 0 change tokens
+    encoded = tiny.tokenizer(prompts[:1], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        ids = tiny.model.generate(**encoded, **config.generate_kwargs(), pad_token_id=2)[0, -10:].tolist()
+    position = next(i for i in range(2, 10) if ids[i] not in ids[:i])  # a token first produced at step i
+    monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", [2, ids[position]])
+    streamed: dict[int, str] = {}
+    out = generate_batch(tiny.model, tiny.tokenizer, prompts, config,
+                         on_text=lambda row, text: streamed.update({row: text}))
+    assert out[0].finish == "eos" and out[0].new_tokens == position
+    assert out[0].text == tiny.tokenizer.decode(ids[:position], skip_special_tokens=True).strip()
+    assert streamed[0].strip() == out[0].text  # the end token is not streamed either
+    assert out[0].last_token_s <= out[0].batch_s
+    assert out[1:] and all(o.finish in ("length", "eos") for o in out[1:])
+    assert [o.text for o in out[1:]] == [o.text for o in one_by_one(tiny, prompts[1:], config)]  # after an end
+
+
+def test_streamed_text_grows_to_the_answer(tiny, prompts):
+    seen: dict[int, list[str]] = {}
+    out = generate_batch(tiny.model, tiny.tokenizer, prompts, GEN,
+                         on_text=lambda row, text: seen.setdefault(row, []).append(text))
+    assert set(seen) == {0, 1, 2}
+    for row, texts in seen.items():
+        assert all(b.startswith(a) for a, b in zip(texts, texts[1:], strict=False))
+        assert texts[-1].strip() == out[row].text
+
+
+def test_sampling_is_seeded(tiny, prompts):
+    def sample(seed):
+        config = GenerationConfig(max_new_tokens=8, temperature=1.5, top_p=1.0, seed=seed)
+        return [o.text for o in generate_batch(tiny.model, tiny.tokenizer, prompts, config)]
+
+    assert sample(3) == sample(3)
+    greedy = [o.text for o in generate_batch(tiny.model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=8))]
+    assert any(sample(seed) != greedy for seed in (3, 4, 5))
+
+
+def test_no_prompts_no_output(tiny):
+    assert generate_batch(tiny.model, tiny.tokenizer, [], GEN) == []
+
+
+@pytest.mark.parametrize(("values", "field"), [
+    ({"max_new_tokens": 0}, "max_new_tokens"), ({"max_new_tokens": 2049}, "max_new_tokens"),
+    ({"max_new_tokens": 1.5}, "max_new_tokens"), ({"max_new_tokens": True}, "max_new_tokens"),
+    ({"temperature": -0.1}, "temperature"), ({"top_p": 0.0}, "top_p"), ({"top_p": 1.01}, "top_p"),
+    ({"repetition_penalty": 0.9}, "repetition_penalty"),
+])
+def test_generation_config_errors_name_the_field(values, field):
+    with pytest.raises(ValueError, match=f"^{field}: "):
+        GenerationConfig(**values)
+
+
+def test_generation_config_kwargs():
+    assert GenerationConfig(stop="###").stop == ["###"]
+    assert GenerationConfig(stop=["", "x"]).stop == ["x"]
+    greedy = GenerationConfig(max_new_tokens=5).generate_kwargs()
+    assert greedy["do_sample"] is False and greedy["max_new_tokens"] == 5 and greedy["temperature"] is None
+    sampled = GenerationConfig(temperature=0.7, top_p=0.9).generate_kwargs()
+    assert sampled["do_sample"] is True and sampled["temperature"] == 0.7 and sampled["top_p"] == 0.9
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# AdapterHost with real tiny runs
+# --------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, talkative_dir):
+    return trained_runs(tmp_path_factory, talkative_dir)
+
+
+@pytest.fixture
+def host(talkative_dir):
+    return AdapterHost(load_causal_lm(str(talkative_dir), device="cpu", dtype="fp32"))
+
+
+def texts_alone(run_dir, prompts):
+    """Each prompt one by one through a fresh load of the run (independent of AdapterHost)."""
+    return [g.text for g in one_by_one(load_trained_model(run_dir, device="cpu", dtype="fp32"), prompts)]
+
+
+def test_mixed_lora_batch_equals_each_adapter_alone(host, tiny, runs, prompts):
+    a, b = host.add(runs["lora_a"]).key, host.add(runs["lora_b"]).key
+    assert (a, b) == ("lora_a", "lora_b") and host.adapters[a].mixable and host.adapters[b].mixable
+    rows = [prompts[0], prompts[1], prompts[2], prompts[0], prompts[2], prompts[1]]
+    keys = [None, a, b, a, None, b]
+    mixed = host.generate(rows, keys, GEN)
+    assert [g.batch_size for g in mixed] == [6] * 6  # one generate call for all six
+    texts = [g.text for g in mixed]
+    base = [g.text for g in one_by_one(tiny, prompts)]
+    alone_a, alone_b = texts_alone(runs["lora_a"], prompts), texts_alone(runs["lora_b"], prompts)
+    assert [texts[0], texts[4]] == [base[0], base[2]]  # base rows untouched by the loaded adapters
+    assert [texts[1], texts[3]] == [alone_a[1], alone_a[0]]
+    assert [texts[2], texts[5]] == [alone_b[2], alone_b[1]]
+    assert alone_a != base and alone_b != base and alone_a != alone_b  # the adapters really change answers
+    one_at_a_time = [host.generate([p], [key], GEN)[0].text for p, key in zip(rows, keys, strict=True)]
+    assert one_at_a_time == texts
+
+
+def test_base_rows_stay_clean_after_adapters_are_loaded(host, tiny, runs, prompts):
+    host.add(runs["lora_a"])
+    host.add(runs["lora_b"])
+    only_base = host.generate(prompts, [None] * 3, GEN)
+    assert [g.text for g in only_base] == [g.text for g in one_by_one(tiny, prompts)]
+    assert host._peft is not None and set(host._peft.peft_config) == {"lora_a", "lora_b"}  # really loaded
+
+
+def test_max_batch_size_splits_without_changing_answers(host, runs, prompts):
+    key = host.add(runs["lora_a"]).key
+    rows, keys = [prompts[0], prompts[1], prompts[2], prompts[1], prompts[0]], [None, key, None, key, key]
+    whole = host.generate(rows, keys, GEN)
+    progress: list[tuple[int, int]] = []
+    split = host.generate(rows, keys, GEN, max_batch_size=2,
+                          on_batch=lambda done, total: progress.append((done, total)))
+    assert [g.text for g in split] == [g.text for g in whole]
+    assert [g.batch_size for g in split] == [2, 2, 2, 2, 1] and progress == [(2, 5), (4, 5), (5, 5)]
+
+
+@pytest.mark.parametrize("name", ["ia3", "prompt_tuning"])
+def test_unmixable_adapter_gets_its_own_batch(host, tiny, runs, prompts, name):
+    key = host.add(runs[name]).key
+    assert not host.adapters[key].mixable and host.adapters[key].method == name
+    streamed: dict[int, str] = {}
+    out = host.generate([prompts[0], prompts[1], prompts[2], prompts[1]], [key, None, key, None], GEN,
+                        on_text=lambda row, text: streamed.update({row: text}))
+    same_length = len({len(tiny.tokenizer(prompts[i], add_special_tokens=False)["input_ids"]) for i in (0, 2)}) == 1
+    own = 2 if name == "ia3" or same_length else 1  # prompt learning batches only prompts of one token length
+    assert [g.batch_size for g in out] == [own, 2, own, 2]  # the adapter's rows apart from the base rows
+    alone = texts_alone(runs[name], prompts)
+    assert [out[0].text, out[2].text] == [alone[0], alone[2]]  # batched (left padded) == one by one
+    assert [out[1].text, out[3].text] == [one_by_one(tiny, prompts[1:2])[0].text] * 2
+    assert alone != [g.text for g in one_by_one(tiny, prompts)]
+    assert {row: text.strip() for row, text in streamed.items()} == {row: g.text for row, g in enumerate(out)}
+
+
+def test_unmixable_adapters_are_reloaded_after_eviction(talkative_dir, runs, prompts):
+    host = AdapterHost(load_causal_lm(str(talkative_dir), device="cpu", dtype="fp32"), max_separate=1)
+    ia3, prompt = host.add(runs["ia3"]).key, host.add(runs["prompt_tuning"]).key
+    first = host.generate([prompts[0], prompts[0]], [ia3, prompt], GEN)
+    again = host.generate([prompts[0]], [ia3], GEN)
+    assert again[0].text == first[0].text == texts_alone(runs["ia3"], prompts[:1])[0]
+    assert first[1].text == texts_alone(runs["prompt_tuning"], prompts[:1])[0]
+
+
+def test_removed_adapter_is_refused_and_the_others_still_work(host, runs, prompts):
+    a, b = host.add(runs["lora_a"]).key, host.add(runs["lora_b"]).key
+    before = host.generate(prompts, [b, b, None], GEN)
+    host.remove(a)
+    assert a not in host.adapters
+    with pytest.raises(AdapterError, match="lora_a is not loaded"):
+        host.generate(prompts[:1], [a], GEN)
+    assert [g.text for g in host.generate(prompts, [b, b, None], GEN)] == [g.text for g in before]
+    host.remove("never-added")  # nothing to do
+
+
+def test_adding_a_run_twice_gives_the_same_key(host, runs):
+    assert host.add(runs["lora_a"]) == host.add(runs["lora_a"]) and len(host.adapters) == 1
+
+
+def test_two_runs_with_the_same_folder_name_stay_apart(host, runs, tmp_path):
+    copy = tmp_path / "elsewhere" / Path(runs["lora_b"]).name
+    shutil.copytree(runs["lora_b"], copy)
+    first, second = host.add(runs["lora_b"]).key, host.add(copy).key
+    assert first != second and host.add(copy).key == second
+    assert host.adapters[second].run_dir == str(copy)
+
+
+def test_unknown_adapter_or_wrong_lengths_are_refused(host, prompts):
+    with pytest.raises(AdapterError, match="nope is not loaded"):
+        host.generate(prompts[:1], ["nope"], GEN)
+    with pytest.raises(ValueError, match="^adapters: 1 given for 2 prompts"):
+        host.generate(prompts[:2], [None], GEN)
+
+
+def test_a_folder_that_is_not_a_run_is_refused(host, tmp_path):
+    with pytest.raises(AdapterError, match="not a training run folder"):
+        host.add(tmp_path)
+
+
+def test_adapter_of_another_base_model_is_refused_naming_both(host, tmp_path, tiny_tokenizer):
+    other = tmp_path / "other-base"
+    build_tiny_llama(len(tiny_tokenizer), seed=5).save_pretrained(other)
+    tiny_tokenizer.save_pretrained(other)
+    data = write_rows(tmp_path / "rows.jsonl", ROWS)
+    run = train(tiny_config(data, other, method="lora", max_steps=1), run_dir=tmp_path / "other-run").run_dir
+    ours = host.base.resolved.name
+    with pytest.raises(AdapterError, match=f"trained on base model {other}, but the arena's base model is {ours}"):
+        host.add(run)
+    assert host.adapters == {}
+
+
+def test_the_same_base_folder_spelled_differently_is_accepted(host, runs, tmp_path, talkative_dir, monkeypatch):
+    """A run trained with a relative path (or through a symlink) to the folder the arena loaded is the same model."""
+    link = tmp_path / "link-to-base"
+    link.symlink_to(talkative_dir, target_is_directory=True)
+    for name, spelling in (("relative", talkative_dir.name), ("symlink", str(link))):
+        copy = tmp_path / name
+        shutil.copytree(runs["lora_a"], copy)
+        config = json.loads((copy / "config.json").read_text())
+        config["base_model"] = spelling
+        (copy / "config.json").write_text(json.dumps(config))
+        monkeypatch.chdir(talkative_dir.parent)
+        assert host.add(copy).key == name
