@@ -11,13 +11,17 @@ from core.arena import ArenaConfig, ArenaContext, ArenaResult, run_query
 from core.data import Example, demo_path, load_examples
 from core.evals import EvalResult, new_eval_id, run_eval
 from core.generation import AdapterHost, GenerationConfig, Reply
+from core.jobs import TrainingJobs
 from core.models import LoadedModel, ModelManager
 from core.runs import RunStore
 from core.training import TrainingConfig, TrainResult, resume, train
+from core.uploads import store_upload
 from core.workspace import Workspace
 from retrieval import BuildResult, KnowledgeBase, SentenceTransformerEmbedder, build_index, read_manifest
 
 logger = logging.getLogger(__name__)
+
+DEMO_INDEX = "demo"  # indexes/demo: the demo corpus, built on first use
 
 
 class Engine:
@@ -37,6 +41,8 @@ class Engine:
         self._pools: dict[str, tuple[list[Example], object]] = {}
         self._scorer = None
         self._lock = threading.Lock()
+        self._demo_lock = threading.Lock()
+        self.jobs = TrainingJobs(self.train, self.resume, self.workspace.runs)  # the app's one background trainer
 
     def base_model(self, name: str | None = None) -> LoadedModel:
         """The shared base model (default: ``$TUNE_ARENA_MODEL`` or SmolLM2-135M-Instruct). Generate through
@@ -62,6 +68,10 @@ class Engine:
         """Continue a stopped or killed run of this workspace from its latest checkpoint."""
         return resume(self.runs.get(run).path, **kwargs)
 
+    def store_upload(self, source: str | Path, kind: str, *, name: str | None = None) -> Path:
+        """Keep a user's file under ``uploads/<kind>/`` (kind: datasets or documents) with a safe name."""
+        return store_upload(self.workspace.uploads, source, kind, name=name)
+
     # ---- retrieval ---------------------------------------------------------------------------------------------
 
     def embedder(self, name: str | None = None) -> SentenceTransformerEmbedder:
@@ -86,6 +96,14 @@ class Engine:
         with self._kb_lock:
             self._knowledge_bases.pop(str(folder.resolve()), None)
         return result
+
+    def ensure_demo_index(self, on_progress=None) -> Path:
+        """The demo corpus's index at ``indexes/demo``, built once (about 15 s on 2 cores) if it is not there."""
+        folder = self.workspace.indexes / DEMO_INDEX
+        with self._demo_lock:
+            if not (folder / "manifest.json").is_file():
+                self.build_index([str(demo_path("corpus"))], folder, on_progress=on_progress)
+        return folder
 
     def knowledge_base(self, name_or_path: str | Path) -> KnowledgeBase:
         """A loaded index, cached until its manifest changes on disk (an index is never re-read per query)."""
@@ -210,6 +228,27 @@ class Engine:
         context = self.arena_context(config, model=model)
         return run_query(query, config, context, reference=reference, task=task, input_text=input_text,
                          on_text=on_text)
+
+    def list_evals(self) -> list[dict]:
+        """Saved evaluations under evals/, newest first: folder, data, n, variants, adapters, summary means."""
+        import json
+
+        rows = []
+        for folder in sorted(self.workspace.evals.iterdir(), reverse=True):
+            path = folder / "results.json"
+            if folder.name.startswith(".") or not path.is_file():
+                continue
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                rows.append({"name": folder.name, "folder": str(folder), "error": f"unreadable results.json: {err}"})
+                continue
+            config = saved.get("config") or {}
+            rows.append({"name": folder.name, "folder": str(folder), "data": saved.get("data"), "n": saved.get("n"),
+                         "variants": list(saved.get("summary") or {}), "adapters": config.get("adapters") or [],
+                         "summary": saved.get("summary") or {}, "by_task": saved.get("by_task") or {},
+                         "wall_s": saved.get("wall_s")})
+        return rows
 
     def evaluate(self, data: str | Path, config: ArenaConfig | None = None, *, out: str | Path | None = None,
                  limit: int | None = None, tasks: list[str] | None = None, model: str | None = None,

@@ -18,31 +18,10 @@ from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
 from core.data import demo_path, load_examples
 from core.engine import Engine
 from core.generation import GenerationConfig
+from ui.common import DEMO_INDEX, index_choices, run_choices
 
-DEMO_INDEX = "demo"
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
          ("accuracy", "accuracy"))
-
-
-def _runs(engine: Engine) -> list[tuple[str, str]]:
-    """(label, run folder) of every run with saved weights, newest first."""
-    choices = []
-    for run in engine.runs.list():
-        if run.weights_dir is None:
-            continue
-        result = run.result or {}
-        loss = result.get("final_val_loss")
-        label = f"{run.run_id} ({run.config.get('method')}" + (f", val loss {loss:.2f})" if loss else ")")
-        choices.append((label, str(run.path)))
-    return choices
-
-
-def _indexes(engine: Engine) -> list[tuple[str, str]]:
-    rows = [(f"{row['name']} ({row.get('chunks', '?')} chunks)", row["folder"]) for row in engine.list_indexes()
-            if "error" not in row]
-    if not any(row[1].endswith(f"/{DEMO_INDEX}") for row in rows):
-        rows.append(("demo corpus (indexed on first use, ~15 s)", DEMO_INDEX))
-    return rows
 
 
 def _examples() -> list[tuple[str, int]]:
@@ -111,9 +90,9 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
             variants = gr.CheckboxGroup(list(DEFAULT_VARIANTS), value=list(DEFAULT_VARIANTS), label="Variants",
                                         info=" · ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values()),
                                         elem_id="arena-variants")
-            adapter = gr.Dropdown(_runs(engine), label="Fine-tuned run(s)", multiselect=True,
+            adapter = gr.Dropdown(run_choices(engine), label="Fine-tuned run(s)", multiselect=True,
                                   elem_id="arena-adapter")
-            index = gr.Dropdown(_indexes(engine), value=DEMO_INDEX, label="Knowledge base", elem_id="arena-index")
+            index = gr.Dropdown(index_choices(engine), value=DEMO_INDEX, label="Knowledge base", elem_id="arena-index")
             refresh_lists = gr.Button("Refresh runs and knowledge bases", size="sm", elem_id="arena-refresh")
             with gr.Accordion("Settings", open=False):
                 shots = gr.Slider(0, 8, value=3, step=1, label="Few-shot examples")
@@ -131,7 +110,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
         return row.instruction, row.output or "", row.input, row.task or ""
 
     def refresh():
-        return gr.update(choices=_runs(engine)), gr.update(choices=_indexes(engine))
+        return gr.update(choices=run_choices(engine)), gr.update(choices=index_choices(engine))
 
     def on_run(query_text, reference_text, task_name, input_text, chosen, runs, index_choice, k_shots, k_rag,
                tokens, temp) -> Iterator[tuple[str, str]]:
@@ -147,7 +126,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
             raise gr.Error(str(err)) from None
         if index_choice == DEMO_INDEX and not (engine.workspace.indexes / DEMO_INDEX / "manifest.json").exists():
             yield "Indexing the demo corpus (once)…", ""
-            engine.build_index([str(demo_path("corpus"))], DEMO_INDEX)
+            engine.ensure_demo_index()
         specs = config.specs()
         placeholder = [{"variant": s.name, "available": True, "answer": ""} for s in specs]
         streams: dict[int, str] = {}

@@ -1,4 +1,4 @@
-"""A real `python app.py` served on a free loopback port, shared by the UI tests of a module."""
+"""A real `python app.py` served on a free loopback port, shared by every UI test of the session."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def live_app(bundled_home, tmp_path_factory):
     """Start the app as a user would; yield its URL; stop it. Its log is printed if it fails to start."""
     port = _free_port()

@@ -1,0 +1,35 @@
+"""Helpers every tab shares: choices for the run / knowledge-base pickers and one-line error messages."""
+
+from __future__ import annotations
+
+from core.engine import DEMO_INDEX, Engine
+
+__all__ = ["DEMO_INDEX", "index_choices", "one_line", "run_choices"]
+
+
+def run_choices(engine: Engine, *, with_weights: bool = True) -> list[tuple[str, str]]:
+    """(label, run folder) of the workspace's runs (only those with saved weights by default), newest first."""
+    choices = []
+    for run in engine.runs.list():
+        if with_weights and run.weights_dir is None:
+            continue
+        result = run.result or {}
+        loss = result.get("final_val_loss")
+        label = f"{run.run_id} ({run.config.get('method')}" + (f", val loss {loss:.2f})" if loss else ")")
+        choices.append((label, str(run.path)))
+    return choices
+
+
+def index_choices(engine: Engine, *, with_demo: bool = True) -> list[tuple[str, str]]:
+    """(label, folder) of the workspace's knowledge bases; the demo corpus is offered even before it is built."""
+    rows = [(f"{row['name']} ({row.get('chunks', '?')} chunks)", row["folder"]) for row in engine.list_indexes()
+            if "error" not in row]
+    if with_demo and not any(row[1].endswith(f"/{DEMO_INDEX}") for row in rows):
+        rows.append(("demo corpus (indexed on first use, ~15 s)", DEMO_INDEX))
+    return rows
+
+
+def one_line(err: BaseException) -> str:
+    """The first line of an error, for gr.Error / gr.Warning (never a traceback)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
