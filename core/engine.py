@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -22,6 +23,7 @@ from retrieval import BuildResult, KnowledgeBase, SentenceTransformerEmbedder, b
 logger = logging.getLogger(__name__)
 
 DEMO_INDEX = "demo"  # indexes/demo: the demo corpus, built on first use
+DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
 
 
 class Engine:
@@ -96,6 +98,26 @@ class Engine:
         with self._kb_lock:
             self._knowledge_bases.pop(str(folder.resolve()), None)
         return result
+
+    def install_demo_run(self) -> Path:
+        """The shipped demo adapter as ``runs/demo-quick-lora``, copied there once (copy, then one rename)."""
+        import shutil
+        import tempfile
+
+        target = self.workspace.runs / DEMO_RUN
+        if (target / "config.json").is_file():
+            return target
+        staging = Path(tempfile.mkdtemp(prefix=f".tmp-{DEMO_RUN}-", dir=self.workspace.runs))
+        try:
+            shutil.copytree(demo_path("run-quick-lora"), staging / DEMO_RUN)
+            os.replace(staging / DEMO_RUN, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # another process may have installed it meanwhile
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        logger.info("installed the demo adapter run at %s", target)
+        return target
 
     def ensure_demo_index(self, on_progress=None) -> Path:
         """The demo corpus's index at ``indexes/demo``, built once (about 15 s on 2 cores) if it is not there."""

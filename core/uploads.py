@@ -27,10 +27,11 @@ class UploadError(ValueError):
 def safe_name(name: str) -> str:
     """A file name with no folder part, no control or shell-special characters and at most MAX_NAME_CHARS.
 
-    ``"../../etc/passwd"`` -> ``"passwd"``; ``"my report (v2).PDF"`` -> ``"my_report_v2_.pdf"``.
+    ``"../../etc/passwd"`` -> ``"passwd"``; ``"my report (v2).PDF"`` -> ``"my_report_v2.pdf"``; accents are
+    dropped from letters (``"ü"`` -> ``"u"``), other characters become ``_``.
     """
     base = re.split(r"[\\/]", str(name))[-1]
-    base = unicodedata.normalize("NFKC", base).replace("\x00", "")
+    base = unicodedata.normalize("NFKD", base).encode("ascii", "ignore").decode("ascii").replace("\x00", "")
     stem, dot, ext = base.rpartition(".")
     if not dot:
         stem, ext = base, ""

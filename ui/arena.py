@@ -16,7 +16,7 @@ import gradio as gr
 
 from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
 from core.data import demo_path, load_examples
-from core.engine import Engine
+from core.engine import DEMO_RUN, Engine
 from core.generation import GenerationConfig
 from ui.common import DEMO_INDEX, index_choices, run_choices
 
@@ -74,14 +74,17 @@ def render_cards(results: list[dict[str, Any]], streams: dict[int, str] | None =
 
 def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
     examples = _examples()
+    first = load_examples(demo_path("test.jsonl")).examples[0]  # a newcomer can press Run at once
+    runs = run_choices(engine)
+    demo_run = [path for _, path in runs if path.endswith(f"/{DEMO_RUN}")]
     with gr.Row():
         with gr.Column(scale=3):
-            query = gr.Textbox(label="Query", lines=2, placeholder="Ask about the demo company, or anything",
-                               elem_id="arena-query")
+            query = gr.Textbox(first.instruction, label="Query", lines=2,
+                               placeholder="Ask about the demo company, or anything", elem_id="arena-query")
             with gr.Row():
-                reference = gr.Textbox(label="Reference answer (optional: enables scores)", lines=1,
-                                       elem_id="arena-reference")
-                task = gr.Dropdown(["", "qa", "summarization", "classification"], value="", label="Task",
+                reference = gr.Textbox(first.output or "", label="Reference answer (optional: enables scores)",
+                                       lines=1, elem_id="arena-reference")
+                task = gr.Dropdown(["", "qa", "summarization", "classification"], value=first.task or "", label="Task",
                                    elem_id="arena-task")
             context = gr.Textbox(label="Input text (e.g. a message to summarise)", lines=2, visible=True,
                                  elem_id="arena-input")
@@ -90,7 +93,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
             variants = gr.CheckboxGroup(list(DEFAULT_VARIANTS), value=list(DEFAULT_VARIANTS), label="Variants",
                                         info=" · ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values()),
                                         elem_id="arena-variants")
-            adapter = gr.Dropdown(run_choices(engine), label="Fine-tuned run(s)", multiselect=True,
+            adapter = gr.Dropdown(runs, value=demo_run, label="Fine-tuned run(s)", multiselect=True,
                                   elem_id="arena-adapter")
             index = gr.Dropdown(index_choices(engine), value=DEMO_INDEX, label="Knowledge base", elem_id="arena-index")
             refresh_lists = gr.Button("Refresh runs and knowledge bases", size="sm", elem_id="arena-refresh")

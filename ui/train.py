@@ -1,0 +1,341 @@
+"""Train tab: pick or upload a dataset (previewed and validated), a method and its settings, then Start / Stop /
+Resume a run that trains in the engine's background worker while a timer polls its live loss curves.
+
+Layout and wiring only: widget values -> TrainingConfig -> ``engine.jobs`` -> a snapshot rendered as a progress bar,
+a status line and a loss chart.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+
+from core.data import DataError, demo_path, load_examples
+from core.engine import Engine
+from core.jobs import JobBusyError, JobState
+from core.methods import METHODS, get_method
+from core.training import TrainingConfig, list_presets, load_preset
+from core.uploads import UploadError, list_uploads
+from ui.common import one_line
+
+HOLD_OUT = "__hold_out__"
+CHOICES_FOR = {"quant_type": ["nf4", "fp4"], "bits": [4, 8], "encoder_type": ["MLP", "LSTM"],
+               "init": ["text", "random"]}
+PREVIEW_ROWS = 5
+DEFAULT_PRESET = "quick-lora"
+
+
+# ---- pure helpers (tested without a server) -------------------------------------------------------------------------
+
+
+def dataset_choices(engine: Engine) -> list[tuple[str, str]]:
+    """(label, path) of the demo splits and every uploaded dataset."""
+    demo = [("demo train set (389 rows: QA, summaries, labels)", str(demo_path("train.jsonl"))),
+            ("demo validation set", str(demo_path("validation.jsonl")))]
+    return demo + [(f"uploaded: {path.name}", str(path)) for path in list_uploads(engine.workspace.uploads, "datasets")]
+
+
+def describe_dataset(path: str | None) -> tuple[str, pd.DataFrame]:
+    """A one-line summary (or the loader's one-line error) and the first rows of a dataset file."""
+    empty = pd.DataFrame(columns=["task", "instruction", "input", "output"])
+    if not path:
+        return "", empty
+    try:
+        dataset = load_examples(path)
+    except (DataError, ValueError, OSError) as err:
+        return f"<span class='ta-error'>✗ {html.escape(one_line(err))}</span>", empty
+    tasks = ", ".join(f"{task} {count}" for task, count in sorted(dataset.tasks().items()))
+    rows = [{"task": ex.task or "", "instruction": ex.instruction, "input": ex.input, "output": ex.output or ""}
+            for ex in dataset.examples[:PREVIEW_ROWS]]
+    line = f"✓ {len(dataset)} examples, {dataset.shape} shape ({html.escape(tasks)})"
+    return line, pd.DataFrame(rows, columns=list(empty.columns))
+
+
+def method_values(method: str, values: dict[str, Any]) -> dict[str, Any]:
+    """The method's settings from form values (``values``: setting name -> widget value), typed as its fields."""
+    out: dict[str, Any] = {}
+    for row in get_method(method).settings():
+        if row["name"] not in values or values[row["name"]] is None:
+            continue
+        value = values[row["name"]]
+        kind = str(row["type"])
+        if kind == "int":
+            value = int(value)
+        elif kind == "float":
+            value = float(value)
+        elif kind == "bool":
+            value = bool(value)
+        out[row["name"]] = value
+    return out
+
+
+def build_config(data: str | None, val_data: str | None, method: str, method_config: dict[str, Any], *,
+                 base_model: str = "", epochs: float = 1.0, max_steps: int = 0, learning_rate: float = 0.0,
+                 batch_size: int = 8, grad_accum: int = 1, max_length: int = 512, scheduler: str = "cosine",
+                 warmup_ratio: float = 0.05, seed: int = 42, gradient_checkpointing: bool = False) -> TrainingConfig:
+    """A TrainingConfig from the form (0 means "not set" for max_steps and learning_rate). Raises ValueError."""
+    if not data:
+        raise ValueError("data: choose a training dataset or upload one")
+    return TrainingConfig(
+        data=data, val_data=None if not val_data or val_data == HOLD_OUT else val_data, method=method,
+        method_config=method_config, base_model=base_model.strip() or None, epochs=float(epochs),
+        max_steps=int(max_steps) if max_steps else None, learning_rate=float(learning_rate) or None,
+        batch_size=int(batch_size), grad_accum=int(grad_accum), max_length=int(max_length), scheduler=scheduler,
+        warmup_ratio=float(warmup_ratio), seed=int(seed), gradient_checkpointing=bool(gradient_checkpointing))
+
+
+def _clock(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def render_progress(state: JobState, now: float | None = None) -> str:
+    """The progress bar and status line of a job snapshot (HTML)."""
+    if state.state == "idle":
+        return "<div class='ta-job'>No training yet. Choose a dataset and a method, then Start.</div>"
+    done = state.step / state.total if state.total else 0.0
+    if state.state == "completed":
+        done = 1.0
+    elapsed = ((state.finished or now or time.time()) - state.started) if state.started else None
+    parts = [f"<b>{html.escape(state.run_id or '')}</b> ({html.escape(state.method or '')}) · "
+             f"<span class='ta-state ta-{state.state}'>{state.state}</span>"]
+    if state.total:
+        parts.append(f"step {state.step}/{state.total}")
+    if state.loss is not None:
+        parts.append(f"loss {state.loss:.4f}")
+    if state.val_curve:
+        parts.append(f"val loss {state.val_curve[-1][1]:.4f}")
+    if state.tokens_per_s:
+        parts.append(f"{state.tokens_per_s:.0f} tokens/s")
+    if state.active and state.eta_s is not None and state.total:
+        parts.append(f"ETA {_clock(state.eta_s)}")
+    parts.append(f"elapsed {_clock(elapsed)}")
+    line = " · ".join(parts)
+    if state.error:
+        line += f"<div class='ta-error'>✗ {html.escape(state.error)}</div>"
+    if state.state == "preparing":
+        line += "<div class='ta-why'>Loading the model and tokenizing the data…</div>"
+    if state.state in ("completed", "stopped") and state.result:
+        line += ("<div class='ta-why'>Saved: it is now in the Arena's and Evaluate's run pickers"
+                 + (" (resume it to finish the schedule)" if state.state == "stopped" else "") + ".</div>")
+    bar = f"<div class='ta-bar'><div class='ta-fill' style='width:{100 * done:.1f}%'></div></div>"
+    return f"<div class='ta-job'>{bar}{line}</div>"
+
+
+def curve_frame(state: JobState) -> pd.DataFrame:
+    """Long-form loss curves for gr.LinePlot: step, loss, series (train / validation)."""
+    rows = [{"step": step, "loss": loss, "series": "train"} for step, loss in state.train_curve]
+    rows += [{"step": step, "loss": loss, "series": "validation"} for step, loss in state.val_curve]
+    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+
+
+def resumable_runs(engine: Engine) -> list[tuple[str, str]]:
+    """Runs that can continue: stopped, failed, or killed while running (and not the live job), with a checkpoint."""
+    live = engine.jobs.snapshot()
+    choices = []
+    for run in engine.runs.list():
+        if run.state == "completed" or run.latest_checkpoint() is None:
+            continue
+        if live.active and live.run_dir and Path(live.run_dir).resolve() == run.path.resolve():
+            continue
+        state = "interrupted" if run.state == "running" else run.state
+        step = run.status.get("step", "?")
+        choices.append((f"{run.run_id} ({run.config.get('method')}, {state} at step {step})", str(run.path)))
+    return choices
+
+
+# ---- the tab ----------------------------------------------------------------------------------------------------
+
+
+def _setting_widget(method: str, row: dict[str, Any], value: Any = None) -> gr.components.Component:
+    name, kind = row["name"], str(row["type"])
+    default = row["default"] if value is None else value
+    if isinstance(default, list):
+        default = ",".join(default)
+    label = f"{name} — {row['help']}" if row["help"] else name
+    elem_id = f"train-{method}-{name}"
+    if name in CHOICES_FOR:
+        return gr.Dropdown(CHOICES_FOR[name], value=default, label=label, elem_id=elem_id)
+    if kind == "bool":
+        return gr.Checkbox(value=bool(default), label=label, elem_id=elem_id)
+    if kind in ("int", "float"):
+        return gr.Number(value=default, label=label, precision=0 if kind == "int" else None, elem_id=elem_id)
+    return gr.Textbox(value=str(default), label=label, elem_id=elem_id)
+
+
+def create_train_tab(engine: Engine) -> dict[str, Any]:
+    presets = list_presets()
+    initial = load_preset(DEFAULT_PRESET)["config"] if DEFAULT_PRESET in presets else {}
+    first_method = initial.get("method", "lora")
+    first_settings = initial.get("method_config") or {}
+    first_info, first_rows = describe_dataset(str(demo_path("train.jsonl")))
+    with gr.Row():
+        with gr.Column(scale=3):
+            with gr.Group():
+                data = gr.Dropdown(dataset_choices(engine), value=str(demo_path("train.jsonl")),
+                                   label="Training data", elem_id="train-data")
+                upload = gr.File(label="…or upload a dataset (.jsonl, .json, .csv, .tsv)", file_types=[
+                    ".jsonl", ".json", ".csv", ".tsv"], elem_id="train-upload", height=90)
+                val_data = gr.Dropdown([("hold out 10% of the training data", HOLD_OUT)]
+                                       + dataset_choices(engine), value=str(demo_path("validation.jsonl")),
+                                       label="Validation data", elem_id="train-val-data")
+            data_info = gr.HTML(first_info, elem_id="train-data-info")
+            preview = gr.Dataframe(first_rows, label="First rows", interactive=False, wrap=True, max_height=220,
+                                   elem_id="train-preview")
+        with gr.Column(scale=2):
+            preset = gr.Dropdown([("(none)", "")] + [(name, name) for name in presets],
+                                 value=DEFAULT_PRESET if initial else "", label="Preset",
+                                 info="fills the method and its settings", elem_id="train-preset")
+            method = gr.Dropdown([(f"{m.title} ({m.name})", m.name) for m in METHODS.values()],
+                                 value=first_method, label="Method", elem_id="train-method")
+            method_help = gr.Markdown(get_method(first_method).description)
+            groups: dict[str, gr.Group] = {}
+            widgets: dict[str, dict[str, gr.components.Component]] = {}
+            for name, registered in METHODS.items():
+                with gr.Group(visible=name == first_method) as group:
+                    chosen = first_settings if name == first_method else {}
+                    widgets[name] = {row["name"]: _setting_widget(name, row, chosen.get(row["name"]))
+                                     for row in registered.settings()}
+                    if not widgets[name]:
+                        gr.Markdown("No settings: every weight trains.")
+                groups[name] = group
+            with gr.Accordion("Training settings", open=False):
+                with gr.Row():
+                    epochs = gr.Number(initial.get("epochs", 1), label="Epochs", minimum=0.01, elem_id="train-epochs")
+                    max_steps = gr.Number(0, label="Max steps (0 = by epochs)", precision=0, minimum=0,
+                                          elem_id="train-max-steps")
+                    learning_rate = gr.Number(initial.get("learning_rate") or 0, minimum=0, elem_id="train-lr",
+                                              label="Learning rate (0 = method default)")
+                with gr.Row():
+                    batch_size = gr.Number(initial.get("batch_size", 8), label="Batch size", precision=0, minimum=1)
+                    grad_accum = gr.Number(1, label="Gradient accumulation", precision=0, minimum=1)
+                    max_length = gr.Number(512, label="Max tokens per example", precision=0, minimum=16)
+                with gr.Row():
+                    scheduler = gr.Dropdown(["cosine", "linear", "constant"], value=initial.get("scheduler", "cosine"),
+                                            label="Schedule")
+                    warmup_ratio = gr.Number(0.05, label="Warmup share", minimum=0, maximum=0.99)
+                    seed = gr.Number(42, label="Seed", precision=0)
+                gradient_checkpointing = gr.Checkbox(False, label="Gradient checkpointing (less memory, ~30% slower)")
+                base_model = gr.Textbox("", label="Base model (empty = the bundled SmolLM2-135M-Instruct)",
+                                        info="the Arena compares runs of its own base model")
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary", elem_id="train-start")
+                stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            with gr.Row():
+                resume_run = gr.Dropdown(resumable_runs(engine), label="Resume a stopped or interrupted run",
+                                         scale=3, elem_id="train-resume-run")
+                resume = gr.Button("Resume", scale=1, elem_id="train-resume")
+    progress = gr.HTML(render_progress(engine.jobs.snapshot()), elem_id="train-progress")
+    chart = gr.LinePlot(curve_frame(engine.jobs.snapshot()), x="step", y="loss", color="series",
+                        title="Loss", height=300, x_title="optimizer step", y_title="loss (answer tokens)",
+                        color_map={"train": "#1f77b4", "validation": "#ff7f0e"}, elem_id="train-chart")
+    timer = gr.Timer(1.0)
+    seen = gr.State(None)
+
+    flat = [(name, setting, widget) for name, settings in widgets.items() for setting, widget in settings.items()]
+    setting_inputs = [widget for _, _, widget in flat]
+    form = [data, val_data, method, base_model, epochs, max_steps, learning_rate, batch_size, grad_accum, max_length,
+            scheduler, warmup_ratio, seed, gradient_checkpointing, *setting_inputs]
+
+    def on_upload(file: str | None):
+        if not file:
+            return gr.update(), gr.update(), gr.update()
+        try:
+            stored = engine.store_upload(file, "datasets", name=Path(file).name)
+        except UploadError as err:
+            raise gr.Error(one_line(err)) from None
+        choices = dataset_choices(engine)
+        return (gr.update(choices=choices, value=str(stored)),
+                gr.update(choices=[("hold out 10% of the training data", HOLD_OUT)] + choices), None)
+
+    def on_method(name: str):
+        return [gr.update(visible=key == name) for key in groups] + [get_method(name).description]
+
+    def on_preset(name: str):
+        keep = [gr.update()] * (len(groups) + 6 + len(flat))
+        if not name:
+            return keep
+        config = load_preset(name)["config"]
+        chosen = config.get("method", "lora")
+        settings = config.get("method_config") or {}
+        updates = [gr.update(value=chosen)]
+        updates += [gr.update(visible=key == chosen) for key in groups]
+        updates += [gr.update(value=config.get("epochs", 1)), gr.update(value=config.get("max_steps") or 0),
+                    gr.update(value=config.get("learning_rate") or 0), gr.update(value=config.get("batch_size", 8)),
+                    gr.update(value=config.get("scheduler", "cosine"))]
+        for key, setting, _ in flat:
+            updates.append(gr.update(value=settings[setting]) if key == chosen and setting in settings
+                           else gr.update())
+        return updates
+
+    def on_start(*values):
+        (data_path, val_path, method_name, base, n_epochs, steps, lr, batch, accum, length, schedule, warmup,
+         seed_value, checkpointing, *settings) = values
+        chosen = {setting: value for (key, setting, _), value in zip(flat, settings, strict=True)
+                  if key == method_name}
+        try:
+            config = build_config(data_path, val_path, method_name, method_values(method_name, chosen),
+                                  base_model=base or "", epochs=n_epochs or 1, max_steps=steps or 0,
+                                  learning_rate=lr or 0, batch_size=batch or 8, grad_accum=accum or 1,
+                                  max_length=length or 512, scheduler=schedule, warmup_ratio=warmup or 0,
+                                  seed=seed_value or 0, gradient_checkpointing=checkpointing)
+            state = engine.jobs.start(config)
+        except (ValueError, JobBusyError) as err:
+            raise gr.Error(one_line(err)) from None
+        return render_progress(state), curve_frame(state), gr.Timer(active=True)
+
+    def on_stop():
+        if not engine.jobs.stop():
+            gr.Warning("No training is running.")
+        return render_progress(engine.jobs.snapshot())
+
+    def on_resume(run_dir: str | None):
+        if not run_dir:
+            raise gr.Error("Choose a run to resume.")
+        try:
+            state = engine.jobs.resume(run_dir)
+        except (ValueError, JobBusyError) as err:
+            raise gr.Error(one_line(err)) from None
+        return render_progress(state), curve_frame(state), gr.Timer(active=True)
+
+    def on_tick(last: tuple | None):
+        state = engine.jobs.snapshot()
+        key = (state.run_id, state.state, state.step, len(state.val_curve))
+        if key == last and not state.active:
+            return gr.skip(), gr.skip(), gr.skip(), last
+        runs = gr.update(choices=resumable_runs(engine)) if key[:2] != (last or (None, None))[:2] else gr.skip()
+        return render_progress(state), curve_frame(state), runs, key
+
+    def on_data(path: str | None):
+        return describe_dataset(path)
+
+    upload.upload(on_upload, [upload], [data, val_data, upload])
+    data.change(on_data, [data], [data_info, preview])
+    method.change(on_method, [method], [*groups.values(), method_help])
+    preset.change(on_preset, [preset], [method, *groups.values(), epochs, max_steps, learning_rate, batch_size,
+                                        scheduler, *setting_inputs])
+    start.click(on_start, form, [progress, chart, timer], api_name="train_start", concurrency_limit=1)
+    stop.click(on_stop, None, [progress], api_name="train_stop", queue=False)
+    resume.click(on_resume, [resume_run], [progress, chart, timer], api_name="train_resume", concurrency_limit=1)
+    timer.tick(on_tick, [seen], [progress, chart, resume_run, seen], show_progress="hidden", queue=False)
+    return {"data": data, "val_data": val_data, "preview": preview, "data_info": data_info, "method": method,
+            "preset": preset, "start": start, "stop": stop, "resume": resume, "resume_run": resume_run,
+            "progress": progress, "chart": chart, "timer": timer}
+
+
+CSS = """
+.ta-job {padding: 8px 4px;}
+.ta-bar {height: 10px; border-radius: 5px; background: var(--background-fill-secondary); overflow: hidden;
+         border: 1px solid var(--border-color-primary); margin-bottom: 6px;}
+.ta-fill {height: 100%; background: linear-gradient(90deg, #4f8cff, #37b679); transition: width 0.5s;}
+.ta-state {font-weight: 600;}
+.ta-completed {color: #2e7d32;} .ta-failed {color: #c62828;} .ta-stopped, .ta-stopping {color: #b26a00;}
+.ta-error {color: #c62828;}
+"""
