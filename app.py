@@ -1,44 +1,80 @@
 """Tune Arena: `python app.py` serves the Gradio app on http://127.0.0.1:7860 (GRADIO_SERVER_NAME/PORT honoured).
 
-Nothing heavy happens at import: the engine loads models on first use.
+Nothing heavy happens at import: the engine loads models on first use. At launch a background thread indexes the
+demo corpus and loads the base model, so the first Arena query does not wait for them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; must be set before gradio loads
 
 import gradio as gr  # noqa: E402
 
 from core.engine import Engine  # noqa: E402
-from ui.arena import CSS, create_arena_tab  # noqa: E402
-from ui.ask import create_ask_tab  # noqa: E402
+from ui import arena, evaluate, knowledge, runs, train  # noqa: E402
+from ui.common import index_choices, run_choices  # noqa: E402
 
 TITLE = "Tune Arena"
+CSS = "\n".join(getattr(module, "CSS", "") for module in (arena, evaluate, train, knowledge, runs))
+logger = logging.getLogger("tune_arena.app")
 
 
 def build_app(engine: Engine | None = None) -> gr.Blocks:
     """The app's Blocks over one engine (a new default engine if none is given)."""
     engine = engine or Engine()
+    engine.install_demo_run()  # the shipped demo adapter, so the Arena shows fine-tuned variants at once
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nPrompting, RAG or fine-tuning? Compare them on your task, side by side.")
-        with gr.Tab("Arena"):
-            create_arena_tab(engine)
-        with gr.Tab("Ask"):
-            create_ask_tab(engine)
+        with gr.Tabs():
+            with gr.Tab("Arena", id="arena") as arena_tab:
+                arena_parts = arena.create_arena_tab(engine)
+            with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
+                evaluate_parts = evaluate.create_evaluate_tab(engine)
+            with gr.Tab("Train", id="train"):
+                train.create_train_tab(engine)
+            with gr.Tab("Knowledge base", id="knowledge") as knowledge_tab:
+                knowledge.create_knowledge_tab(engine, knowledge_tab)
+            with gr.Tab("Runs", id="runs") as runs_tab:
+                runs.create_runs_tab(engine, runs_tab)
+
+        # a run trained or an index built in another tab shows up in the pickers when their tab is opened
+        for tab, parts in ((arena_tab, arena_parts), (evaluate_tab, evaluate_parts)):
+            pickers = [parts[key] for key in ("adapter", "index") if key in parts]
+            if len(pickers) == 2:
+                tab.select(lambda: (gr.update(choices=run_choices(engine)), gr.update(choices=index_choices(engine))),
+                           None, pickers, queue=False)
     return demo
+
+
+def warm_up(engine: Engine) -> threading.Thread:
+    """Index the demo corpus and load the base model in the background (errors are logged, not raised)."""
+    def work() -> None:
+        try:
+            engine.ensure_demo_index()
+            engine.host()
+        except Exception as err:  # the tabs report the same problem when a user gets there
+            logger.warning("warm-up failed: %s", err)
+
+    thread = threading.Thread(target=work, name="warm-up", daemon=True)
+    thread.start()
+    return thread
 
 
 def main() -> None:
     logging.basicConfig(level=os.environ.get("TUNE_ARENA_LOG", "INFO"))
-    demo = build_app()
+    engine = Engine()
+    demo = build_app(engine)
     demo.queue(default_concurrency_limit=2)
+    warm_up(engine)
     demo.launch(
         css=CSS,
         server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
         server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+        allowed_paths=[str(engine.workspace.root)],
     )
 
 

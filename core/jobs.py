@@ -144,6 +144,8 @@ class TrainingJobs:
 
         def on_eval(step: int, val_loss: float) -> None:
             with self._lock:
+                if self._state.state == "preparing":  # the first validation pass: the model is loaded
+                    self._state.state = "running"
                 self._state.val_curve.append((step, val_loss))
 
         try:

@@ -83,7 +83,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
                                placeholder="Ask about the demo company, or anything", elem_id="arena-query")
             with gr.Row():
                 reference = gr.Textbox(first.output or "", label="Reference answer (optional: enables scores)",
-                                       lines=1, elem_id="arena-reference")
+                                       lines=2, elem_id="arena-reference")
                 task = gr.Dropdown(["", "qa", "summarization", "classification"], value=first.task or "", label="Task",
                                    elem_id="arena-task")
             context = gr.Textbox(label="Input text (e.g. a message to summarise)", lines=2, visible=True,

@@ -22,10 +22,18 @@ def run_choices(engine: Engine, *, with_weights: bool = True) -> list[tuple[str,
 
 def index_choices(engine: Engine, *, with_demo: bool = True) -> list[tuple[str, str]]:
     """(label, folder) of the workspace's knowledge bases; the demo corpus is offered even before it is built."""
-    rows = [(f"{row['name']} ({row.get('chunks', '?')} chunks)", row["folder"]) for row in engine.list_indexes()
-            if "error" not in row]
-    if with_demo and not any(row[1].endswith(f"/{DEMO_INDEX}") for row in rows):
-        rows.append(("demo corpus (indexed on first use, ~15 s)", DEMO_INDEX))
+    rows, demo = [], None
+    for row in engine.list_indexes():
+        if "error" in row:
+            continue
+        if row["name"] == DEMO_INDEX:  # always offered under its name, built or not, so a chosen value stays valid
+            demo = (f"demo corpus ({row.get('chunks', '?')} chunks)", DEMO_INDEX)
+        else:
+            rows.append((f"{row['name']} ({row.get('chunks', '?')} chunks)", row["folder"]))
+    if with_demo:
+        rows.insert(0, demo or ("demo corpus (indexed on first use, ~15 s)", DEMO_INDEX))
+    elif demo:
+        rows.insert(0, demo)
     return rows
 
 

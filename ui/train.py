@@ -75,18 +75,28 @@ def method_values(method: str, values: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(data: str | None, val_data: str | None, method: str, method_config: dict[str, Any], *,
-                 base_model: str = "", epochs: float = 1.0, max_steps: int = 0, learning_rate: float = 0.0,
-                 batch_size: int = 8, grad_accum: int = 1, max_length: int = 512, scheduler: str = "cosine",
-                 warmup_ratio: float = 0.05, seed: int = 42, gradient_checkpointing: bool = False) -> TrainingConfig:
-    """A TrainingConfig from the form (0 means "not set" for max_steps and learning_rate). Raises ValueError."""
+                 preset: str = "", base_model: str = "", epochs: float = 1.0, max_steps: int = 0,
+                 learning_rate: float = 0.0, batch_size: int = 8, grad_accum: int = 1, max_length: int = 512,
+                 scheduler: str = "cosine", warmup_ratio: float = 0.05, seed: int = 42,
+                 gradient_checkpointing: bool = False) -> TrainingConfig:
+    """A TrainingConfig from the form (0 means "not set" for max_steps and learning_rate). Raises ValueError.
+
+    A ``preset`` of the same method supplies the settings the form does not show (e.g. max_eval_examples).
+    """
     if not data:
         raise ValueError("data: choose a training dataset or upload one")
-    return TrainingConfig(
+    values: dict[str, Any] = {}
+    if preset:
+        chosen = load_preset(preset)["config"]
+        if chosen.get("method", "lora") == method:
+            values = {k: v for k, v in chosen.items() if k != "method_config"}
+    values.update(
         data=data, val_data=None if not val_data or val_data == HOLD_OUT else val_data, method=method,
         method_config=method_config, base_model=base_model.strip() or None, epochs=float(epochs),
         max_steps=int(max_steps) if max_steps else None, learning_rate=float(learning_rate) or None,
         batch_size=int(batch_size), grad_accum=int(grad_accum), max_length=int(max_length), scheduler=scheduler,
         warmup_ratio=float(warmup_ratio), seed=int(seed), gradient_checkpointing=bool(gradient_checkpointing))
+    return TrainingConfig(**values)
 
 
 def _clock(seconds: float | None) -> str:
@@ -133,7 +143,8 @@ def curve_frame(state: JobState) -> pd.DataFrame:
     """Long-form loss curves for gr.LinePlot: step, loss, series (train / validation)."""
     rows = [{"step": step, "loss": loss, "series": "train"} for step, loss in state.train_curve]
     rows += [{"step": step, "loss": loss, "series": "validation"} for step, loss in state.val_curve]
-    return pd.DataFrame(rows, columns=["step", "loss", "series"])
+    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
+    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})  # typed even when empty
 
 
 def resumable_runs(engine: Engine) -> list[tuple[str, str]]:
@@ -159,15 +170,16 @@ def _setting_widget(method: str, row: dict[str, Any], value: Any = None) -> gr.c
     default = row["default"] if value is None else value
     if isinstance(default, list):
         default = ",".join(default)
-    label = f"{name} — {row['help']}" if row["help"] else name
+    info = row["help"] or None
     elem_id = f"train-{method}-{name}"
     if name in CHOICES_FOR:
-        return gr.Dropdown(CHOICES_FOR[name], value=default, label=label, elem_id=elem_id)
+        return gr.Dropdown(CHOICES_FOR[name], value=default, label=name, info=info, elem_id=elem_id)
     if kind == "bool":
-        return gr.Checkbox(value=bool(default), label=label, elem_id=elem_id)
+        return gr.Checkbox(value=bool(default), label=name, info=info, elem_id=elem_id)
     if kind in ("int", "float"):
-        return gr.Number(value=default, label=label, precision=0 if kind == "int" else None, elem_id=elem_id)
-    return gr.Textbox(value=str(default), label=label, elem_id=elem_id)
+        return gr.Number(value=default, label=name, info=info, precision=0 if kind == "int" else None,
+                         elem_id=elem_id)
+    return gr.Textbox(value=str(default), label=name, info=info, elem_id=elem_id)
 
 
 def create_train_tab(engine: Engine) -> dict[str, Any]:
@@ -182,13 +194,17 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                 data = gr.Dropdown(dataset_choices(engine), value=str(demo_path("train.jsonl")),
                                    label="Training data", elem_id="train-data")
                 upload = gr.File(label="…or upload a dataset (.jsonl, .json, .csv, .tsv)", file_types=[
-                    ".jsonl", ".json", ".csv", ".tsv"], elem_id="train-upload", height=90)
+                    ".jsonl", ".json", ".csv", ".tsv"], elem_id="train-upload", height=120)
                 val_data = gr.Dropdown([("hold out 10% of the training data", HOLD_OUT)]
                                        + dataset_choices(engine), value=str(demo_path("validation.jsonl")),
                                        label="Validation data", elem_id="train-val-data")
             data_info = gr.HTML(first_info, elem_id="train-data-info")
             preview = gr.Dataframe(first_rows, label="First rows", interactive=False, wrap=True, max_height=220,
                                    elem_id="train-preview")
+            progress = gr.HTML(render_progress(engine.jobs.snapshot()), elem_id="train-progress")
+            chart = gr.LinePlot(curve_frame(engine.jobs.snapshot()), x="step", y="loss", color="series",
+                                title="Loss", height=320, x_title="optimizer step", y_title="loss (answer tokens)",
+                                color_map={"train": "#1f77b4", "validation": "#ff7f0e"}, elem_id="train-chart")
         with gr.Column(scale=2):
             preset = gr.Dropdown([("(none)", "")] + [(name, name) for name in presets],
                                  value=DEFAULT_PRESET if initial else "", label="Preset",
@@ -232,17 +248,13 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                 resume_run = gr.Dropdown(resumable_runs(engine), label="Resume a stopped or interrupted run",
                                          scale=3, elem_id="train-resume-run")
                 resume = gr.Button("Resume", scale=1, elem_id="train-resume")
-    progress = gr.HTML(render_progress(engine.jobs.snapshot()), elem_id="train-progress")
-    chart = gr.LinePlot(curve_frame(engine.jobs.snapshot()), x="step", y="loss", color="series",
-                        title="Loss", height=300, x_title="optimizer step", y_title="loss (answer tokens)",
-                        color_map={"train": "#1f77b4", "validation": "#ff7f0e"}, elem_id="train-chart")
     timer = gr.Timer(1.0)
     seen = gr.State(None)
 
     flat = [(name, setting, widget) for name, settings in widgets.items() for setting, widget in settings.items()]
     setting_inputs = [widget for _, _, widget in flat]
-    form = [data, val_data, method, base_model, epochs, max_steps, learning_rate, batch_size, grad_accum, max_length,
-            scheduler, warmup_ratio, seed, gradient_checkpointing, *setting_inputs]
+    form = [data, val_data, method, preset, base_model, epochs, max_steps, learning_rate, batch_size, grad_accum,
+            max_length, scheduler, warmup_ratio, seed, gradient_checkpointing, *setting_inputs]
 
     def on_upload(file: str | None):
         if not file:
@@ -276,14 +288,15 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         return updates
 
     def on_start(*values):
-        (data_path, val_path, method_name, base, n_epochs, steps, lr, batch, accum, length, schedule, warmup,
-         seed_value, checkpointing, *settings) = values
+        (data_path, val_path, method_name, preset_name, base, n_epochs, steps, lr, batch, accum, length, schedule,
+         warmup, seed_value, checkpointing, *settings) = values
         chosen = {setting: value for (key, setting, _), value in zip(flat, settings, strict=True)
                   if key == method_name}
         try:
             config = build_config(data_path, val_path, method_name, method_values(method_name, chosen),
-                                  base_model=base or "", epochs=n_epochs or 1, max_steps=steps or 0,
-                                  learning_rate=lr or 0, batch_size=batch or 8, grad_accum=accum or 1,
+                                  preset=preset_name or "", base_model=base or "", epochs=n_epochs or 1,
+                                  max_steps=steps or 0, learning_rate=lr or 0, batch_size=batch or 8,
+                                  grad_accum=accum or 1,
                                   max_length=length or 512, scheduler=schedule, warmup_ratio=warmup or 0,
                                   seed=seed_value or 0, gradient_checkpointing=checkpointing)
             state = engine.jobs.start(config)
@@ -316,15 +329,16 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
     def on_data(path: str | None):
         return describe_dataset(path)
 
-    upload.upload(on_upload, [upload], [data, val_data, upload])
-    data.change(on_data, [data], [data_info, preview])
+    upload.upload(on_upload, [upload], [data, val_data, upload], api_name="train_upload")
+    data.change(on_data, [data], [data_info, preview], api_name="train_preview")
     method.change(on_method, [method], [*groups.values(), method_help])
     preset.change(on_preset, [preset], [method, *groups.values(), epochs, max_steps, learning_rate, batch_size,
                                         scheduler, *setting_inputs])
     start.click(on_start, form, [progress, chart, timer], api_name="train_start", concurrency_limit=1)
     stop.click(on_stop, None, [progress], api_name="train_stop", queue=False)
     resume.click(on_resume, [resume_run], [progress, chart, timer], api_name="train_resume", concurrency_limit=1)
-    timer.tick(on_tick, [seen], [progress, chart, resume_run, seen], show_progress="hidden", queue=False)
+    timer.tick(on_tick, [seen], [progress, chart, resume_run, seen], show_progress="hidden", queue=False,
+               api_name="train_status")
     return {"data": data, "val_data": val_data, "preview": preview, "data_info": data_info, "method": method,
             "preset": preset, "start": start, "stop": stop, "resume": resume, "resume_run": resume_run,
             "progress": progress, "chart": chart, "timer": timer}

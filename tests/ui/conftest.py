@@ -22,12 +22,18 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="session")
-def live_app(bundled_home, tmp_path_factory):
+def live_workspace(tmp_path_factory) -> Path:
+    """The workspace folder of the live app (runs/, indexes/, evals/, uploads/ appear there)."""
+    return tmp_path_factory.mktemp("workspace")
+
+
+@pytest.fixture(scope="session")
+def live_app(bundled_home, live_workspace, tmp_path_factory):
     """Start the app as a user would; yield its URL; stop it. Its log is printed if it fails to start."""
     port = _free_port()
     log_path = tmp_path_factory.mktemp("app") / "app.log"
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "TUNE_ARENA_HOME": str(bundled_home),
-           "TUNE_ARENA_WORKSPACE": str(tmp_path_factory.mktemp("workspace"))}
+           "TUNE_ARENA_WORKSPACE": str(live_workspace)}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -1,0 +1,80 @@
+"""End to end in Debian's Chromium: the Arena answers with every variant, a training run starts, its loss chart
+updates, and it stops. Screenshots of every tab go to tests/artifacts/ (git-ignored) for a person to look at."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+def test_arena_then_training_in_chromium(live_app, live_workspace):
+    from playwright.sync_api import expect, sync_playwright
+
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make test` installs it (apt-get install chromium)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(live_app)
+
+            # Arena: a demo question is filled in and the shipped demo adapter chosen; one click runs all five
+            expect(page.locator("#arena-query textarea")).not_to_have_value("")
+            page.locator("#arena-run").click()
+            expect(page.locator("#arena-status")).to_contain_text("5 of 5 variants answered", timeout=300_000)
+            cards = page.locator("#arena-cards .ta-card")
+            expect(cards).to_have_count(5)
+            for number in range(5):
+                card = cards.nth(number)
+                expect(card.locator(".ta-answer")).not_to_be_empty()
+                expect(card.locator(".ta-chip", has_text="ROUGE-L")).to_have_count(1)
+                expect(card.locator(".ta-chip", has_text="tokens")).to_have_count(1)
+            titles = [cards.nth(n).locator("h3").inner_text() for n in range(5)]
+            assert titles == ["zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag"]
+            expect(page.locator("#arena-cards .ta-best").first).to_be_visible()
+            page.screenshot(path=str(ARTIFACTS / "1-arena.png"), full_page=True)
+
+            # Train: the quick-lora preset on the demo data, stopped after a few steps
+            page.get_by_role("tab", name="Train").click()
+            expect(page.locator("#train-data-info")).to_contain_text("389 examples")
+            page.get_by_text("Training settings").click()  # the accordion with epochs, steps, learning rate…
+            page.locator("#train-max-steps input").fill("40")
+            page.locator("#train-start").click()
+            progress = page.locator("#train-progress")
+            expect(progress).to_contain_text(re.compile(r"step [2-9]\d*/40"), timeout=300_000)
+            first = _step(progress.inner_text())
+            expect(page.locator("#train-chart canvas, #train-chart svg").first).to_be_visible()
+            expect(progress).not_to_contain_text(f"step {first}/40", timeout=120_000)  # the chart and bar move
+            page.screenshot(path=str(ARTIFACTS / "2-train-running.png"), full_page=True)
+            page.locator("#train-stop").click()
+            expect(progress).to_contain_text("stopped", timeout=120_000)
+            page.screenshot(path=str(ARTIFACTS / "3-train-stopped.png"), full_page=True)
+            stopped = [p for p in (live_workspace / "runs").iterdir() if (p / "status.json").is_file()
+                       and '"stopped"' in (p / "status.json").read_text()]
+            assert len(stopped) >= 1
+
+            # the stopped run is offered in the Arena's picker, and the other tabs render
+            page.get_by_role("tab", name="Arena").click()
+            page.locator("#arena-adapter input").click()
+            expect(page.get_by_role("option").filter(has_text=stopped[0].name)).to_have_count(1)
+            page.keyboard.press("Escape")
+            for number, name in ((4, "Evaluate"), (5, "Knowledge base"), (6, "Runs")):
+                page.get_by_role("tab", name=name).click()
+                page.wait_for_timeout(1500)
+                page.screenshot(path=str(ARTIFACTS / f"{number}-{name.lower().replace(' ', '-')}.png"),
+                                full_page=True)
+        finally:
+            browser.close()
+
+
+def _step(text: str) -> int:
+    return int(re.search(r"step (\d+)/", text).group(1))

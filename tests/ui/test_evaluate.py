@@ -1,0 +1,252 @@
+"""Evaluate tab: its formatting functions on fixed results, and one tiny real evaluation through gradio_client."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from core.data import demo_path
+from core.evals import summarise
+from ui.evaluate import (
+    build_config,
+    dataset_choices,
+    describe_test_set,
+    download_paths,
+    example_choices,
+    examples_table,
+    format_interval,
+    lead_line,
+    load_test_set,
+    plan_text,
+    render_example,
+    status_line,
+    store_test_set,
+    summary_table,
+)
+
+INTERVAL = re.compile(r"^\d\.\d{2} \[\d\.\d{2}, \d\.\d{2}\]$")
+
+
+def _row(uid: str, task: str, variant: str, answer: str, metrics: dict | None, *, available: bool = True,
+         error: str | None = None) -> dict:
+    """One row as results.json holds it (core.evals._row: VariantResult.to_dict plus the example's fields)."""
+    return {"variant": variant, "strategy": variant, "adapter": None, "available": available, "error": error,
+            "answer": answer if available else "", "new_tokens": 5 if available else 0, "prompt_tokens": 40,
+            "generate_s": 0.5 if available else None, "metrics": metrics or {}, "id": uid, "task": task,
+            "instruction": f"Question {uid}?", "input": "", "reference": f"Reference <b>{uid}</b> & more",
+            "sources": ["assets/demo/corpus/error-codes.md"] if variant == "rag" and available else []}
+
+
+def _qa(rouge: float, f1: float) -> dict:
+    return {"rougeL": rouge, "bleu": rouge / 2, "token_f1": f1, "similarity": 0.5, "accuracy": None}
+
+
+@pytest.fixture
+def saved() -> dict:
+    """A results.json-like dict: 3 examples (2 qa, 1 classification) x zero_shot, rag and an unavailable finetuned;
+    its summary comes from the engine's own summarise over these rows."""
+    why = "no fine-tuned run chosen (train one, or pass --adapter RUN_DIR)"
+    rows = [
+        _row("q1", "qa", "zero_shot", "No idea.", _qa(0.1, 0.2)),
+        _row("q1", "qa", "rag", "E15 <script>alert(1)</script> means jammed", _qa(0.7, 0.8)),
+        _row("q1", "qa", "finetuned", "", None, available=False, error=why),
+        _row("q2", "qa", "zero_shot", "Maybe.", _qa(0.3, 0.3)),
+        _row("q2", "qa", "rag", "Yes.", _qa(0.5, 0.6)),
+        _row("q2", "qa", "finetuned", "", None, available=False, error=why),
+        _row("c1", "classification", "zero_shot", "billing", {**_qa(0.0, 0.0), "accuracy": 0.0}),
+        _row("c1", "classification", "rag", "technical", {**_qa(1.0, 1.0), "accuracy": 1.0}),
+        _row("c1", "classification", "finetuned", "", None, available=False, error=why),
+    ]
+    by_task = summarise(rows, n_resamples=200)
+    return {"data": "/somewhere/test.jsonl", "n": 3, "wall_s": 12.3, "by_task": by_task, "rows": rows,
+            "summary": {v: {m: s["mean"] for m, s in t["all"].items()} for v, t in by_task.items()}}
+
+
+def test_format_interval():
+    assert format_interval({"mean": 0.41234, "low": 0.3, "high": 0.525, "n": 4}) == "0.412 [0.300, 0.525]"
+    assert format_interval({"mean": 0.5, "low": None, "high": None}) == "0.500"
+    assert format_interval(None) == "—" and format_interval({"mean": None}) == "—"
+
+
+def test_summary_table_has_every_task_and_variant_with_intervals(saved):
+    headers, rows = summary_table(saved)
+    assert headers[:3] == ["task", "variant", "n"] and headers[-1] == "s / answer"
+    assert {"ROUGE-L", "BLEU", "F1", "similarity", "accuracy"} <= set(headers)
+    assert "contains" not in headers  # measured nowhere in these rows
+    table = {(row[0], row[1]): dict(zip(headers, row, strict=True)) for row in rows}
+    # "all" first, then the tasks by name; the unavailable variant keeps one row saying why
+    assert [row[0] for row in rows] == ["all"] * 3 + ["classification"] * 2 + ["qa"] * 2
+    assert table[("all", "finetuned")]["n"] == "0"
+    assert table[("all", "finetuned")]["s / answer"].startswith("unavailable: no fine-tuned run chosen")
+    assert ("qa", "finetuned") not in table
+    rag = table[("all", "rag")]
+    assert rag["n"] == "3"
+    stats = saved["by_task"]["rag"]["all"]["rougeL"]
+    assert rag["ROUGE-L"] == format_interval(stats, 2) and INTERVAL.match(rag["ROUGE-L"])
+    assert stats["mean"] == pytest.approx((0.7 + 0.5 + 1.0) / 3) and stats["low"] <= stats["mean"] <= stats["high"]
+    assert rag["s / answer"] == "0.50"
+    # accuracy applies to classification only
+    assert table[("qa", "rag")]["accuracy"] == "—"
+    assert table[("classification", "rag")]["accuracy"] == "1.00 [1.00, 1.00]"
+    assert table[("qa", "zero_shot")]["n"] == "2"
+
+
+def test_lead_line_names_the_leader_and_whether_intervals_separate(saved):
+    line = lead_line(saved)
+    # rag's lowest resampled mean (>= 0.5) is above zero_shot's highest (<= 0.3)
+    assert line == "Best ROUGE-L: **rag** 0.733, ahead of zero_shot (0.133) beyond the 95% intervals."
+    close = {"by_task": {"a": {"all": {"rougeL": {"mean": 0.5, "low": 0.3, "high": 0.7, "n": 5}}},
+                         "b": {"all": {"rougeL": {"mean": 0.4, "low": 0.2, "high": 0.6, "n": 5}}}}}
+    assert lead_line(close).endswith("ahead of b (0.400) but within the 95% intervals (more rows would tell).")
+    accuracy_only = {"by_task": {"a": {"all": {"accuracy": {"mean": 1.0, "low": 1.0, "high": 1.0, "n": 2}}}}}
+    assert lead_line(accuracy_only) == "Best accuracy: **a** 1.000."
+    assert lead_line({"by_task": {}}) == "No scores: no variant answered."
+    status = status_line(saved, "/ws/evals/20250101-000000-test-abcd")
+    assert status.startswith("**20250101-000000-test-abcd**: 3 rows of `test.jsonl` × 3 variants in 12 s.")
+
+
+def test_example_choices_and_overview_keep_test_set_order(saved):
+    choices = example_choices(saved["rows"])
+    assert [value for _, value in choices] == ["q1", "q2", "c1"]
+    assert choices[2][0] == "c1 · classification · Question c1?"
+    headers, rows = examples_table(saved)
+    assert headers == ["id", "task", "score", "instruction", "zero_shot", "rag", "finetuned"]
+    assert rows[0] == ["q1", "qa", "ROUGE-L", "Question q1?", "0.10", "0.70", "—"]
+    assert rows[2][:3] == ["c1", "classification", "accuracy"] and rows[2][4:] == ["0.00", "1.00", "—"]
+
+
+def test_render_example_escapes_and_shows_every_variant(saved):
+    page = render_example(saved["rows"], "q1")
+    assert "<script>" not in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
+    assert "Reference &lt;b&gt;q1&lt;/b&gt; &amp; more" in page
+    assert all(f"<b>{variant}</b>" in page for variant in ("zero_shot", "rag", "finetuned"))
+    assert page.count("<tr") == 4  # header + one row per variant
+    assert "Unavailable: no fine-tuned run chosen" in page
+    assert "No idea." in page and "sources: error-codes.md" in page
+    # the best ROUGE-L (rag's 0.70) is the highlighted one
+    assert "ta-best'>ROUGE-L 0.70" in page and "ta-best'>ROUGE-L 0.10" not in page
+    assert "q2" not in page
+    assert "Pick an example" in render_example(saved["rows"], None)
+    assert "Pick an example" in render_example(saved["rows"], "missing")
+
+
+def test_test_sets_on_offer_and_uploads(tmp_path):
+    from core.engine import Engine
+
+    engine = Engine(tmp_path / "ws")
+    values = [value for _, value in dataset_choices(engine)]
+    assert values == [str(demo_path("test.jsonl")), str(demo_path("forgetting_probe.jsonl"))]
+    assert "100 rows" in dataset_choices(engine)[0][0]
+    info = describe_test_set(load_test_set(demo_path("test.jsonl")))
+    assert info.startswith("**100 rows**") and "qa 45" in info and "classification 30" in info
+
+    bad = tmp_path / "my set.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^my set\.jsonl line 2: malformed JSON"):
+        store_test_set(engine, bad)
+    with pytest.raises(ValueError, match="notes.txt: not a test set file"):
+        store_test_set(engine, tmp_path / "notes.txt")
+    assert len(dataset_choices(engine)) == 2  # nothing bad was stored
+
+    good = tmp_path / "upload-temp"
+    good.mkdir()
+    (good / "mine.csv").write_text("instruction,output,task\nWhat is 2+2?,4,math\nCapital of Peru?,Lima,geo\n",
+                                   encoding="utf-8")
+    stored = store_test_set(engine, good / "mine.csv")
+    assert stored.parent == engine.workspace.uploads / "datasets" and stored.read_text().startswith("instruction")
+    assert dataset_choices(engine)[-1] == ("Uploaded: mine.csv", str(stored))
+    assert "**2 rows**" in describe_test_set(load_test_set(stored))
+
+
+def test_build_config_and_plan():
+    with pytest.raises(ValueError, match="variants: choose at least one"):
+        build_config([], [], "demo", 3, 3, 64)
+    with pytest.raises(ValueError, match="rag_k"):
+        build_config(["rag"], [], "demo", 3, 0, 64)
+    config = build_config(["zero_shot", "finetuned"], ["runs/a", "runs/b"], "demo", 2.0, 4.0, 16.0)
+    assert [spec.name for spec in config.specs()] == ["zero_shot", "finetuned@a", "finetuned@b"]
+    assert (config.few_shot_k, config.rag_k, config.generation.max_new_tokens) == (2, 4, 16)
+    assert config.generation.temperature == 0.0
+    path = str(demo_path("test.jsonl"))
+    assert plan_text(path, [], 20, ["zero_shot", "rag"], [], 64).startswith("Will generate **40 answers** (20 rows")
+    assert "(30 rows × 1 variants)" in plan_text(path, ["classification"], None, ["rag"], [], 8)
+    assert plan_text(path, [], 20, [], [], 64) == ""
+
+
+def test_download_paths_outside_cwd_and_temp_are_copied(tmp_path, monkeypatch):
+    folder = tmp_path / "evals" / "e1"
+    folder.mkdir(parents=True)
+    for name in ("results.json", "examples.csv", "report.md"):
+        (folder / name).write_text(name, encoding="utf-8")
+    assert [Path(p).name for p in download_paths(folder)] == ["examples.csv", "results.json", "report.md"]
+    assert download_paths(folder)[0] == str((folder / "examples.csv").resolve())  # under the temp dir: as is
+    elsewhere = tmp_path / "other-temp"
+    elsewhere.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(elsewhere))
+    monkeypatch.chdir(elsewhere)
+    copied = download_paths(folder)
+    assert all(Path(p).is_relative_to(elsewhere) for p in copied)
+    assert [Path(p).read_text() for p in copied] == ["examples.csv", "results.json", "report.md"]
+
+
+def test_building_the_tab_loads_no_model(tmp_path):
+    import gradio as gr
+
+    from core.engine import Engine
+    from ui.evaluate import create_evaluate_tab
+
+    engine = Engine(tmp_path / "ws")
+    with gr.Blocks():
+        parts = create_evaluate_tab(engine)
+    assert engine.models.loaded() == []
+    assert {"data", "variants", "adapter", "index", "run", "summary", "chart", "pick", "drill", "downloads",
+            "past"} <= set(parts)
+    assert parts["data"].value == str(demo_path("test.jsonl"))
+
+
+@pytest.mark.integration
+def test_evaluate_through_gradio_client(live_app):
+    from gradio_client import Client
+
+    client = Client(live_app, verbose=False)
+    data = str(demo_path("test.jsonl"))
+    status, summary, chart, overview, pick, drill, downloads, past = client.predict(
+        data, [], 2, ["zero_shot", "rag"], [], "demo", 3, 3, 8, api_name="/evaluate")
+    assert re.match(r"\*\*\d{8}-\d{6}-test-[0-9a-f]{4}\*\*: 2 rows of `test.jsonl` × 2 variants", status)
+
+    table = [dict(zip(summary["headers"], row, strict=True)) for row in summary["data"]]
+    overall = {row["variant"]: row for row in table if row["task"] == "all"}
+    assert set(overall) == {"zero_shot", "rag"}
+    assert all(row["n"] == "2" and INTERVAL.match(row["ROUGE-L"]) for row in overall.values())
+    assert {row["task"] for row in table} == {"all", "qa", "summarization"}  # test-001 is qa, test-002 summarization
+
+    assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    files = {Path(path).name: Path(path) for path in downloads}
+    assert set(files) == {"examples.csv", "summary.csv", "results.json", "report.md"}
+    assert all(path.stat().st_size > 0 for path in files.values())
+    with open(files["examples.csv"], newline="", encoding="utf-8") as handle:
+        examples = list(csv.DictReader(handle))
+    assert sorted((row["id"], row["variant"]) for row in examples) == [
+        ("test-001", "rag"), ("test-001", "zero_shot"), ("test-002", "rag"), ("test-002", "zero_shot")]
+    results = json.loads(files["results.json"].read_text(encoding="utf-8"))
+    assert results["n"] == 2 and results["config"]["generation"]["max_new_tokens"] == 8
+    assert all(row["new_tokens"] <= 8 for row in results["rows"])
+    assert "| rag |" in files["report.md"].read_text(encoding="utf-8")
+
+    assert pick["value"] == "test-001" and [value for _, value in pick["choices"]] == ["test-001", "test-002"]
+    assert [row[0] for row in overview["data"]] == ["test-001", "test-002"]
+    assert "amber ring means" in drill and "<b>zero_shot</b>" in drill and "<b>rag</b>" in drill
+    assert "sources: " in drill  # rag's retrieved files
+
+    assert Path(past["value"]).name in status and past["value"] in [value for _, value in past["choices"]]
+    reopened = client.predict(past["value"], api_name="/open_eval")
+    assert reopened[0] == status and reopened[1]["data"] == summary["data"]
+
+    with pytest.raises(Exception, match="Choose at least one variant"):
+        client.predict(data, [], 2, [], [], "demo", 3, 3, 8, api_name="/evaluate")
+    with pytest.raises(Exception, match="is not on offer"):
+        client.predict("/etc/passwd", [], 2, ["zero_shot"], [], "demo", 3, 3, 8, api_name="/evaluate")

@@ -1,0 +1,161 @@
+"""Train tab: its pure helpers on fixed inputs, and a real training through gradio_client against the live app."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from core.jobs import JobState
+from core.methods import METHODS
+from ui.train import (
+    HOLD_OUT,
+    build_config,
+    curve_frame,
+    describe_dataset,
+    method_values,
+    render_progress,
+    resumable_runs,
+)
+
+ROWS = [{"instruction": f"What is item {i}?", "output": f"Item {i} is a tank part."} for i in range(12)]
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+def test_describe_dataset_summarises_and_previews(tmp_path):
+    line, frame = describe_dataset(str(write_jsonl(tmp_path / "d.jsonl", ROWS)))
+    assert line.startswith("✓ 12 examples, alpaca shape") and "default 12" in line
+    assert len(frame) == 5 and frame.iloc[0]["instruction"] == "What is item 0?"
+
+
+def test_describe_dataset_shows_the_loader_error_inline(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "<b>x</b>"}\n', encoding="utf-8")
+    line, frame = describe_dataset(str(bad))
+    assert "ta-error" in line and "bad.jsonl line 2" in line and "<b>x" not in line  # named, one line, escaped
+    assert frame.empty
+
+
+def test_method_values_types_the_form_values():
+    values = method_values("qlora", {"r": 16.0, "alpha": "32", "dropout": 0.1, "use_dora": 0, "bits": 8,
+                                      "quant_type": "fp4", "other_method_field": 3})
+    assert values == {"r": 16, "alpha": 32, "dropout": 0.1, "use_dora": False, "bits": 8, "quant_type": "fp4"}
+    assert method_values("full", {"r": 8}) == {}
+
+
+def test_every_method_builds_a_config_from_its_default_form():
+    for name, method in METHODS.items():
+        defaults = {row["name"]: row["default"] for row in method.settings()}
+        config = build_config("data.jsonl", HOLD_OUT, name, method_values(name, defaults), max_steps=3)
+        assert config.method == name and config.val_data is None and config.max_steps == 3
+
+
+def test_build_config_takes_hidden_settings_from_a_matching_preset_only():
+    lora = build_config("d.jsonl", "v.jsonl", "lora", {}, preset="quick-lora", learning_rate=0)
+    assert lora.max_eval_examples == 32 and lora.learning_rate is None  # the form's 0 means the method default
+    ia3 = build_config("d.jsonl", "v.jsonl", "ia3", {}, preset="quick-lora")
+    assert ia3.max_eval_examples == 64  # a preset of another method is ignored
+
+
+@pytest.mark.parametrize(("kwargs", "needle"), [
+    ({"data": ""}, "data: choose a training dataset"),
+    ({"batch_size": 0}, "batch_size: must be an integer >= 1"),
+    ({"epochs": -1}, "epochs: must be > 0"),
+    ({"scheduler": "exp"}, "scheduler: must be one of"),
+])
+def test_build_config_errors_name_the_field(kwargs, needle):
+    values = {"data": "d.jsonl", **kwargs}
+    data = values.pop("data")
+    with pytest.raises(ValueError, match=needle):
+        build_config(data, None, "lora", {}, **values)
+
+
+def test_render_progress_for_each_state():
+    assert "No training yet" in render_progress(JobState())
+    running = JobState(state="running", run_id="r1", method="lora", step=5, total=20, loss=1.23456, tokens_per_s=180,
+                       eta_s=75, started=100.0, val_curve=[(0, 2.5)])
+    text = render_progress(running, now=130.0)
+    assert "width:25.0%" in text and "step 5/20" in text and "loss 1.2346" in text and "val loss 2.5000" in text
+    assert "180 tokens/s" in text and "ETA 1m15s" in text and "elapsed 30s" in text
+    failed = JobState(state="failed", run_id="r2", method="ia3", error="<oom> at step 3", started=1.0, finished=2.0)
+    assert "&lt;oom&gt; at step 3" in render_progress(failed) and "ETA" not in render_progress(failed)
+    done = JobState(state="completed", run_id="r3", method="lora", step=20, total=20, result={"steps": 20},
+                    started=1.0, finished=61.0)
+    assert "width:100.0%" in render_progress(done) and "Arena" in render_progress(done)
+
+
+def test_curve_frame_is_long_form():
+    frame = curve_frame(JobState(train_curve=[(1, 2.0), (2, 1.5)], val_curve=[(0, 3.0)]))
+    assert list(frame.columns) == ["step", "loss", "series"]
+    assert frame.values.tolist() == [[1, 2.0, "train"], [2, 1.5, "train"], [0, 3.0, "validation"]]
+    assert curve_frame(JobState()).empty
+
+
+def test_resumable_runs_lists_stopped_and_interrupted_runs_with_a_checkpoint(tmp_path):
+    from core.engine import Engine
+
+    engine = Engine(tmp_path / "ws")
+    for name, state, checkpoint in (("stopped-run", "stopped", True), ("killed-run", "running", True),
+                                    ("done-run", "completed", True), ("early-fail", "failed", False)):
+        folder = engine.workspace.runs / name
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps({"method": "lora"}))
+        (folder / "status.json").write_text(json.dumps({"state": state, "step": 4}))
+        if checkpoint:
+            (folder / "checkpoints" / "step-4").mkdir(parents=True)
+    labels = sorted(label for label, _ in resumable_runs(engine))
+    assert labels == ["killed-run (lora, interrupted at step 4)", "stopped-run (lora, stopped at step 4)"]
+
+
+# ---- against the live app ------------------------------------------------------------------------------------------
+
+
+def _wait_for(client, predicate, timeout: float) -> str:
+    deadline = time.time() + timeout
+    progress = ""
+    while time.time() < deadline:
+        progress = client.predict(api_name="/train_status")[0] or progress
+        if predicate(progress):
+            return progress
+        time.sleep(1)
+    raise AssertionError(f"timed out; last progress: {progress}")
+
+
+@pytest.mark.integration
+def test_upload_train_and_refuse_a_second_start(live_app, live_workspace, tmp_path):
+    from gradio_client import Client, handle_file
+
+    client = Client(live_app, verbose=False)
+    upload = write_jsonl(tmp_path / "my data.jsonl", ROWS)
+    data_update, _, _ = client.predict(handle_file(str(upload)), api_name="/train_upload")
+    stored = live_workspace / "uploads" / "datasets" / "my_data.jsonl"
+    assert stored.read_text() == upload.read_text()
+    assert data_update["value"] == str(stored) and [str(stored)] == [c[1] for c in data_update["choices"][2:]]
+    info, preview = client.predict(str(stored), api_name="/train_preview")
+    assert "12 examples" in info and len(preview["data"]) == 5
+
+    # a long run, stopped by the user: the second Start is refused meanwhile
+    started = client.predict(param_0=str(stored), param_1=HOLD_OUT, param_6=40, param_8=2, api_name="/train_start")
+    run_id = started[0].split("<b>")[1].split("</b>")[0]
+    _wait_for(client, lambda text: "step 1/" in text or "step 2/" in text, 240)
+    with pytest.raises(Exception, match="still running; stop it or wait"):
+        client.predict(param_0=str(stored), param_1=HOLD_OUT, param_6=2, api_name="/train_start")
+    client.predict(api_name="/train_stop")
+    stopped = _wait_for(client, lambda text: "ta-stopped" in text, 120)
+    assert run_id in stopped and "resume it to finish" in stopped
+    run = live_workspace / "runs" / run_id
+    assert json.loads((run / "status.json").read_text())["state"] == "stopped"
+    assert (run / "adapter" / "adapter_model.safetensors").is_file()  # a stopped run is usable in the Arena
+
+    # then a short run to the end
+    client.predict(param_0=str(stored), param_1=HOLD_OUT, param_6=2, param_8=2, api_name="/train_start")
+    done = _wait_for(client, lambda text: "ta-completed" in text or "ta-failed" in text, 240)
+    assert "ta-completed" in done and "step 2/2" in done and "width:100.0%" in done
+    with pytest.raises(Exception, match=r"learning_rate: must be in \(0, 1\), got 5"):
+        client.predict(param_0=str(stored), param_7=5, api_name="/train_start")
