@@ -8,6 +8,7 @@ a status line and a loss chart.
 from __future__ import annotations
 
 import html
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -139,12 +140,58 @@ def render_progress(state: JobState, now: float | None = None) -> str:
     return f"<div class='ta-job'>{bar}{line}</div>"
 
 
-def curve_frame(state: JobState) -> pd.DataFrame:
-    """Long-form loss curves for gr.LinePlot: step, loss, series (train / validation)."""
-    rows = [{"step": step, "loss": loss, "series": "train"} for step, loss in state.train_curve]
-    rows += [{"step": step, "loss": loss, "series": "validation"} for step, loss in state.val_curve]
-    frame = pd.DataFrame(rows, columns=["step", "loss", "series"])
-    return frame.astype({"step": "int64", "loss": "float64", "series": "str"})  # typed even when empty
+def _ticks(low: float, high: float, count: int = 5) -> list[float]:
+    """About ``count`` round tick values covering [low, high]."""
+    span = high - low or 1.0
+    raw = span / max(count - 1, 1)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
+    first = math.floor(low / step) * step
+    return [first + i * step for i in range(int(math.ceil((high - first) / step)) + 1)]
+
+
+def loss_chart(state: JobState, width: int = 640, height: int = 260) -> str:
+    """The train and validation loss curves as an inline SVG (scales to its container); a note when empty."""
+    train, val = state.train_curve, state.val_curve
+    if not train and not val:
+        return "<div class='ta-chart ta-why'>The loss curves appear here once training starts.</div>"
+    points = train + val
+    last_step = max([state.total] + [step for step, _ in points]) or 1
+    low, high = min(loss for _, loss in points), max(loss for _, loss in points)
+    y_ticks = _ticks(low, high)
+    y_low, y_high = min(y_ticks[0], low), max(y_ticks[-1], high)
+    left, right, top, bottom = 48, 12, 12, 34
+    plot_w, plot_h = width - left - right, height - top - bottom
+
+    def x(step: float) -> float:
+        return left + plot_w * step / last_step
+
+    def y(loss: float) -> float:
+        return top + plot_h * (1 - (loss - y_low) / ((y_high - y_low) or 1.0))
+
+    parts = [f"<svg viewBox='0 0 {width} {height}' class='ta-svg' role='img' aria-label='loss curves'>"]
+    for tick in y_ticks:
+        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{y(tick):.1f}' y2='{y(tick):.1f}' class='ta-grid'/>"
+                     f"<text x='{left - 6}' y='{y(tick) + 4:.1f}' class='ta-tick' text-anchor='end'>{tick:g}</text>")
+    for tick in _ticks(0, last_step, 6):
+        if tick <= last_step:
+            parts.append(f"<text x='{x(tick):.1f}' y='{height - bottom + 16}' class='ta-tick' "
+                         f"text-anchor='middle'>{tick:g}</text>")
+    parts.append(f"<text x='{left + plot_w / 2}' y='{height - 4}' class='ta-tick' text-anchor='middle'>"
+                 "optimizer step</text>")
+    if train:
+        line = " ".join(f"{x(step):.1f},{y(loss):.1f}" for step, loss in train)
+        parts.append(f"<polyline points='{line}' class='ta-train'/>")
+    if val:
+        line = " ".join(f"{x(step):.1f},{y(loss):.1f}" for step, loss in val)
+        parts.append(f"<polyline points='{line}' class='ta-val'/>")
+        parts += [f"<circle cx='{x(step):.1f}' cy='{y(loss):.1f}' r='3.5' class='ta-val-dot'/>" for step, loss in val]
+    parts.append("</svg>")
+    legend = ("<div class='ta-legend'><span class='ta-key ta-key-train'></span>train loss"
+              f"{f' (last {train[-1][1]:.3f})' if train else ''}"
+              "<span class='ta-key ta-key-val'></span>validation loss"
+              f"{f' (last {val[-1][1]:.3f})' if val else ''}</div>")
+    return f"<div class='ta-chart'>{''.join(parts)}{legend}</div>"
 
 
 def resumable_runs(engine: Engine) -> list[tuple[str, str]]:
@@ -202,9 +249,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             preview = gr.Dataframe(first_rows, label="First rows", interactive=False, wrap=True, max_height=220,
                                    elem_id="train-preview")
             progress = gr.HTML(render_progress(engine.jobs.snapshot()), elem_id="train-progress")
-            chart = gr.LinePlot(curve_frame(engine.jobs.snapshot()), x="step", y="loss", color="series",
-                                title="Loss", height=320, x_title="optimizer step", y_title="loss (answer tokens)",
-                                color_map={"train": "#1f77b4", "validation": "#ff7f0e"}, elem_id="train-chart")
+            chart = gr.HTML(loss_chart(engine.jobs.snapshot()), label="Loss", elem_id="train-chart")
         with gr.Column(scale=2):
             preset = gr.Dropdown([("(none)", "")] + [(name, name) for name in presets],
                                  value=DEFAULT_PRESET if initial else "", label="Preset",
@@ -302,7 +347,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             state = engine.jobs.start(config)
         except (ValueError, JobBusyError) as err:
             raise gr.Error(one_line(err)) from None
-        return render_progress(state), curve_frame(state), gr.Timer(active=True)
+        return render_progress(state), loss_chart(state), gr.Timer(active=True)
 
     def on_stop():
         if not engine.jobs.stop():
@@ -316,7 +361,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             state = engine.jobs.resume(run_dir)
         except (ValueError, JobBusyError) as err:
             raise gr.Error(one_line(err)) from None
-        return render_progress(state), curve_frame(state), gr.Timer(active=True)
+        return render_progress(state), loss_chart(state), gr.Timer(active=True)
 
     def on_tick(last: tuple | None):
         state = engine.jobs.snapshot()
@@ -324,7 +369,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         if key == last and not state.active:
             return gr.skip(), gr.skip(), gr.skip(), last
         runs = gr.update(choices=resumable_runs(engine)) if key[:2] != (last or (None, None))[:2] else gr.skip()
-        return render_progress(state), curve_frame(state), runs, key
+        return render_progress(state), loss_chart(state), runs, key
 
     def on_data(path: str | None):
         return describe_dataset(path)
@@ -352,4 +397,14 @@ CSS = """
 .ta-state {font-weight: 600;}
 .ta-completed {color: #2e7d32;} .ta-failed {color: #c62828;} .ta-stopped, .ta-stopping {color: #b26a00;}
 .ta-error {color: #c62828;}
+.ta-chart {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
+.ta-svg {width: 100%; height: auto;}
+.ta-grid {stroke: var(--border-color-primary); stroke-width: 1;}
+.ta-tick {font-size: 11px; fill: var(--body-text-color-subdued);}
+.ta-train {fill: none; stroke: #4f8cff; stroke-width: 1.6;}
+.ta-val {fill: none; stroke: #f28c28; stroke-width: 2.2;}
+.ta-val-dot {fill: #f28c28;}
+.ta-legend {font-size: 0.85em; margin-top: 4px;}
+.ta-key {display: inline-block; width: 18px; height: 3px; margin: 0 6px 3px 14px; vertical-align: middle;}
+.ta-key-train {background: #4f8cff;} .ta-key-val {background: #f28c28;}
 """

@@ -52,8 +52,11 @@ def test_arena_then_training_in_chromium(live_app, live_workspace):
             progress = page.locator("#train-progress")
             expect(progress).to_contain_text(re.compile(r"step [2-9]\d*/40"), timeout=300_000)
             first = _step(progress.inner_text())
-            expect(page.locator("#train-chart canvas, #train-chart svg").first).to_be_visible()
-            expect(progress).not_to_contain_text(f"step {first}/40", timeout=120_000)  # the chart and bar move
+            drawn = _points(page.locator("#train-chart polyline.ta-train").get_attribute("points"))
+            expect(progress).not_to_contain_text(f"step {first}/40", timeout=120_000)  # the bar moves…
+            page.wait_for_timeout(1500)
+            assert _points(page.locator("#train-chart polyline.ta-train").get_attribute("points")) > drawn  # …the curve
+            expect(page.locator("#train-chart .ta-val-dot").first).to_be_visible()  # the first validation pass
             page.screenshot(path=str(ARTIFACTS / "2-train-running.png"), full_page=True)
             page.locator("#train-stop").click()
             expect(progress).to_contain_text("stopped", timeout=120_000)
@@ -74,6 +77,10 @@ def test_arena_then_training_in_chromium(live_app, live_workspace):
                                 full_page=True)
         finally:
             browser.close()
+
+
+def _points(attribute: str | None) -> int:
+    return len((attribute or "").split())
 
 
 def _step(text: str) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -13,8 +14,8 @@ from core.methods import METHODS
 from ui.train import (
     HOLD_OUT,
     build_config,
-    curve_frame,
     describe_dataset,
+    loss_chart,
     method_values,
     render_progress,
     resumable_runs,
@@ -90,11 +91,21 @@ def test_render_progress_for_each_state():
     assert "width:100.0%" in render_progress(done) and "Arena" in render_progress(done)
 
 
-def test_curve_frame_is_long_form():
-    frame = curve_frame(JobState(train_curve=[(1, 2.0), (2, 1.5)], val_curve=[(0, 3.0)]))
-    assert list(frame.columns) == ["step", "loss", "series"]
-    assert frame.values.tolist() == [[1, 2.0, "train"], [2, 1.5, "train"], [0, 3.0, "validation"]]
-    assert curve_frame(JobState()).empty
+def test_loss_chart_draws_both_curves_in_the_plot_area():
+    state = JobState(train_curve=[(1, 4.0), (2, 3.0), (10, 2.0)], val_curve=[(0, 3.5), (10, 2.5)], total=10)
+    chart = loss_chart(state, width=600, height=260)
+    train = re.search(r"<polyline points='([^']+)' class='ta-train'", chart).group(1).split()
+    val = re.search(r"<polyline points='([^']+)' class='ta-val'", chart).group(1).split()
+    assert len(train) == 3 and len(val) == 2 and chart.count("class='ta-val-dot'") == 2
+    xs = [float(point.split(",")[0]) for point in train + val]
+    ys = [float(point.split(",")[1]) for point in train + val]
+    assert min(xs) >= 48 and max(xs) == pytest.approx(600 - 12)  # step 10 of 10 at the right edge
+    assert all(12 <= value <= 260 - 34 for value in ys)
+    assert ys[0] < ys[1] < ys[2]  # a falling loss climbs down the SVG (y grows downwards)
+    assert "last 2.000" in chart and "last 2.500" in chart
+    assert "appear here once training starts" in loss_chart(JobState())
+    only_val = loss_chart(JobState(val_curve=[(0, 3.0)]))
+    assert "ta-train" not in only_val and "class='ta-val-dot'" in only_val
 
 
 def test_resumable_runs_lists_stopped_and_interrupted_runs_with_a_checkpoint(tmp_path):
