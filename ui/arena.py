@@ -102,6 +102,12 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
                 rag_k = gr.Slider(1, 8, value=3, step=1, label="Retrieved passages")
                 max_new_tokens = gr.Slider(8, 512, value=96, step=8, label="Max new tokens")
                 temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
+                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (when sampling)")
+                repetition = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty (1 = off)")
+                stop = gr.Textbox("", lines=2, label="Stop strings (one per line)", elem_id="arena-stop")
+                base_model = gr.Dropdown([("SmolLM2-135M-Instruct (bundled)", "")], value="", allow_custom_value=True,
+                                         label="Base model", info="or type a hub id or a local folder; fine-tuned "
+                                         "runs must come from the same base model", elem_id="arena-base-model")
             run = gr.Button("Run the arena", variant="primary", elem_id="arena-run")
     status = gr.Markdown(elem_id="arena-status")
     cards = gr.HTML(elem_id="arena-cards")
@@ -116,7 +122,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
         return gr.update(choices=run_choices(engine)), gr.update(choices=index_choices(engine))
 
     def on_run(query_text, reference_text, task_name, input_text, chosen, runs, index_choice, k_shots, k_rag,
-               tokens, temp) -> Iterator[tuple[str, str]]:
+               tokens, temp, nucleus=1.0, penalty=1.0, stop_text="", model="") -> Iterator[tuple[str, str]]:
         if not query_text or not query_text.strip():
             raise gr.Error("Type a query first (or pick a demo test question).")
         if not chosen:
@@ -124,7 +130,10 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
         try:
             config = ArenaConfig(variants=list(chosen), adapters=list(runs or []), index=index_choice or None,
                                  few_shot_k=int(k_shots), rag_k=int(k_rag),
-                                 generation=GenerationConfig(max_new_tokens=int(tokens), temperature=float(temp)))
+                                 generation=GenerationConfig(
+                                     max_new_tokens=int(tokens), temperature=float(temp), top_p=float(nucleus),
+                                     repetition_penalty=float(penalty),
+                                     stop=[line for line in (stop_text or "").splitlines() if line.strip()]))
         except ValueError as err:
             raise gr.Error(str(err)) from None
         if index_choice == DEMO_INDEX and not (engine.workspace.indexes / DEMO_INDEX / "manifest.json").exists():
@@ -140,6 +149,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
             try:
                 outcome["result"] = engine.arena(query_text, config, reference=reference_text or None,
                                                  task=task_name or None, input_text=input_text or "",
+                                                 model=(model or "").strip() or None,
                                                  on_text=lambda variant, text: updates.put((variant, text)))
             except Exception as err:  # shown to the user as one line
                 outcome["error"] = err
@@ -173,7 +183,8 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
         yield summary, render_cards(rows)
 
     pick.change(on_pick, [pick], [query, reference, context, task])
-    inputs = [query, reference, task, context, variants, adapter, index, shots, rag_k, max_new_tokens, temperature]
+    inputs = [query, reference, task, context, variants, adapter, index, shots, rag_k, max_new_tokens, temperature,
+              top_p, repetition, stop, base_model]
     run.click(on_run, inputs, [status, cards], api_name="arena", concurrency_limit=2)
     query.submit(on_run, inputs, [status, cards])
     refresh_lists.click(refresh, None, [adapter, index], queue=False)

@@ -30,7 +30,14 @@ def test_arena_through_gradio_client(live_app):
                                    variants, [], "demo", 2, 3, 24, 0.0, api_name="/arena")
     assert status.startswith("3 of 4 variants answered")
     assert cards.count("<div class='ta-card'>") == 3 and cards.count("ta-card ta-off") == 1
-    assert "no fine-tuned run chosen" in cards  # a fresh workspace has no run yet
+    assert "no fine-tuned run chosen" in cards  # no run passed (the demo run is only preselected in the UI)
     assert cards.count("ROUGE-L") == 3 and "Retrieved passages" in cards and "error-codes.md" in cards
+    with pytest.raises(Exception, match="/no/such/model"):  # a base model typed in Settings that does not exist
+        client.predict("Tank?", "", "", "", ["zero_shot"], [], "demo", 2, 3, 8, 0.0, 1.0, 1.0, "", "/no/such/model",
+                       api_name="/arena")
+    status, cards = client.predict("Name two colours.", "", "", "", ["zero_shot"], [], "demo", 2, 3, 48, 0.0, 1.0,
+                                   1.0, ",\n.\nand", "", api_name="/arena")
+    answer = cards.split("class='ta-answer'>")[1].split("</div>")[0]
+    assert status.startswith("1 of 1") and "," not in answer and "." not in answer  # cut at the first stop string
     with pytest.raises(Exception, match="Type a query first"):
         client.predict(" ", "", "", "", variants, [], "demo", 2, 3, 24, 0.0, api_name="/arena")
