@@ -108,6 +108,7 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, help="seed for init, order and dropout")
     parser.add_argument("--eval-every", type=int, help="steps between validation passes (0 = about 5 per run)")
     parser.add_argument("--checkpoint-every", type=int, help="steps between checkpoints (0 = about 4 per run)")
+    parser.add_argument("--max-eval-examples", type=int, help="validation examples per pass (the first N; default 64)")
     parser.add_argument("--device", help="cpu, cuda or mps")
     parser.add_argument("--dtype", help="fp32, bf16 or fp16")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -118,7 +119,8 @@ def _train_arguments(parser: argparse.ArgumentParser) -> None:
 
 _TRAIN_FLAGS = {"epochs": "epochs", "max_steps": "max_steps", "lr": "learning_rate", "batch_size": "batch_size",
                 "grad_accum": "grad_accum", "max_length": "max_length", "val_data": "val_data", "seed": "seed",
-                "eval_every": "eval_every", "checkpoint_every": "checkpoint_every", "device": "device",
+                "eval_every": "eval_every", "checkpoint_every": "checkpoint_every",
+                "max_eval_examples": "max_eval_examples", "device": "device",
                 "dtype": "dtype", "model": "base_model", "data": "data", "method": "method"}
 
 

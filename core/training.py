@@ -1,7 +1,7 @@
 """Instruction tuning with every method of core.methods: a lean PyTorch loop, checkpoints, stop and resume.
 
 Why a plain loop: measured on SmolLM2-135M (r=8 all-linear LoRA, 2-core CPU), a plain loop trains at ~175 tokens/s
-and TRL's SFTTrainer with its default SFTConfig at 40-50 tokens/s; bench/train_speed.py keeps that comparison.
+and TRL's SFTTrainer with its default SFTConfig at 40-50 tokens/s; bench/train.py keeps that comparison.
 
 The loop: examples are encoded with the chat template (prompt tokens masked with -100); micro-batches of similar
 length (group by length, padded to the longest in the batch); gradient accumulation with the loss weighted by answer

@@ -72,13 +72,14 @@ def test_train_json_follows_the_contract_then_runs_lists_and_deletes(tmp_path, t
     data, out = _tiny_data(tmp_path), tmp_path / "runs" / "first"
     argv = ["train", "--data", str(data), "--model", str(tiny_model_dir), "--method", "lora", "--max-steps", "3",
             "--batch-size", "4", "--set", "r=4", "--set", "target_modules=q_proj,v_proj", "--out", str(out),
-            "--dtype", "fp32", "--json"]
+            "--dtype", "fp32", "--max-eval-examples", "5", "--json"]
     assert main(argv) == 0
     captured = capsys.readouterr()
     result = json.loads(captured.out)
     assert CONTRACT_KEYS <= set(result)
     assert result["run_dir"] == str(out) and result["method"] == "lora" and len(result["train_loss"]) == 3
     assert json.loads((out / "config.json").read_text())["method_config"]["r"] == 4
+    assert json.loads((out / "config.json").read_text())["max_eval_examples"] == 5
     assert json.loads((out / "status.json").read_text())["state"] == "completed"
     assert (out / "adapter" / "adapter_model.safetensors").is_file()
     assert result["adapter_bytes"] == sum(f.stat().st_size for f in (out / "adapter").iterdir())
@@ -102,6 +103,7 @@ def test_train_json_follows_the_contract_then_runs_lists_and_deletes(tmp_path, t
         (["--preset", "no-such-preset"], "preset: unknown preset"),
         (["--method", "lorax"], "method: unknown method"),
         (["--batch-size", "0"], "batch_size: must be"),
+        (["--max-eval-examples", "-1"], "max_eval_examples: must be"),
         (["--epochs", "1", "--max-steps", "2"], "not allowed with argument"),
     ],
 )

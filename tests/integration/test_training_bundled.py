@@ -14,7 +14,8 @@ from core.generation import GenerationConfig, generate_reply
 from core.models import load_causal_lm
 from core.training import TrainingConfig, load_trained_model, train
 
-pytestmark = pytest.mark.integration
+# the real quick-lora run takes 2-5 minutes alone; on a shared, loaded CPU it has taken over 15
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]
 logger = logging.getLogger(__name__)
 
 

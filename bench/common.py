@@ -1,0 +1,66 @@
+"""Shared by the benchmarks: the machine description, a result writer and a plain-text table printer.
+
+Each benchmark is ``python -m bench.<name> [--smoke]``: it prints a table, writes ``bench/results/<name>.json``
+(``--smoke``: tiny sizes, written to ``bench/results/smoke/`` so a CI run never overwrites published figures).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.runs import write_json
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """CPU model, cores, bf16 support, GPU, package versions: every result file carries this."""
+    import torch
+    import transformers
+
+    from core.models import cpu_has_bf16
+
+    cpu = platform.processor()
+    if Path("/proc/cpuinfo").exists():
+        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name")), cpu)
+    memory = None
+    if Path("/proc/meminfo").exists():
+        total = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
+        memory = round(int(total.split()[1]) / 2**20, 1)
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "bf16_hardware": cpu_has_bf16(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+            "torch": torch.__version__, "transformers": transformers.__version__,
+            "torch_threads": torch.get_num_threads()}
+
+
+def write_result(name: str, payload: dict[str, Any], *, smoke: bool = False) -> Path:
+    """``bench/results/<name>.json`` (smoke runs: ``bench/results/smoke/<name>.json``), with machine and date."""
+    path = RESULTS / ("smoke" if smoke else "") / f"{name}.json"
+    write_json(path, {"benchmark": name, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M"),
+                      "machine": machine(), **payload})
+    return path
+
+
+def print_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> None:
+    """Rows of dicts as an aligned text table on stdout."""
+    if not rows:
+        print("(no rows)")
+        return
+    columns = list(columns or rows[0].keys())
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        return "" if value is None else str(value)
+
+    table = [[cell(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in table)) for i, column in enumerate(columns)]
+    print("  ".join(column.ljust(width) for column, width in zip(columns, widths, strict=True)))
+    for line in table:
+        print("  ".join(value.ljust(width) for value, width in zip(line, widths, strict=True)))

@@ -1,0 +1,102 @@
+"""The benchmarks' smoke modes: each `python -m bench.<name> --smoke` runs offline on the bundled models and writes
+its result file. No timing is asserted: figures are checked by the benchmarks themselves, not by tests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "bench" / "results" / "smoke"
+
+
+def _run_bench(name: str, home: Path, *args: str) -> dict:
+    env = {**os.environ, "TUNE_ARENA_HOME": str(home), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+           "HF_DATASETS_OFFLINE": "1"}
+    result_file = SMOKE / f"{name}.json"
+    result_file.unlink(missing_ok=True)
+    proc = subprocess.run([sys.executable, "-m", f"bench.{name}", "--smoke", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert result_file.is_file(), proc.stdout[-2000:]
+    return json.loads(result_file.read_text())
+
+
+@pytest.mark.integration
+def test_train_bench_smoke(bundled_home):
+    result = _run_bench("train", bundled_home)
+    assert result["benchmark"] == "train" and result["smoke"] is True
+    contenders = {c["contender"]: c for c in result["contenders"]}
+    assert set(contenders) == {"ours", "trl", "hf"}
+    for entry in contenders.values():
+        assert isinstance(entry["tokens_per_s"], float) and entry["tokens_per_s"] > 0
+        assert isinstance(entry["val_loss"], float) and entry["val_loss"] > 0
+    assert result["targets"] and all(isinstance(t["met"], bool) for t in result["targets"])
+
+
+@pytest.mark.integration
+def test_arena_bench_smoke(bundled_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "workspace"))
+    result = _run_bench("arena", bundled_home)
+    assert result["benchmark"] == "arena" and result["smoke"] is True
+    summary = result["summary"]
+    assert summary["variants"] == ["zero_shot", "finetuned"] and summary["rows"] == 2
+    assert summary["identical_answers"] == summary["rows"]  # batched and one-by-one give the same greedy answers
+    assert summary["batched_generate_calls"] == 1 and summary["one_by_one_generate_calls"] == 2
+    assert summary["batched_s"] > 0 and summary["one_by_one_s"] > 0 and summary["speedup"] > 0
+    assert summary["batched_tokens_per_s"] > 0 and summary["one_by_one_tokens_per_s"] > 0
+    assert isinstance(summary["target_met"], bool) and summary["target"] == 2.5
+    assert len(result["loadavg_before"]) == 3 and "load" not in result  # smoke skips the cold load
+
+
+@pytest.mark.integration
+def test_retrieval_bench_smoke(bundled_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "workspace"))
+    result = _run_bench("retrieval", bundled_home)
+    assert result["benchmark"] == "retrieval" and result["smoke"] is True
+    corpus = result["demo_corpus"]
+    assert corpus["chunks"] > 0 and all(row["chunks_per_s"] > 0 for row in corpus["embedding"])
+    build = corpus["index_build"]
+    assert build["full_s"] > 0 and build["full_embedded"] == build["chunks"] > 0
+    assert build["reindex_embedded"] == 0  # nothing changed, nothing embedded again
+    rows = result["scale"]["rows"]
+    assert {(row["data"], row["chunks"], row["index"]) for row in rows} == {
+        ("clustered", 1000, "flat"), ("clustered", 1000, "hnsw"), ("clustered", 1000, "ivf")}
+    for row in rows:
+        assert 0.0 <= row["recall_at_10"] <= 1.0 and row["p50_ms"] > 0 and row["p99_ms"] >= row["p50_ms"]
+        assert row["build_s"] >= 0
+    assert next(row for row in rows if row["index"] == "flat")["recall_at_10"] == 1.0
+    assert 0.0 <= result["hnsw_recall_at_10"]["clustered-1000"] <= 1.0
+
+
+@pytest.mark.integration
+def test_eval_bench_smoke(bundled_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "workspace"))
+    result = _run_bench("eval", bundled_home)
+    assert result["benchmark"] == "eval" and result["smoke"] is True
+    summary = result["summary"]
+    assert summary["examples"] == 2 and summary["cells"] == 4 and summary["available_cells"] == 4
+    assert summary["s_per_example"] > 0 and summary["s_per_cell"] > 0
+    assert 0.0 < summary["generate_share"] <= 1.0 and 0.0 <= summary["metrics_share"] < 1.0
+    assert summary["generate_share"] + summary["metrics_share"] <= 1.0 + 1e-3
+    assert [row["variant"] for row in result["per_variant"]] == ["zero_shot", "finetuned"]
+
+
+@pytest.mark.integration
+def test_methods_bench_smoke(bundled_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "workspace"))
+    result = _run_bench("methods", bundled_home)
+    assert result["benchmark"] == "methods" and result["smoke"] is True
+    rows = {row["method"]: row for row in result["rows"]}
+    assert set(rows) == {"lora", "ia3", "(base, zero_shot)"}
+    for name in ("lora", "ia3"):
+        row = rows[name]
+        assert row["error"] is None and row["tokens_per_s"] > 0 and row["val_loss"] > 0 and row["weights_MB"] > 0
+        assert row["peak_mem_MiB"] > 0 and 0 <= row["rougeL"] <= 1
+    assert rows["ia3"]["trainable_%"] < rows["lora"]["trainable_%"]  # IA3 trains scales, LoRA matrices
+    assert 0 <= rows["(base, zero_shot)"]["rougeL"] <= 1
