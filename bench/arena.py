@@ -214,7 +214,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "identical_answers": totals["identical"], "rows": totals["rows"],
             "batched_generate_calls": totals["batched_calls"], "one_by_one_generate_calls": totals["single_calls"],
             "demo_index_build_s": round(index_s, 2), "model_load_in_process_s": round(model_load_s, 2),
-            "device": host.base.device, "dtype": str(host.base.dtype),
+            "device": host.base.device, "dtype": str(host.base.dtype), "decoder": args.decoder,
         }
         if torch.cuda.is_available():
             summary["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
@@ -293,7 +293,14 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=128,
                         help="also time the last query with this many new tokens (0: skip)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over the last query")
+    parser.add_argument("--decoder", choices=("engine", "hf"), default="engine",
+                        help="engine: core.generation's batch decoder; hf: one left-padded model.generate per batch "
+                             "(the engine's path before it, for before/after figures)")
     args = parser.parse_args()
+    if args.decoder == "hf":
+        from core.generation import _BatchDecoder
+
+        _BatchDecoder.supports = staticmethod(lambda model: False)
     if args.smoke:
         args.queries, args.variants, args.max_new_tokens, args.skip_cold, args.repeats, args.long_tokens = (
             1, "zero_shot,finetuned", 4, True, 1, 0)
@@ -308,6 +315,8 @@ def main() -> None:
         payload["load"] = cold_warm_load()
     payload["loadavg_before"] = [round(x, 2) for x in load_before]
     payload["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
+    # load above cores + 1: other processes share the cores, which slows spinning OpenMP threads many times over
+    payload["machine_busy"] = max(load_before[0], payload["loadavg_after"][0]) > (os.cpu_count() or 1) + 1
     payload["bench_wall_s"] = round(time.perf_counter() - began, 1)
 
     print_table(payload["per_query"], ["query", "rows", "prompt_tokens", "new_tokens", "decode_slots_used", "engine_s",
@@ -345,7 +354,7 @@ def main() -> None:
     if "load" in payload:
         print()
         print_table([payload["load"]])
-    path = write_result("arena", payload, smoke=args.smoke)
+    path = write_result("arena" if args.decoder == "engine" else "arena-hf", payload, smoke=args.smoke)
     print(f"\nwrote {path}")
 
 

@@ -9,6 +9,8 @@ AdaLoRA, DoRA) and fully or layer-wise fine-tuned runs get a model of their own 
 
 from __future__ import annotations
 
+import functools
+import inspect
 import logging
 import threading
 import time
@@ -123,6 +125,22 @@ class _StepClock:
         pass
 
 
+def _end_ids(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase) -> tuple[int, set[int]]:
+    """The pad id, and every id that ends a row (the model's end-of-sequence ids, the tokenizer's, the pad id)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    eos_ids.add(tokenizer.eos_token_id)
+    return pad_id, {token for token in eos_ids | {pad_id} if token is not None}
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str | None:
+    """``text`` up to the first of ``stops`` it contains, or None when it contains none."""
+    cuts = [text.find(stop) for stop in stops]
+    cuts = [cut for cut in cuts if cut >= 0]
+    return text[:min(cuts)] if cuts else None
+
+
 def generate_batch(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -132,20 +150,33 @@ def generate_batch(
     adapter_names: Sequence[str] | None = None,
     on_text: TextCallback | None = None,
 ) -> list[Generated]:
-    """Generate for rendered ``prompts`` in one left-padded batch. ``adapter_names`` (PEFT mixed batch) per row.
+    """Generate for rendered ``prompts`` as one batch. ``adapter_names`` (PEFT mixed batch) per row.
 
     A row ends at an end-of-sequence token, at a ``config.stop`` string (cut from the text) or at max_new_tokens.
+    Decoder models go through ``_BatchDecoder`` (no prefill padding, finished rows leave the batch); prompt-learning
+    PEFT models and models whose cache is not a plain per-layer key/value store go through ``model.generate``.
     """
-    import torch
-
     config = config or GenerationConfig()
     if not prompts:
         return []
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-    eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    eos_ids.add(tokenizer.eos_token_id)
-    stop_ids = {token for token in eos_ids | {pad_id} if token is not None}
+    if _BatchDecoder.supports(model):
+        return _BatchDecoder(model, tokenizer, config, on_text).run(prompts, adapter_names)
+    return _generate_hf(model, tokenizer, prompts, config, adapter_names=adapter_names, on_text=on_text)
+
+
+def _generate_hf(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    config: GenerationConfig,
+    *,
+    adapter_names: Sequence[str] | None = None,
+    on_text: TextCallback | None = None,
+) -> list[Generated]:
+    """One left-padded ``model.generate``: the batch runs until its last row ends."""
+    import torch
+
+    pad_id, stop_ids = _end_ids(model, tokenizer)
     batch = tokenizer(list(prompts), return_tensors="pt", padding=True, padding_side="left",
                       add_special_tokens=False).to(model.device)
     prompt_tokens = batch["attention_mask"].sum(dim=1).tolist()  # (rows,)
@@ -166,15 +197,240 @@ def generate_batch(
         n = next((i for i, token in enumerate(ids) if token in stop_ids), len(ids))
         finish = "eos" if n < len(ids) else "length"
         text = tokenizer.decode(ids[:n], skip_special_tokens=True)
-        for stop in config.stop:
-            cut = text.find(stop)
-            if cut >= 0:
-                text, finish = text[:cut], "stop"
+        cut = _cut_at_stop(text, config.stop)
+        if cut is not None:
+            text, finish = cut, "stop"
         produced = min(len(ids), n + (1 if finish == "eos" else 0))  # the end token counts as generated
         last = clock.step_times[produced - 1] if produced and clock.step_times else batch_s
         results.append(Generated(text.strip(), n, int(prompt_tokens[row]), last, batch_s, len(prompts), finish,
                                  clock.start))
     return results
+
+
+class _BatchDecoder:
+    """One batch of prompts decoded token by token on a key/value cache built from unpadded prefills.
+
+    ``model.generate`` left-pads every prompt to the longest (a 100-token prompt next to a 600-token RAG prompt is
+    prefilled as 600 tokens) and runs the batch until its last row ends. Here prompts of about the same length are
+    prefilled together (at most ``PREFILL_WASTE`` of the positions padding) and the others alone, so the prefill
+    costs what one-by-one would; their caches are then left-padded into one batch that decodes one token per row per
+    step, and a row that ends leaves the batch together with the padding no remaining row needs. Greedy decoding,
+    the repetition penalty, temperature and top-p follow ``model.generate``'s logits processors.
+    """
+
+    PREFILL_WASTE = 0.15
+
+    def __init__(self, model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, config: GenerationConfig,
+                 on_text: TextCallback | None) -> None:
+        self.model = model
+        self.tokenizer = tokenizer
+        self.config = config
+        self.on_text = on_text
+        self.pad_id, self.stop_ids = _end_ids(model, tokenizer)
+        self.hold_back = max((len(stop) for stop in config.stop), default=1) - 1  # chars a stop may still claim
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters  # skip the prompt's logits
+
+    @staticmethod
+    def supports(model: PreTrainedModel) -> bool:
+        """Plain decoder models (and PEFT models that only change weights): a per-layer key/value cache."""
+        if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+            return False  # virtual tokens go through the PEFT model's own generate
+        from transformers.cache_utils import DynamicCache, DynamicLayer
+
+        try:
+            layers = DynamicCache(config=model.config).layers
+        except Exception:  # a config the cache cannot read: leave it to generate()
+            return False
+        return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+    def _forward(self, ids: Any, mask: Any, cache: Any, names: list[str] | None) -> Any:
+        """Logits of the last position of each row, (rows, vocab) in float32."""
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+        extra: dict[str, Any] = {} if names is None else {"adapter_names": names}
+        if self.keeps_logits:
+            extra["logits_to_keep"] = 1
+        output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+                            use_cache=True, **extra)
+        return output.logits[:, -1, :].float()
+
+    def _prefill_groups(self, lengths: list[int]) -> list[list[int]]:
+        """Rows by ascending length, cut into groups whose left padding stays within PREFILL_WASTE."""
+        groups: list[list[int]] = []
+        for row in sorted(range(len(lengths)), key=lengths.__getitem__):
+            group = groups[-1] if groups else None
+            if group and (len(group) + 1) * lengths[row] <= (1 + self.PREFILL_WASTE) * (
+                    sum(lengths[r] for r in group) + lengths[row]):
+                group.append(row)
+            else:
+                groups.append([row])
+        return groups
+
+    def _prefill(self, prompt_ids: list[list[int]], names: Sequence[str] | None) -> tuple[list[int], Any, Any, Any]:
+        """Prefill every group; returns the batch order of the rows, their first-token logits, mask and cache."""
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        device = self.model.device
+        lengths = [len(ids) for ids in prompt_ids]
+        longest = max(lengths)
+        order: list[int] = []
+        logits, masks, keys, values = [], [], [], []
+        for group in self._prefill_groups(lengths):
+            width = max(lengths[row] for row in group)
+            ids = torch.tensor([[self.pad_id] * (width - lengths[r]) + prompt_ids[r] for r in group], device=device)
+            mask = torch.tensor([[0] * (longest - lengths[r]) + [1] * lengths[r] for r in group], device=device)
+            cache = DynamicCache(config=self.model.config)
+            logits.append(self._forward(ids, mask[:, longest - width:], cache, None if names is None else
+                                        [names[r] for r in group]))
+            pad = longest - width  # every group's cache is left-padded to the longest prompt
+            keys.append([torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)) for layer in cache.layers])
+            values.append([torch.nn.functional.pad(layer.values, (0, 0, pad, 0)) for layer in cache.layers])
+            masks.append(mask)
+            order.extend(group)
+        cache = DynamicCache(config=self.model.config)
+        room = self.config.max_new_tokens
+        cache.layers = [_buffer_layer()(torch.cat([k[i] for k in keys]), torch.cat([v[i] for v in values]), room)
+                        for i in range(len(cache.layers))]
+        return order, torch.cat(logits), torch.cat(masks), cache
+
+    def _choose(self, scores: Any, seen: list[list[int]], generator: Any) -> list[int]:
+        """The next token of each row from its float32 logits; ``seen`` = the row's prompt and answer ids so far."""
+        import torch
+
+        config = self.config
+        if config.repetition_penalty != 1.0:
+            for row, ids in enumerate(seen):
+                index = torch.tensor(sorted(set(ids)), device=scores.device)
+                picked = scores[row, index]
+                scores[row, index] = torch.where(picked < 0, picked * config.repetition_penalty,
+                                                 picked / config.repetition_penalty)
+        if config.temperature == 0:
+            return scores.argmax(dim=-1).tolist()
+        scores = scores / config.temperature
+        if config.top_p < 1.0:
+            ordered, index = torch.sort(scores, descending=False)
+            cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+            drop = cumulative <= 1 - config.top_p
+            drop[..., -1] = False  # the most likely token always stays
+            scores = scores.masked_fill(drop.scatter(1, index, drop), float("-inf"))
+        return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1).tolist()
+
+    def run(self, prompts: Sequence[str], adapter_names: Sequence[str] | None) -> list[Generated]:
+        import torch
+
+        config, tokenizer = self.config, self.tokenizer
+        prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
+        rows = len(prompt_ids)
+        answers: list[list[int]] = [[] for _ in range(rows)]
+        texts = [""] * rows
+        finish = ["length"] * rows
+        last = [0.0] * rows
+        generator = None
+        if config.temperature > 0:
+            generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            active, scores, mask, cache = self._prefill(prompt_ids, adapter_names)
+            for _ in range(config.max_new_tokens):
+                chosen = self._choose(scores, [prompt_ids[r] + answers[r] for r in active], generator)
+                now = time.perf_counter() - start
+                ended = [self._take(row, token, answers, texts, finish) for row, token in zip(active, chosen,
+                                                                                              strict=True)]
+                for row in active:
+                    last[row] = now
+                if all(ended):
+                    break
+                keep = [i for i, done in enumerate(ended) if not done]
+                if len(keep) < len(active):
+                    mask = self._drop(cache, mask, keep)
+                    active = [active[i] for i in keep]
+                    chosen = [chosen[i] for i in keep]
+                mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
+                names = None if adapter_names is None else [adapter_names[row] for row in active]
+                ids = torch.tensor(chosen, device=mask.device).unsqueeze(1)
+                scores = self._forward(ids, mask, cache, names)
+        batch_s = time.perf_counter() - start
+        return [Generated(texts[row].strip(), len(answers[row]), len(prompt_ids[row]), last[row], batch_s, rows,
+                          finish[row], start) for row in range(rows)]
+
+    def _take(self, row: int, token: int, answers: list[list[int]], texts: list[str], finish: list[str]) -> bool:
+        """Add the chosen token to a row; True when the row has ended (eos, stop string or max_new_tokens)."""
+        if token in self.stop_ids:
+            finish[row] = "eos"  # the end token is neither kept nor counted
+            texts[row] = self.tokenizer.decode(answers[row], skip_special_tokens=True)
+            return True
+        answers[row].append(token)
+        text = self.tokenizer.decode(answers[row], skip_special_tokens=True)
+        cut = _cut_at_stop(text, self.config.stop)
+        if cut is not None:
+            finish[row], texts[row] = "stop", cut
+        else:
+            texts[row] = text
+        if self.on_text is not None:  # text a stop string could still claim is held back until it cannot
+            shown = texts[row] if cut is not None else text[:max(0, len(text) - self.hold_back)]
+            self.on_text(row, shown)
+        return cut is not None or len(answers[row]) >= self.config.max_new_tokens
+
+    @staticmethod
+    def _drop(cache: Any, mask: Any, keep: list[int]) -> Any:
+        """Keep only the batch positions ``keep`` and cut the padding columns none of them needs; the new mask."""
+        import torch
+
+        index = torch.tensor(keep, device=mask.device)
+        mask = mask.index_select(0, index)
+        trim = int((mask.cumsum(dim=1) == 0).sum(dim=1).min())
+        for layer in cache.layers:
+            layer.keep(index, trim)
+        return mask[:, trim:]
+
+
+@functools.cache
+def _buffer_layer() -> type:
+    """A transformers DynamicLayer whose keys and values live in a buffer with room to grow.
+
+    DynamicLayer concatenates each step's key/value onto the whole cache (a copy of the cache per layer per step);
+    this one writes the step into spare room and hands attention a view. Made on first use (transformers is imported
+    lazily).
+    """
+    from transformers.cache_utils import DynamicLayer
+
+    class BufferLayer(DynamicLayer):
+        def __init__(self, keys: Any, values: Any, room: int) -> None:
+            super().__init__()
+            self.device, self.is_initialized = keys.device, True
+            self.length = keys.shape[-2]
+            self._keys = self._with_room(keys, room)
+            self._values = self._with_room(values, room)
+            self._views()
+
+        def _with_room(self, states: Any, room: int) -> Any:
+            buffer = states.new_empty(*states.shape[:-2], self.length + room, states.shape[-1])
+            buffer[..., :self.length, :] = states
+            return buffer
+
+        def _views(self) -> None:
+            self.keys = self._keys[..., :self.length, :]
+            self.values = self._values[..., :self.length, :]
+
+        def update(self, key_states: Any, value_states: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+            steps = key_states.shape[-2]
+            if self.length + steps > self._keys.shape[-2]:  # out of room: grow by as much again
+                self._keys = self._with_room(self.keys, self.length + steps)
+                self._values = self._with_room(self.values, self.length + steps)
+            self._keys[..., self.length:self.length + steps, :] = key_states
+            self._values[..., self.length:self.length + steps, :] = value_states
+            self.length += steps
+            self._views()
+            return self.keys, self.values
+
+        def keep(self, rows: Any, trim: int) -> None:
+            self._keys = self._keys.index_select(0, rows)[..., trim:, :]
+            self._values = self._values.index_select(0, rows)[..., trim:, :]
+            self.length -= trim
+            self._views()
+
+    return BufferLayer
 
 
 def generate_reply(
