@@ -149,19 +149,32 @@ def generate_batch(
     *,
     adapter_names: Sequence[str] | None = None,
     on_text: TextCallback | None = None,
+    max_batch_size: int | None = None,
+    on_done: Callable[[int], None] | None = None,
 ) -> list[Generated]:
-    """Generate for rendered ``prompts`` as one batch. ``adapter_names`` (PEFT mixed batch) per row.
+    """Generate for rendered ``prompts``, at most ``max_batch_size`` rows at a time (all by default).
 
-    A row ends at an end-of-sequence token, at a ``config.stop`` string (cut from the text) or at max_new_tokens.
-    Decoder models go through ``_BatchDecoder`` (no prefill padding, finished rows leave the batch); prompt-learning
-    PEFT models and models whose cache is not a plain per-layer key/value store go through ``model.generate``.
+    ``adapter_names``: the PEFT adapter of each row (mixed batch). A row ends at an end-of-sequence token, at a
+    ``config.stop`` string (cut from the text) or at max_new_tokens; ``on_done(row)`` then. Decoder models go through
+    ``_BatchDecoder`` (continuous batching: a finished row leaves the batch and a waiting prompt takes its place);
+    prompt-learning PEFT models and models whose cache is not a plain per-layer key/value store go through
+    ``model.generate``, one left-padded batch per ``max_batch_size`` rows.
     """
     config = config or GenerationConfig()
     if not prompts:
         return []
+    width = min(max_batch_size or len(prompts), len(prompts))
     if _BatchDecoder.supports(model):
-        return _BatchDecoder(model, tokenizer, config, on_text).run(prompts, adapter_names)
-    return _generate_hf(model, tokenizer, prompts, config, adapter_names=adapter_names, on_text=on_text)
+        return _BatchDecoder(model, tokenizer, config, on_text).run(prompts, adapter_names, width, on_done)
+    results: list[Generated] = []
+    for begin in range(0, len(prompts), width):
+        rows = range(begin, min(begin + width, len(prompts)))
+        forward = (lambda i, text, begin=begin: on_text(begin + i, text)) if on_text else None
+        results += _generate_hf(model, tokenizer, [prompts[row] for row in rows], config, on_text=forward,
+                                adapter_names=None if adapter_names is None else [adapter_names[r] for r in rows])
+        for row in rows if on_done else ():
+            on_done(row)
+    return results
 
 
 def _generate_hf(
@@ -208,14 +221,16 @@ def _generate_hf(
 
 
 class _BatchDecoder:
-    """One batch of prompts decoded token by token on a key/value cache built from unpadded prefills.
+    """Prompts decoded token by token as one batch on a key/value cache built from unpadded prefills.
 
     ``model.generate`` left-pads every prompt to the longest (a 100-token prompt next to a 600-token RAG prompt is
     prefilled as 600 tokens) and runs the batch until its last row ends. Here prompts of about the same length are
     prefilled together (at most ``PREFILL_WASTE`` of the positions padding) and the others alone, so the prefill
     costs what one-by-one would; their caches are then left-padded into one batch that decodes one token per row per
-    step, and a row that ends leaves the batch together with the padding no remaining row needs. Greedy decoding,
-    the repetition penalty, temperature and top-p follow ``model.generate``'s logits processors.
+    step. A row that ends leaves the batch (with the padding no remaining row needs) and the next waiting prompt is
+    prefilled and joins it (continuous batching): on a CPU a decoding step costs about the same for 1 or 8 rows, so
+    a full batch is what makes batching pay. Greedy decoding, the repetition penalty, temperature and top-p follow
+    ``model.generate``'s logits processors.
     """
 
     PREFILL_WASTE = 0.15
@@ -294,13 +309,13 @@ class _BatchDecoder:
                         for i in range(len(cache.layers))]
         return order, torch.cat(logits), torch.cat(masks), cache
 
-    def _choose(self, scores: Any, seen: list[list[int]], generator: Any) -> list[int]:
-        """The next token of each row from its float32 logits; ``seen`` = the row's prompt and answer ids so far."""
+    def _choose(self, scores: Any, seen: Callable[[], list[list[int]]], generator: Any) -> list[int]:
+        """The next token of each row from its float32 logits; ``seen()``: each row's prompt and answer ids so far."""
         import torch
 
         config = self.config
         if config.repetition_penalty != 1.0:
-            for row, ids in enumerate(seen):
+            for row, ids in enumerate(seen()):
                 index = torch.tensor(sorted(set(ids)), device=scores.device)
                 picked = scores[row, index]
                 scores[row, index] = torch.where(picked < 0, picked * config.repetition_penalty,
@@ -316,7 +331,8 @@ class _BatchDecoder:
             scores = scores.masked_fill(drop.scatter(1, index, drop), float("-inf"))
         return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1).tolist()
 
-    def run(self, prompts: Sequence[str], adapter_names: Sequence[str] | None) -> list[Generated]:
+    def run(self, prompts: Sequence[str], adapter_names: Sequence[str] | None, width: int,
+            on_done: Callable[[int], None] | None = None) -> list[Generated]:
         import torch
 
         config, tokenizer = self.config, self.tokenizer
@@ -330,29 +346,67 @@ class _BatchDecoder:
         if config.temperature > 0:
             generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
         start = time.perf_counter()
+        waiting = list(range(rows))
+        active: list[int] = []  # rows in the batch, in cache order
+        chosen: list[int] = []  # their latest token, fed to the next step
+        mask = cache = None  # (len(active), cache length): 0 where a row is left-padded
+
+        def step_done(batch: list[int], tokens: list[int]) -> list[int]:
+            """Record each row's chosen token; the positions (in ``batch``) of the rows that go on."""
+            now = time.perf_counter() - start
+            going = []
+            for position, (row, token) in enumerate(zip(batch, tokens, strict=True)):
+                last[row] = now
+                if self._take(row, token, answers, texts, finish):
+                    if on_done is not None:
+                        on_done(row)
+                else:
+                    going.append(position)
+            return going
+
         with torch.inference_mode():
-            active, scores, mask, cache = self._prefill(prompt_ids, adapter_names)
-            for _ in range(config.max_new_tokens):
-                chosen = self._choose(scores, [prompt_ids[r] + answers[r] for r in active], generator)
-                now = time.perf_counter() - start
-                ended = [self._take(row, token, answers, texts, finish) for row, token in zip(active, chosen,
-                                                                                              strict=True)]
-                for row in active:
-                    last[row] = now
-                if all(ended):
-                    break
-                keep = [i for i, done in enumerate(ended) if not done]
-                if len(keep) < len(active):
-                    mask = self._drop(cache, mask, keep)
-                    active = [active[i] for i in keep]
-                    chosen = [chosen[i] for i in keep]
+            while waiting or active:
+                if waiting and len(active) < width:  # fill the batch: prefill waiting rows, they join the cache
+                    joining, waiting = waiting[:width - len(active)], waiting[width - len(active):]
+                    order, scores, new_mask, new_cache = self._prefill(
+                        [prompt_ids[row] for row in joining],
+                        None if adapter_names is None else [adapter_names[row] for row in joining])
+                    joining = [joining[i] for i in order]
+                    tokens = self._choose(scores, lambda j=joining: [prompt_ids[r] for r in j], generator)
+                    going = step_done(joining, tokens)
+                    if going:
+                        if len(going) < len(joining):
+                            new_mask = self._drop(new_cache, new_mask, going)
+                        mask, cache = self._join(mask, cache, new_mask, new_cache)
+                        active += [joining[i] for i in going]
+                        chosen += [tokens[i] for i in going]
+                    continue
                 mask = torch.cat([mask, mask.new_ones((len(active), 1))], dim=1)
                 names = None if adapter_names is None else [adapter_names[row] for row in active]
-                ids = torch.tensor(chosen, device=mask.device).unsqueeze(1)
-                scores = self._forward(ids, mask, cache, names)
+                scores = self._forward(torch.tensor(chosen, device=mask.device).unsqueeze(1), mask, cache, names)
+                chosen = self._choose(scores, lambda batch=active: [prompt_ids[r] + answers[r] for r in batch],
+                                      generator)
+                going = step_done(active, chosen)
+                if len(going) < len(active):
+                    active, chosen = [active[i] for i in going], [chosen[i] for i in going]
+                    mask = self._drop(cache, mask, going) if going else None
+                    cache = cache if going else None
         batch_s = time.perf_counter() - start
-        return [Generated(texts[row].strip(), len(answers[row]), len(prompt_ids[row]), last[row], batch_s, rows,
+        return [Generated(texts[row].strip(), len(answers[row]), len(prompt_ids[row]), last[row], batch_s, width,
                           finish[row], start) for row in range(rows)]
+
+    def _join(self, mask: Any, cache: Any, new_mask: Any, new_cache: Any) -> tuple[Any, Any]:
+        """The batch with the new rows' cache appended (both left-padded to the longer); the new rows come last."""
+        import torch
+
+        if cache is None:
+            return new_mask, new_cache
+        length = max(mask.shape[1], new_mask.shape[1])
+        pad, new_pad = length - mask.shape[1], length - new_mask.shape[1]
+        for layer, new_layer in zip(cache.layers, new_cache.layers, strict=True):
+            layer.join(new_layer, pad, new_pad, self.config.max_new_tokens)
+        pad_left = torch.nn.functional.pad
+        return torch.cat([pad_left(mask, (pad, 0)), pad_left(new_mask, (new_pad, 0))]), cache
 
     def _take(self, row: int, token: int, answers: list[list[int]], texts: list[str], finish: list[str]) -> bool:
         """Add the chosen token to a row; True when the row has ended (eos, stop string or max_new_tokens)."""
@@ -393,6 +447,7 @@ def _buffer_layer() -> type:
     this one writes the step into spare room and hands attention a view. Made on first use (transformers is imported
     lazily).
     """
+    import torch
     from transformers.cache_utils import DynamicLayer
 
     class BufferLayer(DynamicLayer):
@@ -423,6 +478,17 @@ def _buffer_layer() -> type:
             self.length += steps
             self._views()
             return self.keys, self.values
+
+        def join(self, other: Any, pad: int, other_pad: int, room: int) -> None:
+            """Append ``other``'s rows; each side is left-padded by its ``pad`` first. Leaves ``room`` to grow."""
+            pad_left = torch.nn.functional.pad
+            for name in ("keys", "values"):
+                mine, theirs = getattr(self, name), getattr(other, name)
+                joined = torch.cat([pad_left(mine, (0, 0, pad, 0)), pad_left(theirs, (0, 0, other_pad, 0))])
+                setattr(self, f"_{name}", joined)
+            self.length = self._keys.shape[-2]
+            self._keys, self._values = self._with_room(self._keys, room), self._with_room(self._values, room)
+            self._views()
 
         def keep(self, rows: Any, trim: int) -> None:
             self._keys = self._keys.index_select(0, rows)[..., trim:, :]
@@ -502,6 +568,9 @@ class AdapterHost:
         self._check_base(run.run_id, config.get("base_model"))
         if run.weights_dir is None:
             raise AdapterError(f"adapter: run {run.run_id} has no saved weights (state {run.state})")
+        from core.artifacts import check_run_weights
+
+        check_run_weights(run.path)  # whole safetensors and valid JSON before PEFT reads them; one-line errors
         method = config.get("method", "")
         settings = config.get("method_config") or {}
         mixable = method in MIXABLE_METHODS and not settings.get("use_dora")
@@ -590,11 +659,12 @@ class AdapterHost:
         on_text: TextCallback | None = None,
         on_batch: Callable[[int, int], None] | None = None,
     ) -> list[Generated]:
-        """Generate for each prompt with its adapter key (None = base model), as few batches as possible.
+        """Generate for each prompt with its adapter key (None = base model), at most ``max_batch_size`` at a time.
 
         Rows of the base model and of mixable adapters share batches; every other adapter gets its own (for
         prompt-learning methods, one per prompt length).
-        ``on_text(row, text)`` streams answers (row = index in ``prompts``); ``on_batch(done_rows, total)``.
+        ``on_text(row, text)`` streams answers (row = index in ``prompts``); ``on_batch(done_rows, total)`` each time
+        a row ends.
         """
         if len(prompts) != len(adapters):
             raise ValueError(f"adapters: {len(adapters)} given for {len(prompts)} prompts")
@@ -613,20 +683,22 @@ class AdapterHost:
         done = 0
         with self.lock:
             for (group, _), rows in groups.items():
-                for begin in range(0, len(rows), max_batch_size):
-                    part = rows[begin:begin + max_batch_size]
-                    if group:
-                        loaded = self._separate_model(group)
-                        model, names = loaded.model, None
-                    else:
-                        model = self._peft if self._peft is not None else self.base.model
-                        names = [adapters[row] or BASE for row in part] if self._peft is not None else None
-                    forward = (lambda i, text, part=part: on_text(part[i], text)) if on_text else None
-                    outputs = generate_batch(model, self.base.tokenizer, [prompts[row] for row in part], config,
-                                             adapter_names=names, on_text=forward)
-                    for row, output in zip(part, outputs, strict=True):
-                        results[row] = output
-                    done += len(part)
+                if group:
+                    model, names = self._separate_model(group).model, None
+                else:
+                    model = self._peft if self._peft is not None else self.base.model
+                    names = [adapters[row] or BASE for row in rows] if self._peft is not None else None
+
+                def finished(i: int) -> None:
+                    nonlocal done
+                    done += 1
                     if on_batch:
                         on_batch(done, len(prompts))
+
+                forward = (lambda i, text, rows=rows: on_text(rows[i], text)) if on_text else None
+                outputs = generate_batch(model, self.base.tokenizer, [prompts[row] for row in rows], config,
+                                         adapter_names=names, on_text=forward, max_batch_size=max_batch_size,
+                                         on_done=finished)
+                for row, output in zip(rows, outputs, strict=True):
+                    results[row] = output
         return [result for result in results if result is not None]

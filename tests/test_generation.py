@@ -203,7 +203,9 @@ def test_max_batch_size_splits_without_changing_answers(host, runs, prompts):
     split = host.generate(rows, keys, GEN, max_batch_size=2,
                           on_batch=lambda done, total: progress.append((done, total)))
     assert [g.text for g in split] == [g.text for g in whole]
-    assert [g.batch_size for g in split] == [2, 2, 2, 2, 1] and progress == [(2, 5), (4, 5), (5, 5)]
+    # continuous batching: two rows at a time, a waiting row joins as soon as one ends; progress per ended row
+    assert [g.batch_size for g in split] == [2] * 5 and progress == [(n, 5) for n in range(1, 6)]
+    assert len({g.started_at for g in split}) == 1  # one decoding loop for the base and LoRA rows
 
 
 @pytest.mark.parametrize("name", ["ia3", "prompt_tuning"])
@@ -291,3 +293,18 @@ def test_the_same_base_folder_spelled_differently_is_accepted(host, runs, tmp_pa
         (copy / "config.json").write_text(json.dumps(config))
         monkeypatch.chdir(talkative_dir.parent)
         assert host.add(copy).key == name
+
+
+def test_continuous_batching_equals_one_by_one_with_rows_ending_at_different_steps(tiny, prompts, monkeypatch):
+    """Rows that end early leave the batch and waiting rows join mid-flight; every answer is still the lone one."""
+    many = [prompts[i % 3] + " " * (i // 3) for i in range(7)]  # seven prompts, four lengths
+    alone = one_by_one(tiny, many)
+    ends = {alone[i].text[:1] for i in (0, 4)}  # text a row's answer starts with, to make two rows end early
+    ids = tiny.tokenizer(sorted(ends)[0], add_special_tokens=False)["input_ids"]
+    monkeypatch.setattr(tiny.model.generation_config, "eos_token_id", [2, ids[0]])
+    alone = one_by_one(tiny, many)
+    done: list[int] = []
+    batched = generate_batch(tiny.model, tiny.tokenizer, many, GEN, max_batch_size=3, on_done=done.append)
+    assert [(b.text, b.new_tokens, b.finish) for b in batched] == [(a.text, a.new_tokens, a.finish) for a in alone]
+    assert {a.new_tokens for a in alone} != {GEN.max_new_tokens}  # some rows really ended early
+    assert sorted(done) == list(range(7)) and all(b.batch_size == 3 for b in batched)
