@@ -244,7 +244,9 @@ class _BatchDecoder:
         self.pad_id, self.stop_ids = _end_ids(model, tokenizer)
         self.hold_back = max((len(stop) for stop in config.stop), default=1) - 1  # chars a stop may still claim
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        self.keeps_logits = "logits_to_keep" in inspect.signature(base.forward).parameters  # skip the prompt's logits
+        parameters = inspect.signature(base.forward).parameters
+        self.keeps_logits = "logits_to_keep" in parameters  # skip the prompt positions' logits
+        self.cache_argument = "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.24: cache
 
     @staticmethod
     def supports(model: PreTrainedModel) -> bool:
@@ -265,8 +267,8 @@ class _BatchDecoder:
         extra: dict[str, Any] = {} if names is None else {"adapter_names": names}
         if self.keeps_logits:
             extra["logits_to_keep"] = 1
-        output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-                            use_cache=True, **extra)
+        extra[self.cache_argument] = cache
+        output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         return output.logits[:, -1, :].float()
 
     def _prefill_groups(self, lengths: list[int]) -> list[list[int]]:
