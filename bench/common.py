@@ -18,6 +18,41 @@ from core.runs import write_json
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def _cpu_ticks() -> dict[str, float] | None:
+    """Seconds of machine CPU time by kind since boot (/proc/stat), and this process's own (children included)."""
+    stat = Path("/proc/stat")
+    if not stat.exists():
+        return None
+    fields = stat.read_text().splitlines()[0].split()[1:]  # user nice system idle iowait irq softirq steal
+    hz = os.sysconf("SC_CLK_TCK")
+    user, nice, system, idle, iowait, irq, softirq = (int(value) / hz for value in fields[:7])
+    own = os.times()
+    return {"wall": time.monotonic(), "busy": user + system + irq + softirq, "nice": nice, "idle": idle + iowait,
+            "own": own.user + own.system + own.children_user + own.children_system}
+
+
+_STARTED = _cpu_ticks()  # when the benchmark module was imported
+
+
+def cpu_shares() -> dict[str, float] | None:
+    """How the machine's CPU time was spent since this benchmark started, as shares of all cores' time.
+
+    ``other_jobs``: processes other than this benchmark at normal priority (they slow a timed run down);
+    ``niced_jobs``: processes at lower priority (nice > 0), which the scheduler serves after this one.
+    """
+    now = _cpu_ticks()
+    if now is None or _STARTED is None:
+        return None
+    total = (now["wall"] - _STARTED["wall"]) * (os.cpu_count() or 1)
+    if total <= 0:
+        return None
+    own = now["own"] - _STARTED["own"]
+    nice = now["nice"] - _STARTED["nice"]
+    busy = now["busy"] - _STARTED["busy"]
+    return {"this_benchmark": round(own / total, 3), "other_jobs": round(max(busy - own, 0.0) / total, 3),
+            "niced_jobs": round(nice / total, 3), "idle": round((now["idle"] - _STARTED["idle"]) / total, 3)}
+
+
 def machine() -> dict[str, Any]:
     """CPU model, cores, bf16 support, GPU, package versions: every result file carries this."""
     import torch
@@ -43,7 +78,7 @@ def write_result(name: str, payload: dict[str, Any], *, smoke: bool = False) -> 
     """``bench/results/<name>.json`` (smoke runs: ``bench/results/smoke/<name>.json``), with machine and date."""
     path = RESULTS / ("smoke" if smoke else "") / f"{name}.json"
     write_json(path, {"benchmark": name, "smoke": smoke, "date": time.strftime("%Y-%m-%d %H:%M"),
-                      "machine": machine(), **payload})
+                      "machine": machine(), "cpu_during_run": cpu_shares(), **payload})
     return path
 
 
