@@ -70,7 +70,7 @@ class GenerationConfig:
 
 @dataclass(frozen=True)
 class Generated:
-    """One row of a batched generate. Times are seconds from the start of the batch."""
+    """One row of a batched generate. Times are seconds from the start of the batch (``started_at``)."""
 
     text: str
     new_tokens: int
@@ -80,6 +80,12 @@ class Generated:
     batch_size: int
     finish: str  # eos, stop or length
     started_at: float = 0.0  # time.perf_counter() when the batch started
+    joined_s: float = 0.0  # when this row's prefill began (later than 0 when it waited for a place in the batch)
+
+    @property
+    def generate_s(self) -> float:
+        """From the row's own prefill to its last token: its generation time, waiting for a place excluded."""
+        return self.last_token_s - self.joined_s
 
 
 @dataclass(frozen=True)
@@ -344,6 +350,7 @@ class _BatchDecoder:
         texts = [""] * rows
         finish = ["length"] * rows
         last = [0.0] * rows
+        joined = [0.0] * rows
         generator = None
         if config.temperature > 0:
             generator = torch.Generator(device=self.model.device).manual_seed(config.seed)
@@ -370,6 +377,8 @@ class _BatchDecoder:
             while waiting or active:
                 if waiting and len(active) < width:  # fill the batch: prefill waiting rows, they join the cache
                     joining, waiting = waiting[:width - len(active)], waiting[width - len(active):]
+                    for row in joining:
+                        joined[row] = time.perf_counter() - start
                     order, scores, new_mask, new_cache = self._prefill(
                         [prompt_ids[row] for row in joining],
                         None if adapter_names is None else [adapter_names[row] for row in joining])
@@ -395,7 +404,7 @@ class _BatchDecoder:
                     cache = cache if going else None
         batch_s = time.perf_counter() - start
         return [Generated(texts[row].strip(), len(answers[row]), len(prompt_ids[row]), last[row], batch_s, width,
-                          finish[row], start) for row in range(rows)]
+                          finish[row], start, joined[row]) for row in range(rows)]
 
     def _join(self, mask: Any, cache: Any, new_mask: Any, new_cache: Any) -> tuple[Any, Any]:
         """The batch with the new rows' cache appended (both left-padded to the longer); the new rows come last."""

@@ -308,3 +308,5 @@ def test_continuous_batching_equals_one_by_one_with_rows_ending_at_different_ste
     assert [(b.text, b.new_tokens, b.finish) for b in batched] == [(a.text, a.new_tokens, a.finish) for a in alone]
     assert {a.new_tokens for a in alone} != {GEN.max_new_tokens}  # some rows really ended early
     assert sorted(done) == list(range(7)) and all(b.batch_size == 3 for b in batched)
+    waited = [b for b in batched if b.joined_s > 0]  # rows that joined a running batch
+    assert len(waited) >= 4 and all(0 < b.generate_s < b.last_token_s <= b.batch_s for b in waited)
