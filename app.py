@@ -9,23 +9,28 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Any
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; must be set before gradio loads
 
 import gradio as gr  # noqa: E402
 
 from core.engine import Engine  # noqa: E402
+from core.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from ui import arena, evaluate, knowledge, runs, train  # noqa: E402
 from ui.common import index_choices, run_choices  # noqa: E402
 
 TITLE = "Tune Arena"
+QUEUE_SIZE = 64  # queued requests (all events together) before Gradio answers "queue is full"
 CSS = "\n".join(getattr(module, "CSS", "") for module in (arena, evaluate, train, knowledge, runs))
 logger = logging.getLogger("tune_arena.app")
 
 
 def build_app(engine: Engine | None = None) -> gr.Blocks:
-    """The app's Blocks over one engine (a new default engine if none is given)."""
+    """The app's Blocks over one engine (a new default engine if none is given). The engine is confined from here
+    on: its callers are remote users, so runs, indexes and evaluations are only those of its own workspace."""
     engine = engine or Engine()
+    engine.confined = True
     engine.install_demo_run()  # the shipped demo adapter, so the Arena shows fine-tuned variants at once
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nPrompting, RAG or fine-tuning? Compare them on your task, side by side.")
@@ -64,18 +69,22 @@ def warm_up(engine: Engine) -> threading.Thread:
     return thread
 
 
+def launch_options(engine: Engine) -> dict[str, Any]:
+    """``demo.launch`` settings: the address (GRADIO_SERVER_NAME/PORT), files served only from the workspace
+    (besides Gradio's own upload and cache folders), and uploads refused by Gradio itself past the upload limit
+    (before a byte of them lands on disk beyond it)."""
+    return {"css": CSS, "server_name": os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+            "server_port": int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
+            "allowed_paths": [str(engine.workspace.root.resolve())], "max_file_size": MAX_UPLOAD_BYTES}
+
+
 def main() -> None:
     logging.basicConfig(level=os.environ.get("TUNE_ARENA_LOG", "INFO"))
-    engine = Engine()
+    engine = Engine(confined=True)
     demo = build_app(engine)
-    demo.queue(default_concurrency_limit=2)
+    demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
     warm_up(engine)
-    demo.launch(
-        css=CSS,
-        server_name=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
-        server_port=int(os.environ.get("GRADIO_SERVER_PORT", "7860")),
-        allowed_paths=[str(engine.workspace.root)],
-    )
+    demo.launch(**launch_options(engine))
 
 
 if __name__ == "__main__":

@@ -166,7 +166,7 @@ class ArenaContext:
 @dataclass
 class VariantResult:
     """One variant's answer to one query. ``latency_s``: from the request's start to its last token (retrieval,
-    prompting and earlier batches included); ``generate_s``: from its own batch's start to its last token."""
+    prompting and earlier batches included); ``generate_s``: from its own prefill to its last token."""
 
     variant: str
     strategy: str
@@ -179,13 +179,14 @@ class VariantResult:
     new_tokens: int = 0
     prompt_tokens: int = 0
     retrieval_s: float | None = None
-    generate_s: float | None = None  # from the start of its batch to its last token
+    generate_s: float | None = None  # from its own prefill to its last token (waiting for a batch place excluded)
     batch_s: float | None = None
     batch_size: int = 0
     finish: str | None = None
     metrics: dict[str, float | None] = field(default_factory=dict)
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     shots: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what was cut to fit the context window, for the reader
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -247,7 +248,12 @@ def run_examples(
     start = time.perf_counter()
     specs = config.specs()
     host = context.host
-    budget = host.context_window() - config.generation.max_new_tokens
+    window = host.context_window()
+    budget = window - config.generation.max_new_tokens
+    if budget < 1:
+        raise ValueError(f"max_new_tokens: {config.generation.max_new_tokens} leaves no room for a prompt in the "
+                         f"model's {window}-token context window; use less than {window}")
+    room = f"the model's {window}-token context window with {config.generation.max_new_tokens} tokens for the answer"
     table: list[list[VariantResult]] = []
     requests: list[tuple[int, int, str, str | None]] = []  # (example, variant, prompt, adapter key)
     needs_retrieval = any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs)
@@ -281,19 +287,36 @@ def run_examples(
                         return host.count_tokens(host.render(rag_messages(example, kept, config.system_prompt)))
 
                     kept = fit_passages(count, passages, budget)
+                    if passages and not kept:
+                        raise PromptTooLongError(f"none of the {len(passages)} retrieved passages fits {room}; "
+                                                 "lower max_new_tokens or index with a smaller chunk size")
+                    if len(kept) < len(passages):
+                        result.notes.append(f"{len(passages) - len(kept)} of {len(passages)} retrieved passages "
+                                            f"left out to fit {room}")
                     messages = rag_messages(example, kept, config.system_prompt)
                     result.retrieved = [{"text": p.text, "source": p.source, "score": round(p.score, 4),
                                          "title": p.title, "headings": list(p.headings)} for p in kept]
                 elif strategy.uses_shots:
-                    messages = few_shot_messages(example, shots, config.system_prompt)
-                    result.shots = [shot.uid for shot in shots]
+                    def count_shots(kept: Sequence[Example], example: Example = example) -> int:  # nearest first
+                        return host.count_tokens(host.render(few_shot_messages(example, kept[::-1],
+                                                                               config.system_prompt)))
+
+                    fitted = fit_passages(count_shots, shots[::-1], budget)[::-1]  # the least similar go first
+                    if shots and not fitted:
+                        raise PromptTooLongError(f"none of the {len(shots)} worked examples fits {room}; "
+                                                 "lower few_shot_k or max_new_tokens")
+                    if len(fitted) < len(shots):
+                        result.notes.append(f"{len(shots) - len(fitted)} of {len(shots)} worked examples left out "
+                                            f"to fit {room}")
+                    messages = few_shot_messages(example, fitted, config.system_prompt)
+                    result.shots = [shot.uid for shot in fitted]
                 else:
                     messages = zero_shot_messages(example, config.system_prompt)
                 prompt = host.render(messages)
                 tokens = host.count_tokens(prompt)
                 if tokens > budget:
-                    raise PromptTooLongError(f"the prompt is {tokens} tokens, over the {budget} the context window "
-                                             "leaves after the answer")
+                    raise PromptTooLongError(f"the prompt is {tokens} tokens, over the {budget} that fit {room}; "
+                                             "shorten the query or lower max_new_tokens")
             except PromptTooLongError as err:
                 result.available, result.error = False, str(err)
                 continue
@@ -320,7 +343,7 @@ def run_examples(
             result.answer, result.new_tokens, result.finish = output.text, output.new_tokens, output.finish
             result.batch_s, result.batch_size = output.batch_s, output.batch_size
             result.latency_s = output.started_at + output.last_token_s - start
-            result.generate_s = output.last_token_s
+            result.generate_s = output.generate_s
 
     if score:
         score_results(examples, table, context, label_sets)

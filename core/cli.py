@@ -23,7 +23,15 @@ from core.models import (
     resolve_embedding_model,
 )
 from core.runs import RunStore
-from core.training import TrainingConfig, list_presets, load_preset, merge_and_export, resume, train
+from core.training import (
+    TrainingConfig,
+    TrainingOutOfMemoryError,
+    list_presets,
+    load_preset,
+    merge_and_export,
+    resume,
+    train,
+)
 
 logger = logging.getLogger("core.cli")
 
@@ -289,7 +297,10 @@ def cmd_index(args: argparse.Namespace) -> dict[str, Any]:
     chunking = ChunkingConfig(**{key: value for key, value in chunk_values.items() if value is not None})
     index_config = IndexConfig(index_type=args.index_type or "flat", contextual=not args.no_context)
     out = Path(args.out) if args.out else Workspace.open().indexes / (Path(args.docs[0]).stem or "index")
-    embedder = SentenceTransformerEmbedder.load(args.embedding_model)
+
+    def embedder() -> SentenceTransformerEmbedder:  # loaded only once a document could be read
+        return SentenceTransformerEmbedder.load(args.embedding_model)
+
     result = build_index(args.docs, out, embedder, index_config=index_config, chunking=chunking,
                          text_column=args.text_column, rebuild=args.rebuild, on_progress=_StageProgress())
     for item in result.skipped:
@@ -439,6 +450,8 @@ def _human_arena(result: dict[str, Any]) -> None:
             print(f"   {row['error']}")
             continue
         print("   " + row["answer"].replace("\n", "\n   "))
+        for note in row.get("notes") or []:  # context cut to fit the model's window
+            print(f"   note: {note}")
         shown = {k: round(v, 3) for k, v in row["metrics"].items() if v is not None}
         if shown:
             print(f"   scores: {shown}")
@@ -518,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
         result = COMMANDS[args.command][0](args)
-    except (CliError, DataError, ModelNotFoundError, ValueError) as err:
+    except (CliError, DataError, ModelNotFoundError, ValueError, TrainingOutOfMemoryError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if args.json:

@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +117,12 @@ class Splits:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def _short(value: Any, limit: int = 40) -> str:
+    """``repr(value)`` cut to about ``limit`` characters: user data quoted inside a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _human_bytes(n: int) -> str:
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
@@ -125,84 +132,138 @@ def _read_text(path: Path, max_bytes: int) -> str:
         raise DataError(path, "file not found")
     if path.is_dir():
         raise DataError(path, "is a folder, expected a .jsonl, .json or .csv file")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise DataError(path, f"file is {_human_bytes(size)}, over the {_human_bytes(max_bytes)} limit")
-    raw = path.read_bytes()
-    if not raw.strip():
-        raise DataError(path, "file is empty")
     try:
-        return raw.decode("utf-8-sig")
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise DataError(path, f"file is {_human_bytes(size)}, over the {_human_bytes(max_bytes)} limit")
+        raw = path.read_bytes()
+    except OSError as err:  # unreadable: permissions, a device, a broken link
+        raise DataError(path, f"cannot read the file ({err.strerror or type(err).__name__})") from None
+    try:
+        text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
         line = raw.count(b"\n", 0, err.start) + 1
         raise DataError(path, f"not valid UTF-8 (byte 0x{raw[err.start]:02x}); save the file as UTF-8", line) from None
+    if not text.strip():  # also a file holding only a byte-order mark
+        raise DataError(path, "file is empty")
+    return text
+
+
+def _loads(path: Path, text: str, line: int | None, what: str = "JSON") -> Any:
+    """``json.loads`` whose every failure is a DataError naming the file and line (``line``: where ``text`` starts)."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        where = line + err.lineno - 1 if line is not None else err.lineno
+        raise DataError(path, f"malformed {what} ({err.msg} at column {err.colno})", where) from None
+    except RecursionError:
+        raise DataError(path, f"malformed {what} (nested too deeply)", line) from None
+    except ValueError as err:  # an integer of more digits than int() converts
+        raise DataError(path, f"malformed {what} ({str(err).split(':')[0].lower()})", line) from None
 
 
 def _rows_jsonl(path: Path, text: str) -> Iterable[tuple[int, Any]]:
-    for number, line in enumerate(text.splitlines(), start=1):
+    # split on "\n" only: str.splitlines would also cut at U+2028, U+0085 and the like, which JSON strings may hold
+    for number, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
-        try:
-            yield number, json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DataError(path, f"malformed JSON ({err.msg} at column {err.colno})", number) from None
+        yield number, _loads(path, line, number)
+
+
+_JSON_SPACE = " \t\r\n"
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _JSON_SPACE:
+        pos += 1
+    return pos
+
+
+def _data_array_start(text: str) -> int:
+    """Index of the ``[`` of the top-level object's last ``"data"`` value (the one ``json.loads`` keeps).
+
+    ``text`` is a JSON object already parsed once, so every step below is on valid JSON; keys are decoded, so an
+    escaped ``"d\\u0061ta"`` or a ``"data"`` string among the values is not mistaken for the key.
+    """
+    decoder = json.JSONDecoder()
+    pos, start = _skip_space(text, 0) + 1, -1  # just after "{"
+    while True:
+        pos = _skip_space(text, pos)
+        if text[pos] == "}":
+            return start
+        key, pos = decoder.raw_decode(text, pos)
+        pos = _skip_space(text, _skip_space(text, pos) + 1)  # past ":"
+        if key == "data":
+            start = pos
+        _, pos = decoder.raw_decode(text, pos)
+        pos = _skip_space(text, pos)
+        if text[pos] == ",":
+            pos += 1
 
 
 def _rows_json(path: Path, text: str) -> Iterable[tuple[int, Any]]:
     """Items of a top-level JSON array (or of a ``"data"`` array in an object), each with its starting line."""
     decoder = json.JSONDecoder()
-    try:
-        document = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise DataError(path, f"malformed JSON ({err.msg} at column {err.colno})", err.lineno) from None
+    document = _loads(path, text, None)
     if isinstance(document, dict) and isinstance(document.get("data"), list):
-        start = text.index("[", text.index('"data"'))
+        items, start = document["data"], _data_array_start(text)
     elif isinstance(document, list):
-        start = text.index("[")
+        items, start = document, _skip_space(text, 0)
     else:
         raise DataError(path, 'expected a JSON array of objects (or {"data": [...]}); use .jsonl for one per line', 1)
-    # Walk the array once more with raw_decode to learn where each item starts.
-    pos = start + 1
-    for _ in range(len(document if isinstance(document, list) else document["data"])):
-        while text[pos] in " \t\r\n,":
+    # Walk the array once more with raw_decode to learn where each item starts (lines counted as we go).
+    pos, line, counted = start + 1, 1, 0
+    for _ in range(len(items)):
+        while text[pos] in _JSON_SPACE + ",":
             pos += 1
-        item, end = decoder.raw_decode(text, pos)
-        yield text.count("\n", 0, pos) + 1, item
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except RecursionError:
+            raise DataError(path, "malformed JSON (nested too deeply)", line) from None
+        line += text.count("\n", counted, pos)
+        counted = pos
+        yield line, item
         pos = end
 
 
 def _rows_csv(path: Path, text: str) -> Iterable[tuple[int, Any]]:
-    header = text.splitlines()[0]
-    delimiter = "\t" if path.suffix == ".tsv" else ","
+    header = re.split(r"\r\n?|\n", text, maxsplit=1)[0]  # the line breaks csv knows
+    delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
     if delimiter not in header:
-        counts = {d: header.count(d) for d in ";\t|"}
+        counts = {d: header.count(d) for d in ",;\t|" if d != delimiter}
         best = max(counts, key=counts.__getitem__)
         if counts[best]:
-            name = {";": "semicolon", "\t": "tab", "|": "pipe"}[best]
-            raise DataError(path, f"header is {name}-separated; save it comma-separated (or as .tsv for tabs)", 1)
-    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+            name = {",": "comma", ";": "semicolon", "\t": "tab", "|": "pipe"}[best]
+            fix = ("save it tab-separated (or as .csv for commas)" if delimiter == "\t"
+                   else "save it comma-separated (or as .tsv for tabs)")
+            raise DataError(path, f"header is {name}-separated; {fix}", 1)
+    # a long cell is checked against MAX_FIELD_CHARS with its field name, not cut short by csv's 128 KiB default
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FILE_BYTES))
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    end = 0  # the last line of the previous record: a row's own line is end + 1 (a quoted cell may span lines)
     try:
-        fieldnames = reader.fieldnames or []
+        fieldnames = next(reader, [])
+        end = reader.line_num
+        if not any(name.strip() for name in fieldnames):
+            raise DataError(path, "the header (first line) is empty; it must name the columns", 1)
         if len(set(fieldnames)) != len(fieldnames):
-            raise DataError(path, f"duplicate column names in header {fieldnames}", 1)
-        for row in reader:
-            line = reader.line_num
-            if None in row:
-                raise DataError(path, f"row has {len(fieldnames) + len(row[None])} cells, header has {len(fieldnames)}",
-                                line)
-            if all(not (value or "").strip() for value in row.values()):
+            duplicates = sorted({name for name in fieldnames if fieldnames.count(name) > 1})
+            raise DataError(path, f"duplicate column names in header: {', '.join(map(_short, duplicates))}", 1)
+        for cells in reader:
+            line, end = end + 1, reader.line_num
+            if len(cells) > len(fieldnames):
+                raise DataError(path, f"row has {len(cells)} cells, header has {len(fieldnames)}", line)
+            if all(not cell.strip() for cell in cells):
                 continue
-            missing = [key for key, value in row.items() if value is None]
-            if missing:
-                raise DataError(path, f"row has fewer cells than the header (no {missing[0]!r})", line)
+            if len(cells) < len(fieldnames):
+                raise DataError(path, f"row has fewer cells than the header (no {_short(fieldnames[len(cells)])})",
+                                line)
+            row: dict[str, Any] = dict(zip(fieldnames, cells, strict=True))
             if "messages" in row:
-                try:
-                    row["messages"] = json.loads(row["messages"])
-                except json.JSONDecodeError:
-                    raise DataError(path, 'field "messages" is not a JSON list', line) from None
+                row["messages"] = _loads(path, row["messages"], line, 'JSON in field "messages"')
             yield line, row
     except csv.Error as err:
-        raise DataError(path, f"malformed CSV ({err})", reader.line_num) from None
+        raise DataError(path, f"malformed CSV ({err})", end + 1) from None
 
 
 def _read_rows(path: Path, max_bytes: int) -> list[tuple[int, Any]]:
@@ -236,6 +297,19 @@ def detect_shape(row: dict[str, Any]) -> str | None:
     return None
 
 
+def _check_string(path: Path, line: int, where: str, value: str) -> None:
+    """Refuse text no model could take: over MAX_FIELD_CHARS, or holding an unpaired surrogate (a JSON escape such
+    as ``"\\ud800"`` that is no character; it would fail later, when tokenized or written out as UTF-8)."""
+    if len(value) > MAX_FIELD_CHARS:
+        raise DataError(path, f"{where} is {len(value)} characters, over the {MAX_FIELD_CHARS} limit", line)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = ord(value[err.start])
+        raise DataError(path, f"{where} holds an unpaired surrogate \\u{bad:04x} at character {err.start}",
+                        line) from None
+
+
 def _text(path: Path, line: int, row: dict[str, Any], key: str, *, required: bool) -> str:
     if key not in row or row[key] is None:
         if required:
@@ -244,8 +318,7 @@ def _text(path: Path, line: int, row: dict[str, Any], key: str, *, required: boo
     value = row[key]
     if not isinstance(value, str):
         raise DataError(path, f'field "{key}" must be a string, got {type(value).__name__}', line)
-    if len(value) > MAX_FIELD_CHARS:
-        raise DataError(path, f'field "{key}" is {len(value)} characters, over the {MAX_FIELD_CHARS} limit', line)
+    _check_string(path, line, f'field "{key}"', value)
     if required and not value.strip():
         raise DataError(path, f'field "{key}" is empty', line)
     return value
@@ -262,9 +335,10 @@ def _chat_example(path: Path, line: int, row: dict[str, Any], require_output: bo
             raise DataError(path, f'{where}" must be an object with "role" and "content"', line)
         role, content = message.get("role"), message.get("content")
         if role not in ROLES:
-            raise DataError(path, f'{where}.role" must be one of {", ".join(ROLES)}, got {role!r}', line)
+            raise DataError(path, f'{where}.role" must be one of {", ".join(ROLES)}, got {_short(role)}', line)
         if not isinstance(content, str):
             raise DataError(path, f'{where}.content" must be a string, got {type(content).__name__}', line)
+        _check_string(path, line, f'{where}.content"', content)
         if role == "system" and index != 0:
             raise DataError(path, f'{where}.role": a system message may only come first', line)
         turns.append((role, content))
@@ -341,8 +415,8 @@ def load_examples(
         if detected is None:
             raise DataError(
                 path,
-                f"unknown shape, keys {sorted(first)}; expected {{instruction, input, output}}, "
-                "{prompt, completion}, {messages} or {question, answer[, context]}",
+                f"unknown shape, keys [{', '.join(map(_short, sorted(first)[:12]))}]; expected "
+                "{instruction, input, output}, {prompt, completion}, {messages} or {question, answer[, context]}",
                 first_line,
             )
         shape = detected

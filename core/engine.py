@@ -10,14 +10,14 @@ from pathlib import Path
 
 from core.arena import ArenaConfig, ArenaContext, ArenaResult, run_query
 from core.data import Example, demo_path, load_examples
-from core.evals import EvalResult, new_eval_id, run_eval
-from core.generation import AdapterHost, GenerationConfig, Reply
+from core.evals import EvalResult, max_eval_rows, new_eval_id, run_eval
+from core.generation import AdapterError, AdapterHost, AdapterInfo, GenerationConfig, Reply
 from core.jobs import TrainingJobs
 from core.models import LoadedModel, ModelManager
 from core.runs import RunStore
 from core.training import TrainingConfig, TrainResult, resume, train
 from core.uploads import store_upload
-from core.workspace import Workspace
+from core.workspace import Workspace, check_name, child_folder
 from retrieval import BuildResult, KnowledgeBase, SentenceTransformerEmbedder, build_index, read_manifest
 
 logger = logging.getLogger(__name__)
@@ -30,11 +30,16 @@ class Engine:
     """Owns every piece of mutable state of a process: the workspace and the loaded models.
 
     Nothing loads in ``__init__``; models load on first use and are shared afterwards.
+
+    Runs, indexes and evaluation folders are named by their folder name in the workspace (``demo``). The CLI and
+    Python callers may also give a folder path (anything with a slash); a ``confined`` engine (the app's: its
+    callers are remote users) takes only names, or paths that resolve to a folder of its own workspace.
     """
 
     def __init__(self, workspace: str | Path | None = None, *, device: str | None = None,
-                 dtype: str | None = None) -> None:
+                 dtype: str | None = None, confined: bool = False) -> None:
         self.workspace = Workspace.open(workspace)
+        self.confined = confined
         self.models = ModelManager(device=device, dtype=dtype)
         self.runs = RunStore(self.workspace.runs)
         self._kb_lock = threading.Lock()
@@ -83,18 +88,27 @@ class Engine:
         name = name or default_embedding_model()
         return SentenceTransformerEmbedder(self.models.embedder(name), name)
 
-    def index_dir(self, name_or_path: str | Path) -> Path:
-        """A bare name means ``<workspace>/indexes/<name>``; anything with a slash is a path."""
-        text = str(name_or_path)
-        if "/" in text or "\\" in text or text.startswith((".", "~")):
+    def index_dir(self, name: str) -> Path:
+        """``<workspace>/indexes/<name>`` for a plain index name; ValueError for anything else (``../x``, ``/etc``,
+        ``a/b``, ``.hidden``, NUL, empty, over 128 characters): a name never leads out of indexes/."""
+        return self.workspace.indexes / check_name(name, "index")
+
+    def resolve_index(self, index: str | Path) -> Path:
+        """The folder of ``index``: a plain name is ``indexes/<name>``; a path (with a slash, or ``.``/``..``) is
+        taken as given, except by a confined engine, which accepts only folders of its indexes/."""
+        text = str(index)
+        if self.confined:
+            return child_folder(self.workspace.indexes, text, "index")
+        if "/" in text or "\\" in text or text in (".", ".."):
             return Path(text).expanduser()
-        return self.workspace.indexes / text
+        return self.index_dir(text)
 
     def build_index(self, paths: Iterable[str | Path], out: str | Path, *, embedding_model: str | None = None,
                     **kwargs) -> BuildResult:
         """Build or update an index (``kwargs``: index_config, chunking, text_column, rebuild, on_progress)."""
-        folder = self.index_dir(out)
-        result = build_index(paths, folder, self.embedder(embedding_model), **kwargs)
+        folder = self.resolve_index(out)
+        # the model loads only when some document could be read: bad uploads fail fast
+        result = build_index(paths, folder, lambda: self.embedder(embedding_model), **kwargs)
         with self._kb_lock:
             self._knowledge_bases.pop(str(folder.resolve()), None)
         return result
@@ -128,16 +142,17 @@ class Engine:
         return folder
 
     def knowledge_base(self, name_or_path: str | Path) -> KnowledgeBase:
-        """A loaded index, cached until its manifest changes on disk (an index is never re-read per query)."""
-        folder = self.index_dir(name_or_path)
-        manifest = read_manifest(folder)
+        """A loaded index, cached until its manifest changes on disk (an index is never re-read per query). The
+        embedding model named in its manifest loads only once the index files have been read and checked."""
+        folder = self.resolve_index(name_or_path)
+        read_manifest(folder)
         key = str(folder.resolve())
         stamp = (folder / "manifest.json").stat().st_mtime_ns
         with self._kb_lock:
             cached = self._knowledge_bases.get(key)
             if cached is not None and cached[0] == stamp:
                 return cached[1]
-        kb = KnowledgeBase.load(folder, self.embedder(manifest["embedding_model"]))
+        kb = KnowledgeBase.load(folder, self.embedder)
         with self._kb_lock:
             self._knowledge_bases[key] = (stamp, kb)
         return kb
@@ -146,8 +161,8 @@ class Engine:
         """Stats of every index folder under the workspace's indexes/."""
         rows = []
         for folder in sorted(self.workspace.indexes.iterdir()):
-            if folder.name.startswith(".") or not (folder / "manifest.json").is_file():
-                continue
+            if folder.name.startswith(".") or folder.is_symlink() or not (folder / "manifest.json").is_file():
+                continue  # hidden or temporary folders, and links that may lead out of the workspace
             try:
                 manifest = read_manifest(folder)
             except ValueError as err:
@@ -195,12 +210,42 @@ class Engine:
             self._pools[path] = cached
         return cached
 
-    def resolve_run(self, run: str) -> Path:
-        """A run folder from a path or a run id of this workspace."""
-        path = Path(run).expanduser()
-        if (path / "config.json").is_file():
+    def resolve_run(self, run: str | Path) -> Path:
+        """A run folder: a run id of this workspace, or a run folder path (with a slash) unless the engine is
+        confined, which accepts only folders of its own runs/."""
+        text = str(run)
+        if not self.confined and ("/" in text or "\\" in text):
+            path = Path(text).expanduser()
+            if not (path / "config.json").is_file():
+                raise ValueError(f"run: {text} is not a run folder (no config.json)")
             return path
-        return self.runs.get(run).path
+        return self.runs.get(text).path
+
+    def checked_run(self, run: str | Path) -> Path:
+        """``resolve_run``, then the run's weights checked on disk (core.artifacts: safetensors whole, JSON valid,
+        no pickle): AdapterError with one line naming the file otherwise. Nothing is loaded."""
+        from core.artifacts import check_run_weights
+
+        folder = self.resolve_run(run)
+        check_run_weights(folder)
+        return folder
+
+    def add_adapter(self, run: str | Path, *, model: str | None = None) -> AdapterInfo:
+        """A run's weights ready on the shared base model ``model``, after ``checked_run``. Weights that do not fit
+        the base model (another architecture or size) give an AdapterError naming the run folder."""
+        folder = self.checked_run(run)
+        return self._add_checked(self.host(model), folder)
+
+    @staticmethod
+    def _add_checked(host: AdapterHost, folder: Path) -> AdapterInfo:
+        try:
+            return host.add(folder)
+        except AdapterError:
+            raise
+        except (RuntimeError, KeyError, TypeError, ValueError, OSError) as err:  # e.g. tensor shapes that differ
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise AdapterError(f"adapter: {folder}: cannot be applied to base model {host.base.resolved.name} "
+                               f"({reason})") from None
 
     def arena_context(self, config: ArenaConfig, *, model: str | None = None, strict_adapters: bool = True,
                       similarity: bool = True) -> ArenaContext:
@@ -208,6 +253,17 @@ class Engine:
         from core.arena import STRATEGIES
 
         specs = config.specs()
+        if config.index:
+            self.resolve_index(config.index)  # a name that is no index name (or, confined, a folder elsewhere) fails
+        checked: dict[str, Path | str] = {}  # adapter -> its checked run folder, or why it cannot be used
+        for spec in specs:  # files first: a bad run fails before the base model loads
+            if spec.adapter and spec.adapter not in checked:
+                try:
+                    checked[spec.adapter] = self.checked_run(spec.adapter)
+                except (ValueError, OSError) as err:
+                    if strict_adapters:
+                        raise
+                    checked[spec.adapter] = str(err)
         host = self.host(model)
         context = ArenaContext(host=host, scorer=self.scorer())
         if any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs):
@@ -227,15 +283,16 @@ class Engine:
             if similar:
                 embedder = self.embedder()
                 context.embed = lambda texts: embedder.embed(texts)
-        for spec in specs:
-            if not spec.adapter or spec.adapter in context.adapter_keys or spec.adapter in context.adapter_errors:
+        for adapter, folder in checked.items():
+            if isinstance(folder, str):
+                context.adapter_errors[adapter] = folder
                 continue
             try:
-                context.adapter_keys[spec.adapter] = host.add(self.resolve_run(spec.adapter)).key
+                context.adapter_keys[adapter] = self._add_checked(host, folder).key
             except (ValueError, KeyError, OSError) as err:
                 if strict_adapters:
                     raise
-                context.adapter_errors[spec.adapter] = str(err)
+                context.adapter_errors[adapter] = str(err)
         if similarity:
             context.similarity_embedder = self.models.embedder()
         return context
@@ -251,6 +308,13 @@ class Engine:
         return run_query(query, config, context, reference=reference, task=task, input_text=input_text,
                          on_text=on_text)
 
+    def eval_dir(self, out: str | Path) -> Path:
+        """Where an evaluation is saved: ``out`` as given (the CLI's ``--out DIR``), or, for a confined engine, a
+        plain name (or a folder) of the workspace's evals/ only."""
+        if self.confined:
+            return child_folder(self.workspace.evals, out, "eval")
+        return Path(out).expanduser()
+
     def list_evals(self) -> list[dict]:
         """Saved evaluations under evals/, newest first: folder, data, n, variants, adapters, summary means."""
         import json
@@ -258,8 +322,8 @@ class Engine:
         rows = []
         for folder in sorted(self.workspace.evals.iterdir(), reverse=True):
             path = folder / "results.json"
-            if folder.name.startswith(".") or not path.is_file():
-                continue
+            if folder.name.startswith(".") or folder.is_symlink() or not path.is_file():
+                continue  # hidden or temporary folders, and links that may lead out of the workspace
             try:
                 saved = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError) as err:
@@ -275,8 +339,10 @@ class Engine:
     def evaluate(self, data: str | Path, config: ArenaConfig | None = None, *, out: str | Path | None = None,
                  limit: int | None = None, tasks: list[str] | None = None, model: str | None = None,
                  on_progress=None) -> EvalResult:
-        """Run ``config``'s variants over a test file; saved under ``out`` (default: a new folder in evals/)."""
+        """Run ``config``'s variants over a test file; saved under ``out`` (default: a new folder in evals/; see
+        ``eval_dir``)."""
         config = config or ArenaConfig()
+        folder = self.eval_dir(out) if out else None
         if limit is not None and limit < 1:
             raise ValueError(f"limit: must be at least 1, got {limit}")
         examples = load_examples(data).examples
@@ -286,6 +352,11 @@ class Engine:
             examples = examples[:limit]
         if not examples:
             raise ValueError(f"data: {data} has no examples to evaluate" + (f" for tasks {tasks}" if tasks else ""))
+        most = max_eval_rows()
+        if len(examples) > most:  # before any model loads
+            raise ValueError(f"data: {Path(data).name} has {len(examples)} examples to evaluate, over the {most} "
+                             "one evaluation takes; evaluate the first N (limit, --limit) or raise "
+                             "TUNE_ARENA_MAX_EVAL_ROWS")
         context = self.arena_context(config, model=model)
-        folder = Path(out) if out else self.workspace.evals / new_eval_id(data)
+        folder = folder or self.workspace.evals / new_eval_id(data)
         return run_eval(examples, config, context, folder, data_path=str(data), on_progress=on_progress)

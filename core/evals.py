@@ -31,6 +31,19 @@ logger = logging.getLogger(__name__)
 
 HEADLINE = ("rougeL", "bleu", "token_f1", "contains", "similarity", "accuracy")
 ALL_TASKS = "all"
+MAX_EVAL_ROWS = 5_000  # test-set rows one evaluation takes (5 variants: hours on 2 CPU cores); see max_eval_rows()
+
+
+def max_eval_rows() -> int:
+    """Rows one evaluation may run: ``$TUNE_ARENA_MAX_EVAL_ROWS`` or MAX_EVAL_ROWS."""
+    import os
+
+    text = os.environ.get("TUNE_ARENA_MAX_EVAL_ROWS", "").strip()
+    if not text:
+        return MAX_EVAL_ROWS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"TUNE_ARENA_MAX_EVAL_ROWS: must be a positive integer, got {text!r}")
+    return int(text)
 
 
 @dataclass

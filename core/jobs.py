@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from core.runs import new_run_id
-from core.training import TrainingConfig, TrainResult
+from core.training import TrainingConfig, TrainResult, release_memory
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,9 @@ class TrainingJobs:
             raise ValueError(f"run: {run_dir} is not a run folder (no config.json)")
         if run.state == "completed":
             raise ValueError(f"run: {run.run_id} already completed; nothing to resume")
+        owner = run.owned_elsewhere()
+        if owner is not None:
+            raise ValueError(f"run: {run.run_id} is still being trained by process {owner}; stop it first")
         checkpoint = run.latest_checkpoint()
         last = int(checkpoint.name.split("-")[-1]) if checkpoint else 0
         train_curve = [point for point in run.train_curve() if point[0] <= last]
@@ -162,4 +165,5 @@ class TrainingJobs:
                 state.result = result.contract()
                 state.finished = time.time()
         finally:
+            release_memory()  # the run's model, optimizer and activations are unreachable now: free them first
             self._done.set()

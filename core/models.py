@@ -22,8 +22,8 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -268,18 +268,24 @@ def is_complete_cache(folder: Path) -> bool:
 
 
 @contextmanager
-def atomic_directory(final: Path) -> Iterator[Path]:
+def atomic_directory(final: Path, replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside ``final``; on success rename it to ``final`` in one step.
 
     A process killed inside the block leaves only a ``.tmp-*`` folder that no loader reads (removed by the next
     ``atomic_directory`` on the same parent); ``final`` is never seen half-written. If ``final`` appeared meanwhile
-    (another process won the race), the new copy is dropped.
+    (another process won the race), the new copy is dropped, unless ``replace(final)`` says the folder there is
+    unusable (e.g. a cache of an older format): it is then renamed aside and removed, and the new copy moves in.
     """
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_tmp(final.parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     try:
         yield tmp
+        if replace is not None and final.exists() and replace(final):
+            aside = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-old-", dir=final.parent))
+            with suppress(FileNotFoundError):  # gone meanwhile: nothing to set aside
+                os.replace(final, aside / final.name)
+            shutil.rmtree(aside, ignore_errors=True)
         try:
             os.replace(tmp, final)
         except OSError:
@@ -324,7 +330,7 @@ def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     clean.generation_config = loaded.generation_config
-    with atomic_directory(cache_dir) as tmp:
+    with atomic_directory(cache_dir, replace=lambda folder: not is_complete_cache(folder)) as tmp:
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         marker = {"format": CACHE_FORMAT, "source": str(gguf), "source_bytes": gguf.stat().st_size,
@@ -362,6 +368,9 @@ def loadable_location(resolved: ResolvedModel) -> str:
     assert resolved.cache_dir is not None
     if not is_complete_cache(resolved.cache_dir):
         convert_gguf_to_cache(Path(resolved.location), resolved.cache_dir)
+        if not is_complete_cache(resolved.cache_dir):  # never hand an incomplete folder to transformers
+            raise RuntimeError(f"model cache {resolved.cache_dir} is incomplete after converting {resolved.location}; "
+                               "delete it and try again")
     return str(resolved.cache_dir)
 
 

@@ -11,12 +11,14 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
 from core.data import Example, build_messages
 
 Messages = list[dict[str, str]]
+T = TypeVar("T")
 
 RAG_INSTRUCTION = (
     "Answer the question using the numbered passages below. If they do not contain the answer, say so. "
@@ -83,10 +85,11 @@ def rag_messages(example: Example, passages: Sequence[Passage], system: str | No
     return messages
 
 
-def fit_passages(build: Callable[[Sequence[Passage]], int], passages: Sequence[Passage], budget: int) -> list[Passage]:
+def fit_passages(build: Callable[[Sequence[T]], int], passages: Sequence[T], budget: int) -> list[T]:
     """The longest prefix of ``passages`` (best first) whose prompt, ``build(kept) -> tokens``, fits ``budget``.
 
-    Passages are dropped from the lowest-ranked end. PromptTooLongError if even no passage does not fit.
+    Passages (or any context items, e.g. few-shot examples) are dropped from the lowest-ranked end.
+    PromptTooLongError if even no passage does not fit.
     """
     kept = list(passages)
     while True:

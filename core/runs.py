@@ -1,7 +1,8 @@
 """The run store: one folder per training run under ``<workspace>/runs/<run-id>/``.
 
     config.json      the TrainingConfig (and the resolved method settings)
-    status.json      {"state": running|completed|stopped|failed, "error", "step", "total_steps", "updated"}
+    status.json      {"state": running|completed|stopped|failed, "error", "step", "total_steps", "updated",
+                      "owner": {"pid", "host", "started"} while running}
     metrics.jsonl    one row per logged step ({"step","loss","lr",...}) and per evaluation ({"step","val_loss"})
     result.json      the summary (trainable params, adapter bytes, losses, tokens/s, peak memory, wall time)
     adapter/         PEFT methods: adapter_config.json + adapter_model.safetensors
@@ -12,6 +13,11 @@
 
 Every JSON/Markdown file is written to a temporary file and renamed, so a reader never sees half a file.
 Nothing here imports torch; loading trained weights lives in core.training.
+
+A process killed mid-run cannot record that it died: its status.json still says running. ``Run.state`` therefore
+reads a running run whose owner process is gone (pid not alive on this host, or alive but started at another
+time: a reused pid) as ``interrupted`` (resumable and deletable); a status without an owner (older runs, or one
+written on another host) is read as interrupted once it has not been updated for ``STALE_S``.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +37,9 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 STATES = ("running", "completed", "stopped", "failed")
+"""What status.json may say. ``Run.state`` adds ``interrupted`` (running, but its process is gone) and ``unknown``."""
+STALE_S = 15 * 60
+"""A running status that names no owner this host can check and is this old (seconds) was probably killed."""
 WEIGHT_FOLDERS = ("adapter", "model", "weights")
 
 
@@ -54,7 +64,11 @@ def write_json(path: Path, value: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """The JSON in ``path``; ValueError naming the file if it is not valid JSON."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
@@ -78,6 +92,77 @@ def new_run_id(method: str) -> str:
     return f"{time.strftime('%Y%m%d-%H%M%S')}-{method.replace('_', '-')}-{secrets.token_hex(2)}"
 
 
+def _process_started(pid: int) -> float | None:
+    """When process ``pid`` started (epoch seconds, 2 decimals; 0.0 when it runs but that cannot be read), or None
+    if it is gone or a zombie."""
+    try:
+        import psutil
+    except ImportError:  # without psutil only the pid is checked (a reused pid then reads as alive)
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return 0.0
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:  # killed, not yet reaped by its parent
+            return None
+        return round(process.create_time(), 2)
+    except (psutil.NoSuchProcess, psutil.ZombieProcess):
+        return None
+    except psutil.AccessDenied:  # another user's process: it exists
+        return 0.0
+
+
+def process_owner() -> dict[str, Any]:
+    """This process as the owner of a running run: pid, host and start time (tells a reused pid apart)."""
+    return {"pid": os.getpid(), "host": socket.gethostname(), "started": _process_started(os.getpid())}
+
+
+def owner_alive(owner: Any) -> bool | None:
+    """Whether the process a status names as owner still runs: True/False on this host, None when it cannot be
+    told (no owner recorded, or another host)."""
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return None
+    if owner.get("host") != socket.gethostname():
+        return None
+    started = _process_started(owner["pid"])
+    if started is None:
+        return False
+    recorded = owner.get("started")
+    if isinstance(recorded, int | float) and recorded and started and abs(started - recorded) > 1.0:
+        return False  # the pid now belongs to a later process
+    return True
+
+
+def status_age_s(status: dict[str, Any], now: float | None = None) -> float | None:
+    """Seconds since status.json was last written (its ``updated`` stamp, local time), None if unknown."""
+    updated = status.get("updated")
+    if not isinstance(updated, str):
+        return None
+    try:
+        return (now or time.time()) - time.mktime(time.strptime(updated, "%Y-%m-%dT%H:%M:%S"))
+    except (ValueError, OverflowError):
+        return None
+
+
+def effective_state(status: dict[str, Any], now: float | None = None) -> str:
+    """The state a reader should act on: ``interrupted`` for a running status whose owner is gone (or, with no
+    owner to check, that has not been updated for ``STALE_S``); otherwise the recorded state."""
+    state = status.get("state", "unknown")
+    if state != "running":
+        return state
+    alive = owner_alive(status.get("owner"))
+    if alive is False:
+        return "interrupted"
+    age = status_age_s(status, now)
+    if alive is None and age is not None and age > STALE_S:
+        return "interrupted"
+    return state
+
+
 @dataclass
 class Run:
     """A run folder and what it holds. Cheap: files are read on access."""
@@ -99,7 +184,16 @@ class Run:
 
     @property
     def state(self) -> str:
-        return self.status.get("state", "unknown")
+        """The recorded state, or ``interrupted`` for a running run whose process is gone (see effective_state)."""
+        return effective_state(self.status)
+
+    def owned_elsewhere(self) -> int | None:
+        """The pid of another live process on this host that is training this run right now, else None."""
+        status = self.status
+        owner = status.get("owner")
+        if status.get("state") != "running" or not owner_alive(owner) or owner["pid"] == os.getpid():
+            return None
+        return int(owner["pid"])
 
     @property
     def result(self) -> dict[str, Any] | None:
@@ -137,10 +231,12 @@ class Run:
     # writers ---------------------------------------------------------------------------------------------------------
 
     def set_status(self, state: str, **extra: Any) -> None:
+        """Write status.json; a running status names this process as its owner."""
         if state not in STATES:
             raise ValueError(f"state: must be one of {', '.join(STATES)}, got {state!r}")
+        owner = {"owner": process_owner()} if state == "running" else {}
         write_json(self.path / "status.json", {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                                                **extra})
+                                                **owner, **extra})
 
     def append_metrics(self, row: dict[str, Any]) -> None:
         with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
@@ -172,29 +268,42 @@ class RunStore:
         return run
 
     def list(self) -> list[Run]:
-        """Runs with a config.json, newest first."""
+        """Runs with a config.json, newest first. Hidden folders (a delete cut short) are left out, and so is a
+        run deleted while the list is made."""
         if not self.root.is_dir():
             return []
-        runs = [Run(p) for p in self.root.iterdir() if (p / "config.json").is_file()]
-        return sorted(runs, key=lambda run: (run.path / "config.json").stat().st_mtime, reverse=True)
+        stamped = []
+        for path in self.root.iterdir():
+            if path.name.startswith("."):
+                continue
+            try:
+                stamped.append(((path / "config.json").stat().st_mtime, Run(path)))
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+        return [run for _, run in sorted(stamped, key=lambda pair: pair[0], reverse=True)]
 
     def get(self, run: str | Path) -> Run:
-        """A run by id (a folder name under the store) or by path."""
-        path = Path(run)
-        if not (path / "config.json").is_file():
-            path = self.root / str(run)
+        """A run of this store by id (its folder name under the store) or by the path of that folder. Anything else
+        (``..``, another folder, a symlink leading out, a hidden folder) is refused: ValueError."""
+        from core.workspace import child_folder
+
+        path = child_folder(self.root, run, "run")
         if not (path / "config.json").is_file():
             raise ValueError(f"run: {run} is not a run folder (no config.json)")
         return Run(path)
 
     def delete(self, run: str | Path) -> None:
-        """Remove a run folder. A run still marked running is refused (stop it first)."""
+        """Remove a run folder. A run still running is refused (stop it first); an interrupted one (its process
+        is gone) can go. Folders left by a delete that was itself cut short are swept as well."""
         found = self.get(run)
         if found.state == "running":
             raise ValueError(f"run: {found.run_id} is running; stop it before deleting")
         trash = found.path.with_name(f".deleting-{found.path.name}")
+        shutil.rmtree(trash, ignore_errors=True)  # a previous delete of a run of the same name killed midway
         os.replace(found.path, trash)  # one rename: the run disappears from listings at once
         shutil.rmtree(trash, ignore_errors=True)
+        for leftover in found.path.parent.glob(".deleting-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
 
 def render_card(config: dict[str, Any], result: dict[str, Any], status: dict[str, Any]) -> str:

@@ -423,7 +423,8 @@ def finalize_adalora(model: Any) -> None:
 def save_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any, step: int, extra: dict[str, Any],
                     keep: int, scaler: Any = None) -> Path:
     """checkpoints/step-N/: trainable weights, optimizer state, scheduler, RNG and loop state; written to a
-    temporary folder and renamed, so a kill mid-save leaves the previous checkpoint as the latest."""
+    temporary folder and renamed, so a kill mid-save leaves the previous checkpoint as the latest. Checkpoints are
+    removed by renaming them hidden first, so a kill mid-removal never leaves a half-deleted ``step-N``."""
     import shutil
     import tempfile
 
@@ -432,6 +433,8 @@ def save_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any, step: 
 
     root = run.path / "checkpoints"
     root.mkdir(exist_ok=True)
+    for leftover in root.glob(".tmp-*"):  # a save or removal cut short by a kill (this process owns the run)
+        shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
     weights = {name: t.contiguous().cpu() for name, t in trainable_state(model).items()}
     save_file(weights, str(tmp / "trainable.safetensors"))
@@ -461,11 +464,17 @@ def save_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any, step: 
     }
     (tmp / "state.json").write_text(json.dumps(state, indent=1))
     final = root / f"step-{step:08d}"
+
+    def remove(checkpoint: Path) -> None:
+        trash = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-old-"))
+        checkpoint.rename(trash / checkpoint.name)
+        shutil.rmtree(trash, ignore_errors=True)
+
     if final.exists():
-        shutil.rmtree(final)
+        remove(final)
     tmp.rename(final)
     for old in run.checkpoints()[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        remove(old)
     return final
 
 
@@ -655,6 +664,9 @@ def resume(
         raise ValueError(f"resume: {run_dir} is not a run folder (no config.json)")
     if run.state == "completed":
         raise ValueError(f"resume: run {run.run_id} already completed")
+    owner = run.owned_elsewhere()
+    if owner is not None:
+        raise ValueError(f"resume: run {run.run_id} is still being trained by process {owner}; stop it first")
     values = {k: v for k, v in run.config.items() if k != "format"}
     config = TrainingConfig.from_dict(values)
     checkpoint = run.latest_checkpoint()
@@ -671,13 +683,66 @@ def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: Ste
     try:
         return _loop(run, config, checkpoint, on_step, on_eval, stop_event, start_wall, data)
     except BaseException as err:  # record the failure (also KeyboardInterrupt), then let it propagate
-        message = f"{type(err).__name__}: {err}".splitlines()[0]
-        run.set_status("failed", error=message)
+        if not is_out_of_memory(err):
+            message = f"{type(err).__name__}: {err}".splitlines()[0]
+            run.set_status("failed", error=message)
+            logger.error("run %s failed: %s", run.run_id, message)
+            raise
+        done = run.status.get("step", 0)
+        message = out_of_memory_message(config, err, done + 1)
+        run.set_status("failed", error=message, step=done, reason="out_of_memory")
         logger.error("run %s failed: %s", run.run_id, message)
-        raise
     finally:
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    # out of memory: the except block has ended, so the failed step's frames (model, optimizer, activations) are
+    # gone; free them now and raise a fresh error that holds none of them
+    release_memory()
+    raise TrainingOutOfMemoryError(message)
+
+
+class TrainingOutOfMemoryError(RuntimeError):
+    """Training ran out of (GPU or CPU) memory; the message names the settings to lower."""
+
+
+_OOM_MARKERS = ("out of memory", "can't allocate memory", "cannot allocate memory", "not enough memory")
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """True for torch's OutOfMemoryError, Python's MemoryError and an allocator's RuntimeError (CPU: "can't allocate
+    memory", CUDA/MPS: "out of memory")."""
+    import torch
+
+    if isinstance(err, MemoryError | torch.OutOfMemoryError | TrainingOutOfMemoryError):
+        return True
+    return isinstance(err, RuntimeError) and any(marker in str(err).lower() for marker in _OOM_MARKERS)
+
+
+def out_of_memory_message(config: TrainingConfig, err: BaseException, step: int) -> str:
+    """One line: where memory ran out, the allocator's words, and the settings that lower the peak."""
+    detail = " ".join(str(err).split())
+    cut = detail.find("can't allocate memory")  # the CPU allocator's message starts with C++ source positions
+    detail = detail[cut:] if cut > 0 else detail
+    detail = detail[:140] or type(err).__name__
+    tips = []
+    if config.batch_size > 1:
+        tips.append(f"lower batch_size (now {config.batch_size}; raise grad_accum to keep the effective batch)")
+    tips.append(f"lower max_length (now {config.max_length})")
+    if not config.gradient_checkpointing:
+        tips.append("turn on gradient_checkpointing")
+    advice = tips[0] if len(tips) == 1 else ", ".join(tips[:-1]) + f" or {tips[-1]}"
+    return f"out of memory in training step {step} ({detail}): {advice}"
+
+
+def release_memory() -> None:
+    """Collect unreachable objects (models in reference cycles) and hand cached GPU memory back to the driver."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
@@ -827,10 +892,14 @@ def _tokenizer_for(config: TrainingConfig) -> Any:
 
 
 def load_trained_model(run_dir: str | Path, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """A fresh base model with the run's trained weights applied, in eval mode (PEFT runs: a PeftModel)."""
+    """A fresh base model with the run's trained weights applied, in eval mode (PEFT runs: a PeftModel). The files
+    are checked first (core.artifacts): a truncated, garbled or pickled weights file is an AdapterError naming it."""
     import torch
 
+    from core.artifacts import check_run_weights
+
     run = Run(Path(run_dir))
+    check_run_weights(run.path)
     config = TrainingConfig.from_dict({k: v for k, v in run.config.items() if k != "format"})
     method = get_method(config.method)
     weights = run.weights_dir

@@ -17,6 +17,7 @@ from retrieval.index import (
     Chunk,
     IndexConfig,
     IndexFolderError,
+    IndexLimitError,
     KnowledgeBase,
     NothingToIndexError,
     SearchHit,
@@ -27,7 +28,7 @@ from retrieval.index import (
 
 __all__ = [
     "BuildResult", "Chunk", "ChunkingConfig", "Document", "Embedder", "IndexConfig", "IndexFolderError",
-    "KnowledgeBase", "NothingToIndexError", "RetrievalReport", "SearchHit", "SentenceTransformerEmbedder",
-    "Skipped", "build_index", "chunk_document", "evaluate_retrieval", "is_index_folder", "load_cases",
-    "load_documents", "read_manifest",
+    "IndexLimitError", "KnowledgeBase", "NothingToIndexError", "RetrievalReport", "SearchHit",
+    "SentenceTransformerEmbedder", "Skipped", "build_index", "chunk_document", "evaluate_retrieval",
+    "is_index_folder", "load_cases", "load_documents", "read_manifest",
 ]

@@ -61,8 +61,19 @@ def text_sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def _valid_unicode(text: str) -> str:
+    """``text`` with any unpaired surrogate (a JSON escape like ``"\\ud800"`` that is no character) replaced by
+    ``?``, so it can be hashed, embedded and written as UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
 def make_document(source: str, title: str, text: str, meta: dict | None = None) -> Document:
     """A Document whose id is ``sha256(source + content hash)`` cut to 16 hex digits."""
+    title, text = _valid_unicode(title), _valid_unicode(text)
     digest = text_sha256(text)
     doc_id = hashlib.sha256(f"{source}\0{digest}".encode()).hexdigest()[:16]
     return Document(doc_id=doc_id, source=source, title=title.strip() or Path(source).stem, text=text,
@@ -200,6 +211,10 @@ def load_pdf(path: Path, source: str, **_: object) -> list[Document]:
         raise
     except (PdfReadError, ValueError, KeyError, TypeError, OSError) as err:
         raise DocumentError(f"unreadable PDF: {str(err).splitlines()[0] if str(err) else type(err).__name__}") from None
+    except Exception as err:  # pypdf parses untrusted bytes: a damaged file can fail in any of its layers
+        logger.debug("pypdf failed on %s", path, exc_info=True)
+        raise DocumentError(f"unreadable PDF ({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''})"
+                            ) from None
     text = "\n\n".join(page for page in pages if page)
     if not text.strip():
         raise DocumentError("PDF has no extractable text (scanned images?)")
@@ -264,6 +279,10 @@ def load_jsonl(path: Path, source: str, text_column: str | None = None, **_: obj
             row = json.loads(line)
         except json.JSONDecodeError as err:
             raise DocumentError(f"line {number}: invalid JSON ({err.msg})") from None
+        except RecursionError:
+            raise DocumentError(f"line {number}: invalid JSON (nested too deeply)") from None
+        except ValueError as err:  # an integer of more digits than int() converts
+            raise DocumentError(f"line {number}: invalid JSON ({str(err).split(':')[0].lower()})") from None
         if not isinstance(row, dict):
             raise DocumentError(f"line {number}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)
@@ -273,10 +292,13 @@ def load_jsonl(path: Path, source: str, text_column: str | None = None, **_: obj
 def load_csv(path: Path, source: str, text_column: str | None = None, **_: object) -> list[Document]:
     text = read_text(path)
     delimiter = "\t" if path.suffix.lower() == ".tsv" else ","
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_FILE_BYTES))  # one long article is a document, not an error
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
-        rows = list(csv.DictReader(io.StringIO(text), delimiter=delimiter))
+        # cells beyond the header's columns land under the key None: they belong to no column, so they are dropped
+        rows = [{key: value for key, value in row.items() if key is not None} for row in reader]
     except csv.Error as err:
-        raise DocumentError(f"invalid CSV: {err}") from None
+        raise DocumentError(f"line {reader.line_num + 1}: invalid CSV ({err})") from None
     return _row_documents(rows, source, text_column, path.name)
 
 
@@ -340,6 +362,12 @@ def load_documents(paths: Iterable[str | Path], *, text_column: str | None = Non
         except OSError as err:
             result.skipped.append(Skipped(source, f"cannot read: {err.strerror or err}"))
             continue
+        except Exception as err:  # a loader bug must not stop the other files from being indexed; the log keeps it
+            logger.exception("loading %s failed", source)
+            detail = (str(err).splitlines() or [""])[0][:200]
+            result.skipped.append(Skipped(source, f"could not be loaded (internal error: {type(err).__name__}: "
+                                                  f"{detail})"))
+            continue
         for document in documents:
             if not document.text.strip():
                 result.skipped.append(Skipped(document.source, "no text"))
@@ -348,5 +376,7 @@ def load_documents(paths: Iterable[str | Path], *, text_column: str | None = Non
             else:
                 seen.add(document.source)
                 result.documents.append(document)
-    logger.info("loaded %d documents, skipped %d files", len(result.documents), len(result.skipped))
+    # nothing loaded: the caller raises with the reasons, so no second line on a CLI's stderr
+    logger.log(logging.INFO if result.documents else logging.DEBUG, "loaded %d documents, skipped %d files",
+               len(result.documents), len(result.skipped))
     return result

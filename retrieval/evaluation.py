@@ -67,14 +67,22 @@ def load_cases(path: str | Path) -> list[RetrievalCase]:
     if not path.is_file():
         raise ValueError(f"{path}: no such file")
     cases = []
-    with open(path, encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is named, not a UnicodeDecodeError
+        for number, raw in enumerate(handle, start=1):
+            try:
+                line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path} line {number}: not valid UTF-8 (byte 0x{raw[err.start]:02x})") from None
             if not line.strip():
                 continue
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} line {number}: invalid JSON ({err.msg})") from None
+            except RecursionError:
+                raise ValueError(f"{path} line {number}: invalid JSON (nested too deeply)") from None
+            except ValueError as err:  # an integer of more digits than int() converts
+                raise ValueError(f"{path} line {number}: invalid JSON ({str(err).split(':')[0].lower()})") from None
             if not isinstance(row, dict):
                 raise ValueError(f"{path} line {number}: expected a JSON object")
             source = row.get("source")

@@ -41,6 +41,8 @@ logger = logging.getLogger(__name__)
 FORMAT = 1
 INDEX_TYPES = ("flat", "hnsw", "ivf")
 FILES = ("index.faiss", "chunks.jsonl", "manifest.json")
+MAX_DOCUMENTS = 20_000  # per index (a .jsonl/.csv row is a document); $TUNE_ARENA_MAX_DOCUMENTS overrides
+MAX_CHUNKS = 100_000  # per index: ~1.5 h of embedding with all-MiniLM-L6-v2 on 2 CPU cores; $TUNE_ARENA_MAX_CHUNKS
 Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: load, chunk, embed, index, save
 
 
@@ -50,6 +52,25 @@ class IndexFolderError(ValueError):
 
 class NothingToIndexError(ValueError):
     """No document under the given paths could be read."""
+
+
+class IndexLimitError(ValueError):
+    """More documents or chunks than one index takes; the message names the limit and how to raise it."""
+
+
+def index_limits() -> tuple[int, int]:
+    """(documents, chunks) one index may hold: ``$TUNE_ARENA_MAX_DOCUMENTS`` / ``$TUNE_ARENA_MAX_CHUNKS``, else
+    MAX_DOCUMENTS / MAX_CHUNKS."""
+    limits = []
+    for variable, default in (("TUNE_ARENA_MAX_DOCUMENTS", MAX_DOCUMENTS), ("TUNE_ARENA_MAX_CHUNKS", MAX_CHUNKS)):
+        text = os.environ.get(variable, "").strip()
+        if not text:
+            limits.append(default)
+            continue
+        if not text.isdigit() or int(text) < 1:
+            raise ValueError(f"{variable}: must be a positive integer, got {text!r}")
+        limits.append(int(text))
+    return limits[0], limits[1]
 
 
 @dataclass
@@ -283,9 +304,39 @@ class KnowledgeBase:
     @classmethod
     def load(cls, folder: str | Path, embedder: Embedder | Callable[[str], Embedder]) -> KnowledgeBase:
         """Load an index folder. ``embedder`` is the model to query with, or a function name -> Embedder that is
-        called with the manifest's model. An embedder of another model is refused."""
+        called with the manifest's model once the files have been read and checked (a broken index fails before any
+        model loads). An embedder of another model is refused. Every problem is an IndexFolderError naming the file.
+        """
         folder = Path(folder).expanduser()
         manifest = read_manifest(folder)
+        manifest_path = folder / "manifest.json"
+        try:
+            index_config = IndexConfig(**manifest.get("index", {}))
+            chunking = ChunkingConfig(**manifest.get("chunking", {}))
+        except (TypeError, ValueError) as err:
+            raise IndexFolderError(f"{manifest_path}: bad settings: {err}") from None
+        try:  # FAISS's own binary format: read_index never unpickles
+            index = faiss.read_index(str(folder / "index.faiss"))
+        except RuntimeError as err:
+            reason = _faiss_reason(err)
+            raise IndexFolderError(f"{folder / 'index.faiss'}: not a readable FAISS index ({reason})") from None
+        _check_index_kind(folder, index, index_config.index_type, manifest["dimension"])
+        chunks = _read_chunks(folder / "chunks.jsonl")
+        if index.ntotal != len(chunks):
+            raise IndexFolderError(
+                f"{folder}: index.faiss holds {index.ntotal} vectors but chunks.jsonl has {len(chunks)} chunks; "
+                "rebuild the index")
+        ids = _faiss_ids(index)
+        if ids is not None and set(ids) != set(chunks):
+            raise IndexFolderError(f"{folder}: the ids in index.faiss and chunks.jsonl differ; rebuild the index")
+        documents = manifest.get("documents", {})
+        counts = manifest.get("counts", {})
+        listed = {chunk_id for doc in documents.values() for chunk_id in doc["chunk_ids"]}
+        if (counts.get("chunks", len(chunks)) != len(chunks) or not listed <= set(chunks)
+                or counts.get("documents", len(documents)) != len(documents)):
+            raise IndexFolderError(
+                f"{manifest_path}: counts {counts.get('documents')} documents / {counts.get('chunks')} chunks do not "
+                f"match the index ({len(documents)} documents, {len(chunks)} chunks); rebuild the index")
         if callable(embedder) and not hasattr(embedder, "embed"):
             embedder = embedder(manifest["embedding_model"])
         if embedder.name != manifest["embedding_model"] or embedder.dimension != manifest["dimension"]:
@@ -293,35 +344,13 @@ class KnowledgeBase:
                 f"index {folder} was built with embedding model {manifest['embedding_model']} "
                 f"(dimension {manifest['dimension']}), not {embedder.name} (dimension {embedder.dimension}); "
                 "query it with the same model or rebuild it")
-        try:
-            index_config = IndexConfig(**manifest.get("index", {}))
-            chunking = ChunkingConfig(**manifest.get("chunking", {}))
-        except (TypeError, ValueError) as err:
-            raise IndexFolderError(f"{folder / 'manifest.json'}: bad settings: {err}") from None
         kb = cls(embedder, index_config=index_config, chunking=chunking, folder=folder)
-        try:
-            kb.index = faiss.read_index(str(folder / "index.faiss"))
-        except RuntimeError as err:
-            reason = _faiss_reason(err)
-            raise IndexFolderError(f"{folder / 'index.faiss'}: not a readable FAISS index ({reason})") from None
+        kb.index = index
         _configure_search(kb.index, index_config)
-        chunks_path = folder / "chunks.jsonl"
-        with open(chunks_path, "rb") as handle:  # bytes: invalid UTF-8 fails in json.loads, naming the line
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    chunk = Chunk.from_dict(json.loads(line))
-                except (ValueError, KeyError, TypeError) as err:
-                    raise IndexFolderError(f"{chunks_path} line {number}: bad chunk record ({err})") from None
-                kb.chunks[chunk.id] = chunk
-        if kb.index.ntotal != len(kb.chunks) or kb.index.d != embedder.dimension:
-            raise IndexFolderError(
-                f"{folder}: index.faiss holds {kb.index.ntotal} vectors of dimension {kb.index.d} but chunks.jsonl "
-                f"has {len(kb.chunks)} chunks; rebuild the index")
-        kb.documents = manifest.get("documents", {})
-        kb.trained_on = int(manifest.get("trained_on", len(kb.chunks)))
-        kb.next_id = int(manifest.get("next_id", max(kb.chunks, default=-1) + 1))
+        kb.chunks = chunks
+        kb.documents = documents
+        kb.trained_on = manifest.get("trained_on", len(chunks))
+        kb.next_id = manifest.get("next_id", max(chunks, default=-1) + 1)
         kb.created = float(manifest.get("created", time.time()))
         kb.updated = float(manifest.get("updated", kb.created))
         kb.build_s = float(manifest.get("build_s", 0.0))
@@ -349,11 +378,12 @@ class KnowledgeBase:
     # ---- building and updating ---------------------------------------------------------------------------------
 
     def sync(self, documents: list[Document], *, on_progress: Progress | None = None, batch_size: int = 64,
-             vector_cache: dict[str, np.ndarray] | None = None) -> dict[str, int]:
+             vector_cache: dict[str, np.ndarray] | None = None, max_chunks: int | None = None) -> dict[str, int]:
         """Make the index hold exactly ``documents``: add new ones, re-chunk changed ones, drop missing ones.
 
         Vectors of chunks whose embedded text is already in the index (or in ``vector_cache``, hash -> vector) are
         reused, not re-embedded. Returns counts: added, changed, removed, unchanged, embedded, reused.
+        IndexLimitError, before anything is embedded or changed, if the index would hold over ``max_chunks`` chunks.
         """
         with self._lock:
             wanted = {document.source: document for document in documents}
@@ -374,6 +404,15 @@ class KnowledgeBase:
                 new_spans.append((document, chunk_document(document, self.embedder, self.chunking)))
                 if on_progress:
                     on_progress("chunk", number, len(todo))
+            if max_chunks is not None:
+                kept = sum(len(self.documents[source]["chunk_ids"]) for source in self.documents
+                           if source in wanted and self.documents[source]["sha256"] == wanted[source].sha256)
+                total = kept + sum(len(spans) for _, spans in new_spans)
+                if total > max_chunks:
+                    raise IndexLimitError(
+                        f"the documents make {total} chunks at chunk_size {self.chunking.chunk_size}, over the "
+                        f"{max_chunks} one index takes; index fewer documents, use a larger chunk_size or raise "
+                        "TUNE_ARENA_MAX_CHUNKS")
             texts = [embed_text(span, self.index_config.contextual) for _, spans in new_spans for span in spans]
             hashes = [_hash(text) for text in texts]
             cache = vector_cache or {}
@@ -512,21 +551,35 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _faiss_reason(err: RuntimeError) -> str:
-    text = str(err).strip().splitlines()
-    return (text[-1] if text else "unknown error")[:200]
+    """FAISS's C++ error as a short reason: "truncated or cut short" for a read past the end, else its check."""
+    text = " ".join(str(err).split())
+    if "read error" in text:
+        return "truncated or incomplete"
+    return (text.rsplit("failed: ", 1)[-1] if "failed: " in text else text)[:160] or "unknown error"
 
 
 def _folder_bytes(folder: Path) -> int:
     return sum(path.stat().st_size for path in folder.glob("*") if path.is_file())
 
 
+STALE_TMP_S = 3600.0
+"""A ``.tmp-<name>-*`` folder this old (seconds) is what a killed save left, not a save still writing."""
+
+
 def recover(folder: Path) -> None:
-    """Finish a save interrupted between its two renames: bring back ``.old-<name>-*`` if ``folder`` is missing."""
+    """Finish a save interrupted between its two renames: bring back ``.old-<name>-*`` if ``folder`` is missing.
+    Temporary folders of saves killed more than ``STALE_TMP_S`` ago are removed."""
     # exactly ".old-<name>-<8 hex digits>" (what ``save`` writes): a glob ".old-<name>-*" would also take the saved
     # copy of a sibling index whose name extends this one ("kb-2" for "kb") and treat "[", "*" in names as patterns
     own = re.compile(rf"\.old-{re.escape(folder.name)}-[0-9a-f]{{8}}")
-    olds = sorted((path for path in folder.parent.iterdir() if own.fullmatch(path.name)),
-                  key=lambda path: path.stat().st_mtime)
+    temporary = re.compile(rf"\.tmp-{re.escape(folder.name)}-[a-z0-9_]{{8}}")  # tempfile.mkdtemp's names
+    siblings = list(folder.parent.iterdir())
+    cutoff = time.time() - STALE_TMP_S
+    for path in siblings:
+        with contextlib.suppress(OSError):
+            if temporary.fullmatch(path.name) and path.stat().st_mtime < cutoff:
+                shutil.rmtree(path, ignore_errors=True)
+    olds = sorted((path for path in siblings if own.fullmatch(path.name)), key=lambda path: path.stat().st_mtime)
     if not olds:
         return
     if not (folder / "manifest.json").exists() and not folder.exists():
@@ -536,6 +589,78 @@ def recover(folder: Path) -> None:
             logger.warning("restored %s from an interrupted save", folder)
     for old in olds:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def _read_chunks(path: Path) -> dict[int, Chunk]:
+    """chunks.jsonl as {id: Chunk}; IndexFolderError naming the line of a bad record or a repeated id."""
+    chunks: dict[int, Chunk] = {}
+    with open(path, "rb") as handle:  # bytes: invalid UTF-8 fails in json.loads, naming the line
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise TypeError(f"a JSON {type(row).__name__}, not an object")
+                chunk = Chunk.from_dict(row)
+            except (ValueError, KeyError, TypeError, RecursionError) as err:
+                raise IndexFolderError(f"{path} line {number}: bad chunk record ({str(err)[:200]})") from None
+            if chunk.id in chunks:
+                raise IndexFolderError(f"{path} line {number}: chunk id {chunk.id} appears twice")
+            chunks[chunk.id] = chunk
+    return chunks
+
+
+def _check_index_kind(folder: Path, index: faiss.Index, index_type: str, dimension: int) -> None:
+    """The FAISS structure the manifest's index_type builds, of the manifest's dimension."""
+    kind_ok = isinstance(index, faiss.IndexIVF) if index_type == "ivf" else isinstance(index, faiss.IndexIDMap2)
+    if not kind_ok:
+        raise IndexFolderError(f"{folder / 'index.faiss'}: a {type(index).__name__}, not the {index_type} index "
+                               "that manifest.json describes; rebuild the index")
+    if index.d != dimension:
+        raise IndexFolderError(f"{folder / 'index.faiss'}: vectors of dimension {index.d}, but manifest.json says "
+                               f"{dimension}; rebuild the index")
+
+
+def _faiss_ids(index: faiss.Index) -> np.ndarray | None:
+    """The external ids an index holds (IDMap2 and IVF), None for other structures."""
+    if isinstance(index, faiss.IndexIDMap2):
+        return faiss.vector_to_array(index.id_map)
+    if isinstance(index, faiss.IndexIVF):
+        lists = index.invlists
+        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(index.nlist)
+                 if lists.list_size(i)]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    return None
+
+
+def _check_manifest_fields(path: Path, manifest: dict[str, Any]) -> None:
+    """Types of the fields a load relies on (a hand-edited or foreign manifest fails here, naming the field)."""
+    def wrong(key: str, expected: str) -> IndexFolderError:
+        return IndexFolderError(f"{path}: field '{key}' must be {expected}, got {manifest[key]!r:.80}")
+
+    def is_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool)
+
+    if not isinstance(manifest["embedding_model"], str) or not manifest["embedding_model"]:
+        raise wrong("embedding_model", "a model name")
+    if not is_int(manifest["dimension"]) or manifest["dimension"] < 1:
+        raise wrong("dimension", "a positive integer")
+    for key in ("index", "chunking", "documents", "counts"):
+        if key in manifest and not isinstance(manifest[key], dict):
+            raise wrong(key, "a JSON object")
+    for key in ("trained_on", "next_id"):
+        if key in manifest and (not is_int(manifest[key]) or manifest[key] < 0):
+            raise wrong(key, "a non-negative integer")
+    for key in ("created", "updated", "build_s"):
+        if key in manifest and (isinstance(manifest[key], bool) or not isinstance(manifest[key], int | float)):
+            raise wrong(key, "a number")
+    if not all(is_int(value) for value in manifest.get("counts", {}).values()):
+        raise wrong("counts", "an object of integers")
+    for source, doc in manifest.get("documents", {}).items():
+        if (not isinstance(doc, dict) or not isinstance(doc.get("sha256"), str)
+                or not isinstance(doc.get("chunk_ids"), list) or not all(is_int(i) for i in doc["chunk_ids"])):
+            raise IndexFolderError(f"{path}: document {source!r:.120}: needs sha256 and a list of chunk_ids")
 
 
 def is_index_folder(folder: str | Path) -> bool:
@@ -562,37 +687,51 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     for key in ("embedding_model", "dimension"):
         if key not in manifest:
             raise IndexFolderError(f"{folder / 'manifest.json'}: missing field '{key}'")
+    _check_manifest_fields(folder / "manifest.json", manifest)
     return manifest
 
 
 def build_index(
     paths: Iterable[str | Path],
     out: str | Path,
-    embedder: Embedder,
+    embedder: Embedder | Callable[[], Embedder],
     *,
     index_config: IndexConfig | None = None,
     chunking: ChunkingConfig | None = None,
     text_column: str | None = None,
     rebuild: bool = False,
     on_progress: Progress | None = None,
+    max_documents: int | None = None,
+    max_chunks: int | None = None,
 ) -> BuildResult:
     """Index the documents under ``paths`` into folder ``out``.
 
     If ``out`` already holds an index of the same embedding model, chunking and index type, it is updated in place:
     only new, changed and deleted documents are touched. Otherwise (or with ``rebuild``) a new index is written,
     still reusing vectors of identical chunks from the old one. Raises NothingToIndexError if nothing can be read.
+    ``embedder`` may be a function () -> Embedder: it is called only once some document could be read, so bad input
+    fails fast, without loading a model. Over ``max_documents`` documents or ``max_chunks`` chunks (default:
+    ``index_limits()``) raises IndexLimitError before anything is embedded; an index already in ``out`` is kept.
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
     index_config = index_config or IndexConfig()
     chunking = chunking or ChunkingConfig()
     loaded: LoadResult = load_documents(paths, text_column=text_column)
-    if on_progress:
-        on_progress("load", len(loaded.documents), len(loaded.documents))
-    if not loaded.documents:
+    if not loaded.documents:  # before any progress line: a CLI user then sees the one error line only
         reasons = "; ".join(f"{item.path}: {item.reason}" for item in loaded.skipped[:3]) or "no paths given"
         more = f" (+{len(loaded.skipped) - 3} more)" if len(loaded.skipped) > 3 else ""
         raise NothingToIndexError(f"nothing to index: {reasons}{more}")
+    default_documents, default_chunks = index_limits()
+    max_documents = max_documents or default_documents
+    if len(loaded.documents) > max_documents:
+        raise IndexLimitError(f"{len(loaded.documents)} documents (a .jsonl/.csv row is one) are over the "
+                              f"{max_documents} one index takes; index fewer files or rows, or raise "
+                              "TUNE_ARENA_MAX_DOCUMENTS")
+    if callable(embedder) and not hasattr(embedder, "embed"):
+        embedder = embedder()
+    if on_progress:
+        on_progress("load", len(loaded.documents), len(loaded.documents))
     warnings = []
     if chunking.chunk_size > embedder.max_tokens:
         warnings.append(f"chunk_size {chunking.chunk_size} is over the {embedder.max_tokens} tokens "
@@ -617,7 +756,8 @@ def build_index(
         kb = KnowledgeBase(embedder, index_config=index_config, chunking=chunking)
         if existing is not None and existing.index_config.contextual == index_config.contextual:
             cache = {chunk.hash: existing.index.reconstruct(chunk.id) for chunk in existing.chunks.values()}
-    counts = kb.sync(loaded.documents, on_progress=on_progress, vector_cache=cache)
+    counts = kb.sync(loaded.documents, on_progress=on_progress, vector_cache=cache,
+                     max_chunks=max_chunks or default_chunks)
     kb.build_s = time.perf_counter() - start
     if on_progress:
         on_progress("save", 0, 1)

@@ -34,8 +34,8 @@ def test_store_keeps_the_file_under_the_kind_folder(tmp_path):
     assert stored.read_text() == source.read_text()
     assert list_uploads(tmp_path / "uploads", "datasets") == [stored]
     source.write_text("second version\n")
-    assert store_upload(tmp_path / "uploads", source, "datasets", name="evil name.jsonl").read_text() == \
-        "second version\n"
+    assert store_upload(tmp_path / "uploads", source, "datasets", name="evil name.jsonl", replace=True) \
+        .read_text() == "second version\n"
     assert [p.name for p in (tmp_path / "uploads" / "datasets").iterdir()] == ["evil_name.jsonl"]  # no temp left
 
 

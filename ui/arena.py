@@ -52,6 +52,7 @@ def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None 
     parts = [f"<div class='ta-card'><h3>{title}</h3>",
              f"<div class='ta-answer'>{html.escape(answer) or '<i>…</i>'}</div>",
              f"<div class='ta-chips'>{''.join(chips)}</div>"]
+    parts += [f"<p class='ta-why'>{html.escape(note)}</p>" for note in result.get("notes") or []]
     if retrieved:
         parts.append(f"<details><summary>Retrieved passages</summary><ol>{retrieved}</ol></details>")
     if result.get("prompt"):
@@ -185,8 +186,9 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
     pick.change(on_pick, [pick], [query, reference, context, task])
     inputs = [query, reference, task, context, variants, adapter, index, shots, rag_k, max_new_tokens, temperature,
               top_p, repetition, stop, base_model]
-    run.click(on_run, inputs, [status, cards], api_name="arena", concurrency_limit=2)
-    query.submit(on_run, inputs, [status, cards])
+    # one queue group for the button and Enter: at most two Arena requests run at once, the rest wait their turn
+    run.click(on_run, inputs, [status, cards], api_name="arena", concurrency_limit=2, concurrency_id="arena")
+    query.submit(on_run, inputs, [status, cards], concurrency_limit=2, concurrency_id="arena")
     refresh_lists.click(refresh, None, [adapter, index], queue=False)
     return {"query": query, "reference": reference, "variants": variants, "adapter": adapter, "index": index,
             "run": run, "cards": cards, "status": status}

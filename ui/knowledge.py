@@ -20,6 +20,7 @@ import pandas as pd
 
 from core.data import demo_path
 from core.engine import Engine
+from core.uploads import list_uploads
 from retrieval import ChunkingConfig, IndexConfig, is_index_folder, read_manifest
 from retrieval.index import INDEX_TYPES
 from ui.common import DEMO_INDEX, index_choices, one_line
@@ -327,12 +328,23 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
         folder = engine.index_dir(index_name)
         refused: list[tuple[str, str]] = []
         paths: list[str] = []
+        before = set(list_uploads(uploads_root, "documents"))
+        added: list[Path] = []  # uploads this build stored under a new name: dropped again if they are not indexed
+
+        def discard(drop: Iterable[Path]) -> None:
+            for path in drop:
+                path.unlink(missing_ok=True)
+
         for upload in uploaded or []:
             original = Path(str(upload)).name
             try:
-                paths.append(str(engine.store_upload(upload, "documents", name=original)))
+                stored = engine.store_upload(upload, "documents", name=original)
             except (ValueError, OSError) as err:  # UploadError: wrong type or too big; the rest go on
                 refused.append((original, one_line(err).removeprefix(f"{original}: ")))
+                continue
+            paths.append(str(stored))
+            if stored not in before:
+                added.append(stored)
         paths += typed_paths(folder_text)
         if demo:
             paths.append(str(demo_path("corpus")))
@@ -341,6 +353,7 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             try:
                 paths += kept_sources(read_manifest(folder).get("documents") or {}, paths)
             except ValueError as err:
+                discard(added)
                 raise gr.Error(one_line(err)) from None
         if not paths:
             reasons = "; ".join(f"{file}: {reason}" for file, reason in refused)
@@ -351,10 +364,14 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             result = engine.build_index(paths, index_name, index_config=index_config, chunking=chunking,
                                         rebuild=bool(scratch), on_progress=progress_reporter(progress))
         except (ValueError, OSError) as err:  # NothingToIndexError, IndexFolderError, unreadable folder
+            discard(added)
             raise gr.Error(one_line(err)) from None
         except Exception as err:  # never a traceback in the UI; the log keeps it
+            discard(added)
             logger.exception("building index %s failed", index_name)
             raise gr.Error(f"Building the index failed: {one_line(err)}") from None
+        unread = {item.path for item in result.skipped}
+        discard(path for path in added if str(path) in unread)  # an upload that could not be read is not kept
         contract = result.contract()
         for warning in contract["warnings"]:
             gr.Warning(warning)

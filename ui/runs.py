@@ -22,7 +22,7 @@ import gradio as gr
 from core.arena import parse_variants
 from core.engine import Engine
 from core.methods import FULL_FORMAT, METHODS, PARTIAL_FORMAT
-from core.runs import Run
+from core.runs import STALE_S, Run, effective_state
 from core.training import merge_and_export
 from ui.common import one_line
 
@@ -34,7 +34,6 @@ FILE_COLUMNS = ("file", "size")
 SCORES = (("rougeL", "ROUGE-L"), ("token_f1", "token F1"), ("accuracy", "accuracy"))
 FINETUNED = "finetuned"  # the arena strategy whose scores measure a run on its own (finetuned_rag mixes in RAG)
 EXPORTS = "exports"  # <workspace>/exports/<run id>-merged
-STALE_S = 15 * 60  # a "running" run with no status update for this long was probably killed
 NO_RUNS = "No runs yet: train one in the Train tab (or python -m core train); each finished run becomes a point here."
 PICK_FIRST = "Choose a run first (click a row of the table, or pick it in the Run list)."
 
@@ -94,7 +93,8 @@ def _age_s(updated: str | None, now: float) -> float | None:
 
 
 def state_text(state: str, status: dict[str, Any], now: float | None = None) -> str:
-    """One cell: ``completed``, ``running · step 3/10``, ``stopped · step 5/10``, ``failed: <reason>``."""
+    """One cell: ``completed``, ``running · step 3/10``, ``stopped · step 5/10``, ``failed: <reason>``,
+    ``interrupted · step 3/10 (...)`` for a run whose process was killed (see core.runs.effective_state)."""
     step, total = status.get("step"), status.get("total_steps")
     where = f" · step {step}/{total}" if step is not None and total else (f" · step {step}" if step else "")
     if state == "failed":
@@ -106,6 +106,8 @@ def state_text(state: str, status: dict[str, Any], now: float | None = None) -> 
         return f"running{where}"
     if state == "stopped":
         return f"stopped{where}"
+    if state == "interrupted":
+        return f"interrupted{where} (its process ended without finishing: resume it in the Train tab, or delete it)"
     return state
 
 
@@ -118,7 +120,7 @@ def run_summary(run: Run, evals: Sequence[dict[str, Any]] = (), now: float | Non
     except (OSError, ValueError) as err:
         return {"run_id": run.run_id, "method": "?", "state": "unreadable", "state_text": f"unreadable: {err}",
                 "error": str(err)}
-    state = status.get("state", "unknown")
+    state = effective_state(status, now)
     train = [(row["step"], row["loss"]) for row in rows if "loss" in row]
     val = [(row["step"], row["val_loss"]) for row in rows if "val_loss" in row]
     last = next((row for row in reversed(rows) if "loss" in row), {})
@@ -415,10 +417,10 @@ def find_run(engine: Engine, run_id: str | None) -> Run:
         raise ValueError(PICK_FIRST)
     if "/" in text or "\\" in text or text.startswith(".") or text in ("..", "."):
         raise ValueError(f"run: {text!r} is not a run id of this workspace (give the folder name under runs/)")
-    path = engine.runs.root / text
-    if not (path / "config.json").is_file():
-        raise ValueError(f"run: {text} is not a run of this workspace ({engine.runs.root})")
-    return Run(path)
+    try:
+        return engine.runs.get(text)  # also refuses a folder under runs/ that links out of the workspace
+    except ValueError:
+        raise ValueError(f"run: {text} is not a run of this workspace ({engine.runs.root})") from None
 
 
 def merge_refusal(run: Run) -> str | None:

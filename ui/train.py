@@ -21,7 +21,7 @@ from core.engine import Engine
 from core.jobs import JobBusyError, JobState
 from core.methods import METHODS, get_method
 from core.training import TrainingConfig, list_presets, load_preset
-from core.uploads import UploadError, list_uploads
+from core.uploads import list_uploads
 from ui.common import one_line
 
 HOLD_OUT = "__hold_out__"
@@ -55,6 +55,15 @@ def describe_dataset(path: str | None) -> tuple[str, pd.DataFrame]:
             for ex in dataset.examples[:PREVIEW_ROWS]]
     line = f"✓ {len(dataset)} examples, {dataset.shape} shape ({html.escape(tasks)})"
     return line, pd.DataFrame(rows, columns=list(empty.columns))
+
+
+def store_dataset(engine: Engine, path: str | Path, name: str | None = None) -> Path:
+    """Check an uploaded file loads as training data, then keep it under ``uploads/datasets/``.
+
+    Raises ValueError (DataError or UploadError) with one line naming the file; a file that fails is not stored.
+    """
+    load_examples(path)
+    return engine.store_upload(path, "datasets", name=name or Path(path).name)
 
 
 def method_values(method: str, values: dict[str, Any]) -> dict[str, Any]:
@@ -203,6 +212,8 @@ def resumable_runs(engine: Engine) -> list[tuple[str, str]]:
             continue
         if live.active and live.run_dir and Path(live.run_dir).resolve() == run.path.resolve():
             continue
+        if run.owned_elsewhere() is not None:  # another live process (e.g. the CLI) is training it
+            continue
         state = "interrupted" if run.state == "running" else run.state
         step = run.status.get("step", "?")
         choices.append((f"{run.run_id} ({run.config.get('method')}, {state} at step {step})", str(run.path)))
@@ -305,8 +316,8 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         if not file:
             return gr.update(), gr.update(), gr.update()
         try:
-            stored = engine.store_upload(file, "datasets", name=Path(file).name)
-        except UploadError as err:
+            stored = store_dataset(engine, file)
+        except ValueError as err:  # DataError (a bad row) or UploadError (type, size): nothing was stored
             raise gr.Error(one_line(err)) from None
         choices = dataset_choices(engine)
         return (gr.update(choices=choices, value=str(stored)),
@@ -345,8 +356,8 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                                   max_length=length or 512, scheduler=schedule, warmup_ratio=warmup or 0,
                                   seed=seed_value or 0, gradient_checkpointing=checkpointing)
             state = engine.jobs.start(config)
-        except (ValueError, JobBusyError) as err:
-            raise gr.Error(one_line(err)) from None
+        except (ValueError, JobBusyError) as err:  # an answer for the user, not a server error: no traceback logged
+            raise gr.Error(one_line(err), print_exception=False) from None
         return render_progress(state), loss_chart(state), gr.Timer(active=True)
 
     def on_stop():
@@ -358,9 +369,9 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         if not run_dir:
             raise gr.Error("Choose a run to resume.")
         try:
-            state = engine.jobs.resume(run_dir)
+            state = engine.jobs.resume(engine.runs.get(run_dir).path)  # a run of this workspace only
         except (ValueError, JobBusyError) as err:
-            raise gr.Error(one_line(err)) from None
+            raise gr.Error(one_line(err), print_exception=False) from None
         return render_progress(state), loss_chart(state), gr.Timer(active=True)
 
     def on_tick(last: tuple | None):
