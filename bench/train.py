@@ -95,6 +95,7 @@ class Settings:
     val_rows: int
     matmul_n: int
     matmul_repeats: int
+    group_by_length: bool = True  # ours only: batches of similar-length examples (TrainingConfig's default)
 
 
 @dataclass
@@ -274,7 +275,7 @@ def run_ours(s: Settings, train_file: Path, work: Path) -> Outcome:
                             method_config={"r": s.r, "alpha": s.alpha, "dropout": s.dropout,
                                            "target_modules": TARGETS},
                             max_steps=s.steps, batch_size=s.batch_size, learning_rate=s.lr, seed=s.seed,
-                            max_length=s.max_length)
+                            max_length=s.max_length, group_by_length=s.group_by_length)
     load_before = os.getloadavg()[0]
     result = train(config, runs_root=work / "runs")
     rows = [row for row in Run(Path(result.run_dir)).metrics() if "loss" in row]
@@ -386,6 +387,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--contenders", default="ours,trl,hf", help="comma-separated subset of ours,trl,hf")
     parser.add_argument("--seeds", default="42", help="comma-separated seeds; each contender trains once per seed "
                                                       "(validation loss is compared as the mean over seeds)")
+    parser.add_argument("--ours-random-batches", action="store_true",
+                        help="ours without length-grouped batches (group_by_length=False), as TRL and hf batch")
     args = parser.parse_args(argv)
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
@@ -406,7 +409,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  lr=args.lr, r=args.r, alpha=2 * args.r, dropout=0.05, seed=seeds[0],
                  max_length=128 if smoke else 512,
                  val_rows=args.val_rows or (4 if smoke else 32), matmul_n=1024 if smoke else 2048,
-                 matmul_repeats=3 if smoke else 6)
+                 matmul_repeats=3 if smoke else 6, group_by_length=not args.ours_random_batches)
     names = [n.strip() for n in args.contenders.split(",") if n.strip()]
     unknown = sorted(set(names) - {"ours", "trl", "hf"})
     if unknown:
