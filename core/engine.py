@@ -103,10 +103,32 @@ class Engine:
             return Path(text).expanduser()
         return self.index_dir(text)
 
+    def document_roots(self) -> list[Path]:
+        """Where a confined engine reads documents from: the workspace, the bundled demo corpus and the folders in
+        ``$TUNE_ARENA_DOC_ROOTS`` (separated by ``os.pathsep``; what the person running the app chooses to share)."""
+        extra = [Path(part).expanduser() for part in os.environ.get("TUNE_ARENA_DOC_ROOTS", "").split(os.pathsep)
+                 if part.strip()]
+        return [self.workspace.root, demo_path("corpus"), *extra]
+
+    def check_sources(self, paths: Iterable[str | Path]) -> list[Path]:
+        """The document paths, each (after symlinks and ``..``) inside ``document_roots`` when the engine is confined:
+        a remote user of the app cannot index (and then read back) files elsewhere on the server."""
+        paths = [Path(path).expanduser() for path in paths]
+        if not self.confined:
+            return paths
+        roots = [root.resolve() for root in self.document_roots()]
+        for path in paths:
+            resolved = path.resolve()
+            if not any(resolved == root or root in resolved.parents for root in roots):
+                raise ValueError(f"documents: {str(path)[:200]} is outside the folders this app may read (its "
+                                 "workspace and the demo corpus; more with TUNE_ARENA_DOC_ROOTS): upload the files")
+        return paths
+
     def build_index(self, paths: Iterable[str | Path], out: str | Path, *, embedding_model: str | None = None,
                     **kwargs) -> BuildResult:
         """Build or update an index (``kwargs``: index_config, chunking, text_column, rebuild, on_progress)."""
         folder = self.resolve_index(out)
+        paths = self.check_sources(paths)
         # the model loads only when some document could be read: bad uploads fail fast
         result = build_index(paths, folder, lambda: self.embedder(embedding_model), **kwargs)
         with self._kb_lock:

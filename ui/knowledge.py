@@ -247,8 +247,9 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             gr.Markdown("### Build or update a knowledge base")
             files = gr.File(label=f"Upload documents ({UPLOAD_TYPES})", file_count="multiple", type="filepath",
                             elem_id="kb-files")
-            folders = gr.Textbox(label="…and/or folders or files on the server (one path per line)", lines=1,
-                                 placeholder="e.g. docs/handbook", elem_id="kb-folders")
+            folders = gr.Textbox(label="…and/or folders or files on the server (one path per line; inside the "
+                                       "workspace or a folder shared with TUNE_ARENA_DOC_ROOTS)", lines=1,
+                                 placeholder="e.g. workspace/docs", elem_id="kb-folders")
             use_demo = gr.Checkbox(label="Include the demo corpus (30 product and policy documents)", value=False,
                                    elem_id="kb-demo")
             with gr.Row():

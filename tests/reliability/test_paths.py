@@ -457,3 +457,23 @@ def test_the_app_serves_only_files_of_its_workspace(served):
         assert SECRET.encode() not in body and b"root:" not in body and b"def build_app" not in body, attack
     status, body = _get(port, f"/gradio_api/file={ws}/evals/e1/../e1/report.md")  # dots that stay inside: fine
     assert status == 200 and body == report.read_bytes()
+
+
+def test_a_confined_engine_indexes_only_documents_it_may_read(tmp_path, confined, monkeypatch):
+    """Typed server paths in the Knowledge base tab: a remote user cannot index (and then search) files elsewhere."""
+    elsewhere = tmp_path / "elsewhere" / "docs"  # holds SECRET (the outside fixture wrote it)
+    inside = confined.workspace.root / "uploads" / "documents"
+    write(inside / "b.md", "# Beta\n\n" + words(40))
+    (inside / "link").symlink_to(elsewhere)
+    for ref in (elsewhere, elsewhere / "a.md", inside / "link", inside / ".." / ".." / ".." / "elsewhere" / "docs"):
+        with pytest.raises(ValueError, match="^documents: .* outside the folders this app may read") as caught:
+            confined.build_index([inside / "b.md", ref], "mine")
+        assert "\n" not in str(caught.value)
+        assert not (confined.workspace.indexes / "mine").exists()  # refused before anything was written
+    confined.build_index([inside / "b.md"], "mine")  # its own uploads
+    assert confined.knowledge_base("mine").search("Beta", 1)
+    monkeypatch.setenv("TUNE_ARENA_DOC_ROOTS", str(elsewhere))  # what the person running the app chose to share
+    confined.build_index([elsewhere], "shared")
+    assert SECRET in confined.knowledge_base("shared").search(SECRET, 1)[0].chunk.text
+    unconfined = Engine(confined.workspace.root)
+    assert unconfined.check_sources([elsewhere]) == [elsewhere]  # the CLI and Python API read any path
