@@ -148,7 +148,8 @@ def test_arena_burst_while_training(served, tmp_path):
     # a quiet app: what every query answers (this also loads the models and builds the demo index)
     quiet: dict[str, dict[str, str]] = {}
     for query, reference, temperature in QUERIES:
-        status, cards = _ask(client, workspace, query, reference, temperature).result(timeout=900)  # the first waits for warm-up
+        # the first request waits for the app's warm-up
+        status, cards = _ask(client, workspace, query, reference, temperature).result(timeout=900)
         assert status.startswith(f"{len(VARIANTS)} of {len(VARIANTS)} variants answered"), status
         quiet[query] = _answers(cards)
         assert set(quiet[query]) == set(VARIANTS) and all(quiet[query].values()), quiet[query]
