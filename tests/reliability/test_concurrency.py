@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 BURST = 20
-TRAIN_STEPS = 40
+TRAIN_STEPS = 120  # ~45 s alone: long enough to still run while the burst is answered
 ROWS = [{"instruction": f"What colour is tank part {i}?", "output": f"Part {i} is {('green', 'blue')[i % 2]}."}
         for i in range(40)]
 QUERIES = [  # (query, reference, temperature): each asked BURST / len(QUERIES) times in the burst
@@ -163,9 +163,9 @@ def test_arena_burst_while_training(served, tmp_path):
     assert len(reference_loss) == TRAIN_STEPS
 
     # the same training again; once it is running, a second start and the burst
+    watcher = Progress(url)  # connected first: a slow connection must not miss the start
     run_id = _run_id(client.predict(**form, api_name="/train_start")[0])
-    watcher = Progress(url)
-    assert "ta-running" in watcher.wait_for(lambda text: run_id in text and "step 1/" in text, 120)
+    assert "ta-running" in watcher.wait_for(lambda text: run_id in text and "ta-running" in text, 120)
     runs_before = sorted(path.name for path in (workspace / "runs").iterdir())
     with pytest.raises(Exception, match=f"training: run {run_id} is still running; stop it or wait"):
         client.predict(**form, api_name="/train_start")
