@@ -12,7 +12,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-MAX_UPLOAD_BYTES = 50 * 1024 * 1024  # per file
+MAX_UPLOAD_BYTES = 50 * 10**6  # per file: 50 MB, as the messages and the README say
 MAX_NAME_CHARS = 100
 MAX_EXTENSION_CHARS = 10
 MAX_COPIES = 1000  # report-2.md ... report-1000.md

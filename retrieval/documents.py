@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "content", "body", "document", "passage", "context", "article", "page_content")
 TITLE_COLUMNS = ("title", "name", "heading", "subject")
-MAX_FILE_BYTES = 50 * 1024 * 1024
+MAX_FILE_BYTES = 50 * 10**6  # 50 MB, as the message says
 
 
 class DocumentError(ValueError):
