@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, write_result
+from bench.common import add_decoder_option, print_table, use_decoder, write_result
 from core.arena import ArenaConfig
 from core.data import demo_path, load_examples
 from core.generation import GenerationConfig
@@ -293,14 +293,9 @@ def main() -> None:
     parser.add_argument("--long-tokens", type=int, default=128,
                         help="also time the last query with this many new tokens (0: skip)")
     parser.add_argument("--profile", action="store_true", help="torch.profiler over the last query")
-    parser.add_argument("--decoder", choices=("engine", "hf"), default="engine",
-                        help="engine: core.generation's batch decoder; hf: one left-padded model.generate per batch "
-                             "(the engine's path before it, for before/after figures)")
+    add_decoder_option(parser)
     args = parser.parse_args()
-    if args.decoder == "hf":
-        from core.generation import _BatchDecoder
-
-        _BatchDecoder.supports = staticmethod(lambda model: False)
+    use_decoder(args.decoder)
     if args.smoke:
         args.queries, args.variants, args.max_new_tokens, args.skip_cold, args.repeats, args.long_tokens = (
             1, "zero_shot,finetuned", 4, True, 1, 0)
@@ -315,8 +310,6 @@ def main() -> None:
         payload["load"] = cold_warm_load()
     payload["loadavg_before"] = [round(x, 2) for x in load_before]
     payload["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    # load above cores + 1: other processes share the cores, which slows spinning OpenMP threads many times over
-    payload["machine_busy"] = max(load_before[0], payload["loadavg_after"][0]) > (os.cpu_count() or 1) + 1
     payload["bench_wall_s"] = round(time.perf_counter() - began, 1)
 
     print_table(payload["per_query"], ["query", "rows", "prompt_tokens", "new_tokens", "decode_slots_used", "engine_s",

@@ -74,6 +74,22 @@ def machine() -> dict[str, Any]:
             "torch_threads": torch.get_num_threads()}
 
 
+def add_decoder_option(parser: Any) -> None:
+    """``--decoder engine|hf``: the engine's batch decoder, or the path before it (one left-padded
+    ``model.generate`` per batch) for before/after figures measured by the same script."""
+    parser.add_argument("--decoder", choices=("engine", "hf"), default="engine",
+                        help="engine: core.generation's batch decoder; hf: one left-padded model.generate per batch "
+                             "(the engine's path before it, for before/after figures)")
+
+
+def use_decoder(name: str) -> None:
+    """Route this process's generation through ``name`` (see add_decoder_option)."""
+    if name == "hf":
+        from core.generation import _BatchDecoder
+
+        _BatchDecoder.supports = staticmethod(lambda model: False)
+
+
 def write_result(name: str, payload: dict[str, Any], *, smoke: bool = False) -> Path:
     """``bench/results/<name>.json`` (smoke runs: ``bench/results/smoke/<name>.json``), with machine and date."""
     path = RESULTS / ("smoke" if smoke else "") / f"{name}.json"

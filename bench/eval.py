@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import print_table, write_result
+from bench.common import add_decoder_option, print_table, use_decoder, write_result
 from core.arena import ArenaConfig
 from core.data import demo_path
 from core.generation import GenerationConfig
@@ -106,14 +106,9 @@ def main() -> None:
     parser.add_argument("--variants", default=",".join(VARIANTS))
     parser.add_argument("--max-new-tokens", type=int, default=64)
     parser.add_argument("--max-batch-size", type=int, default=8, help="rows per generate call (ArenaConfig)")
-    parser.add_argument("--decoder", choices=("engine", "hf"), default="engine",
-                        help="engine: core.generation's batch decoder; hf: one left-padded model.generate per batch "
-                             "(the engine's path before it, for before/after figures)")
+    add_decoder_option(parser)
     args = parser.parse_args()
-    if args.decoder == "hf":
-        from core.generation import _BatchDecoder
-
-        _BatchDecoder.supports = staticmethod(lambda model: False)
+    use_decoder(args.decoder)
     if args.smoke:
         args.limit, args.variants, args.max_new_tokens = 2, "zero_shot,finetuned", 4
     args.variants = [name.strip() for name in args.variants.split(",") if name.strip()]
@@ -124,8 +119,6 @@ def main() -> None:
     payload = run(args)
     payload["loadavg_before"] = [round(x, 2) for x in load_before]
     payload["loadavg_after"] = [round(x, 2) for x in os.getloadavg()]
-    # load above cores + 1: other processes share the cores, which slows spinning OpenMP threads many times over
-    payload["machine_busy"] = max(load_before[0], payload["loadavg_after"][0]) > (os.cpu_count() or 1) + 1
     payload["bench_wall_s"] = round(time.perf_counter() - began, 1)
     summary = payload["summary"]
     summary["decoder"] = args.decoder

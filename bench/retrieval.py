@@ -277,7 +277,6 @@ def main() -> None:
                "hnsw_recall_at_10": hnsw,
                "loadavg_before": [round(x, 2) for x in load_before],
                "loadavg_after": [round(x, 2) for x in os.getloadavg()],
-               "machine_busy": max(load_before[0], os.getloadavg()[0]) > (os.cpu_count() or 1) + 1,
                "bench_wall_s": round(time.perf_counter() - began, 1)}
     path = write_result("retrieval", payload, smoke=args.smoke)
     print(f"\nwrote {path}")

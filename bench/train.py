@@ -72,7 +72,7 @@ from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.common import print_table, write_result  # noqa: E402
+from bench.common import cpu_shares, print_table, write_result  # noqa: E402
 from core.data import Example, build_messages, demo_path, encode_for_training, load_examples  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -288,11 +288,23 @@ def run_ours(s: Settings, train_file: Path, work: Path) -> Outcome:
                    (load_before, os.getloadavg()[0]))
 
 
+def _train_timed(trainer: Any, timer: _StepTimer, adapter: Path) -> tuple[int, tuple[float, float]]:
+    """Train a transformers/TRL trainer with its steps timed and its tokens counted; save its adapter. Returns the
+    peak RSS in bytes and the 1-minute load average before and after."""
+    from core.training import _PeakMemory
+
+    timer.counter, handle = _count_tokens(trainer.model)
+    load_before = os.getloadavg()[0]
+    with _PeakMemory("cpu") as memory:
+        trainer.train()
+    handle.remove()
+    trainer.model.save_pretrained(str(adapter))
+    return memory.peak, (load_before, os.getloadavg()[0])
+
+
 def run_trl(s: Settings, examples: list[Example], model_dir: str, work: Path) -> Outcome:
     from datasets import Dataset
     from trl import SFTConfig, SFTTrainer
-
-    from core.training import _PeakMemory
 
     start = time.perf_counter()
     rows = [{"prompt": build_messages(ex), "completion": [{"role": "assistant", "content": ex.output}]}
@@ -302,14 +314,9 @@ def run_trl(s: Settings, examples: list[Example], model_dir: str, work: Path) ->
     timer = _StepTimer([0])
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(rows),
                          peft_config=_peft_config(s), callbacks=[timer])
-    timer.counter, handle = _count_tokens(trainer.model)
     setup_s = time.perf_counter() - start
-    load_before = os.getloadavg()[0]
-    with _PeakMemory("cpu") as memory:
-        trainer.train()
-    handle.remove()
     adapter = work / "trl-adapter"
-    trainer.model.save_pretrained(str(adapter))
+    peak, load = _train_timed(trainer, timer, adapter)
     in_effect = {k: getattr(args, k) for k in ("bf16", "gradient_checkpointing", "lr_scheduler_type", "warmup_steps",
                                                 "weight_decay", "max_grad_norm", "optim", "max_length", "packing",
                                                 "completion_only_loss", "assistant_only_loss", "loss_type")}
@@ -317,9 +324,8 @@ def run_trl(s: Settings, examples: list[Example], model_dir: str, work: Path) ->
     in_effect["lr_scheduler_type"] = str(in_effect["lr_scheduler_type"])
     in_effect["optim"] = str(in_effect["optim"])
     outcome = Outcome("trl", timer.per_step(), _last_logged_loss(trainer.state.log_history),
-                      "last step, answer tokens", memory.peak, round(setup_s, 2), adapter,
-                      "bfloat16" if args.bf16 else "float32", {"defaults_in_effect": in_effect},
-                      (load_before, os.getloadavg()[0]))
+                      "last step, answer tokens", peak, round(setup_s, 2), adapter,
+                      "bfloat16" if args.bf16 else "float32", {"defaults_in_effect": in_effect}, load)
     del trainer
     gc.collect()
     return outcome
@@ -337,8 +343,6 @@ def run_hf(s: Settings, examples: list[Example], model_dir: str, work: Path) -> 
         set_seed,
     )
 
-    from core.training import _PeakMemory
-
     start = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     if tokenizer.pad_token is None:
@@ -353,19 +357,14 @@ def run_hf(s: Settings, examples: list[Example], model_dir: str, work: Path) -> 
     timer = _StepTimer([0])
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[timer])
-    timer.counter, handle = _count_tokens(trainer.model)
     setup_s = time.perf_counter() - start
-    load_before = os.getloadavg()[0]
-    with _PeakMemory("cpu") as memory:
-        trainer.train()
-    handle.remove()
     adapter = work / "hf-adapter"
-    trainer.model.save_pretrained(str(adapter))
+    peak, load = _train_timed(trainer, timer, adapter)
     outcome = Outcome("hf", timer.per_step(), _last_logged_loss(trainer.state.log_history),
-                      "last step, all non-pad tokens", memory.peak, round(setup_s, 2), adapter,
+                      "last step, all non-pad tokens", peak, round(setup_s, 2), adapter,
                       "bfloat16" if args.bf16 else "float32",
                       {"lr_scheduler_type": str(args.lr_scheduler_type), "gradient_checkpointing":
-                       args.gradient_checkpointing}, (load_before, os.getloadavg()[0]))
+                       args.gradient_checkpointing}, load)
     del trainer, model
     gc.collect()
     return outcome
@@ -551,11 +550,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
               f"(required {flops['flops_per_token_required'] / 1e6:.1f} M)")
         for t in targets:
             print(f"target: {t['target']}: {t['value']} -> {'met' if t['met'] else 'NOT met'}")
-        # this process alone keeps the load near its thread count; more means other jobs shared the cores
-        busy = max(max(c["load_average_1m"].values()) for c in contenders) > torch.get_num_threads() + 0.5
+        # normal-priority jobs beside it slow a timed run down (niced ones are served after it): cpu_during_run
+        shares = cpu_shares()
+        busy = shares is not None and shares["other_jobs"] > 0.1
         if busy:
-            print("warning: other jobs loaded the CPU during training (see load_average_1m, per_step): the ratios "
-                  "are not reliable; re-run on an idle machine")
+            print(f"warning: other jobs used {shares['other_jobs']:.0%} of the CPU during this run: the ratios are "
+                  "not reliable; re-run on an idle machine")
         payload = {
             "settings": {**s.__dict__, "targets_modules": TARGETS, "data": "assets/demo/train.jsonl",
                          "train_examples": len(examples), "validation": "assets/demo/validation.jsonl",

@@ -9,22 +9,17 @@ app gives; the training must end exactly like the solo run; the second start mus
 from __future__ import annotations
 
 import json
-import os
 import re
-import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+from app_helpers import served_app
 
 pytestmark = pytest.mark.integration
 
-ROOT = Path(__file__).resolve().parents[2]
 BURST = 20
 TRAIN_STEPS = 120  # ~45 s alone: long enough to still run while the burst is answered
 ROWS = [{"instruction": f"What colour is tank part {i}?", "output": f"Part {i} is {('green', 'blue')[i % 2]}."}
@@ -40,41 +35,13 @@ VARIANTS = ["zero_shot", "rag", "finetuned"]  # the base model, retrieval, and a
 MAX_NEW_TOKENS = 8
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(bundled_home, tmp_path_factory):
-    """(url, workspace) of a real ``python app.py`` on a free port; its log is shown if it fails to start."""
+    """(url, workspace, log) of a real ``python app.py`` on a free port; its log is shown if it fails to start."""
     workspace = tmp_path_factory.mktemp("busy-workspace")
-    port = _free_port()
     log_path = tmp_path_factory.mktemp("busy-app") / "app.log"
-    env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "TUNE_ARENA_HOME": str(bundled_home),
-           "TUNE_ARENA_WORKSPACE": str(workspace)}
-    with open(log_path, "w") as log:
-        proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.time() + 300  # generous: other jobs may share the CPU
-    while time.time() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"app exited with {proc.returncode}:\n{log_path.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(url, timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        proc.kill()
-        pytest.fail(f"app did not serve {url} within 300 s:\n{log_path.read_text()[-3000:]}")
-    yield url, workspace, log_path
-    proc.terminate()
-    try:
-        proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
+    with served_app(bundled_home, workspace, log_path, timeout_s=300) as url:  # generous: the CPU may be shared
+        yield url, workspace, log_path
 
 
 def _ask(client, workspace: Path, query: str, reference: str, temperature: float):

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from app_helpers import free_port
 
 from core.engine import Engine
 from core.training import TrainingConfig
@@ -172,14 +173,6 @@ def test_max_new_tokens_on_the_command_line_is_exit_2_before_any_model_loads(com
 # ---- the app: the same bounds through its API -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def small_app(tmp_path_factory):
     """The app's Blocks served in this process with app.py's queue and launch settings; no model is loaded."""
@@ -189,7 +182,7 @@ def small_app(tmp_path_factory):
     demo = build_app(engine)
     demo.queue(default_concurrency_limit=2, max_size=QUEUE_SIZE)
     # _frontend=False: no HEAD request to itself with a 3 s timeout, which a loaded machine can miss
-    demo.launch(**{**launch_options(engine), "server_port": _free_port(), "prevent_thread_lock": True,
+    demo.launch(**{**launch_options(engine), "server_port": free_port(), "prevent_thread_lock": True,
                    "quiet": True, "_frontend": False})
     yield demo.local_url, engine, demo
     demo.close()

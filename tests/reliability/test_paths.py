@@ -15,12 +15,12 @@ import http.client
 import json
 import os
 import re
-import socket
 import threading
 import urllib.parse
 from pathlib import Path
 
 import pytest
+from app_helpers import free_port
 from retrieval_helpers import FakeEmbedder, words, write
 
 from core.engine import Engine
@@ -394,12 +394,6 @@ def test_runs_tab_never_deletes_or_merges_through_a_link(tmp_path, outside, conf
 # ---- the served app's file route -----------------------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _get(port: int, raw_path: str) -> tuple[int, bytes]:
     """GET ``raw_path`` exactly as written (no client-side normalisation of ``..`` or escapes)."""
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
@@ -421,7 +415,7 @@ def served(tmp_path_factory):
     base = tmp_path_factory.mktemp("served")
     engine = Engine(base / "ws")
     demo = build_app(engine)
-    options = {**launch_options(engine), "server_port": _free_port(), "server_name": "127.0.0.1"}
+    options = {**launch_options(engine), "server_port": free_port(), "server_name": "127.0.0.1"}
     demo.launch(prevent_thread_lock=True, quiet=True, **options)
     try:
         yield base, engine, options["server_port"]
