@@ -420,12 +420,20 @@ class _BatchDecoder:
         return torch.cat([pad_left(mask, (pad, 0)), pad_left(new_mask, (new_pad, 0))]), cache
 
     def _take(self, row: int, token: int, answers: list[list[int]], texts: list[str], finish: list[str]) -> bool:
-        """Add the chosen token to a row; True when the row has ended (eos, stop string or max_new_tokens)."""
+        """Add the chosen token to a row; True when the row has ended (eos, stop string or max_new_tokens).
+
+        The text is decoded per step only when something reads it (stop strings, streaming); ``texts[row]`` is
+        set when the row ends."""
         if token in self.stop_ids:
             finish[row] = "eos"  # the end token is neither kept nor counted
             texts[row] = self.tokenizer.decode(answers[row], skip_special_tokens=True)
             return True
         answers[row].append(token)
+        full = len(answers[row]) >= self.config.max_new_tokens
+        if not self.config.stop and self.on_text is None:
+            if full:
+                texts[row] = self.tokenizer.decode(answers[row], skip_special_tokens=True)
+            return full
         text = self.tokenizer.decode(answers[row], skip_special_tokens=True)
         cut = _cut_at_stop(text, self.config.stop)
         if cut is not None:
@@ -435,7 +443,7 @@ class _BatchDecoder:
         if self.on_text is not None:  # text a stop string could still claim is held back until it cannot
             shown = texts[row] if cut is not None else text[:max(0, len(text) - self.hold_back)]
             self.on_text(row, shown)
-        return cut is not None or len(answers[row]) >= self.config.max_new_tokens
+        return cut is not None or full
 
     @staticmethod
     def _drop(cache: Any, mask: Any, keep: list[int]) -> Any:
