@@ -32,6 +32,7 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
 
 BALLAST = 64 * 2**20  # float32 elements: 256 MiB that every instance holds, so RSS shows whether it was freed
 LIVE_MODELS: weakref.WeakSet = weakref.WeakSet()
+CREATED: list[int] = []  # id of every instance built (RSS sampling can miss a short-lived peak)
 
 
 def _oom_model_classes():
@@ -49,6 +50,7 @@ def _oom_model_classes():
             super().__init__(config)
             self.ballast = torch.ones(BALLAST, device="cpu")  # (BALLAST,) real pages, not a parameter
             LIVE_MODELS.add(self)
+            CREATED.append(id(self))
 
         def forward(self, input_ids=None, **kwargs):
             if self.training and input_ids is not None:
@@ -93,18 +95,14 @@ def _rss() -> int:
 
 def test_out_of_memory_fails_the_run_and_the_job_with_advice_and_frees_the_model(tmp_path, oom_model_dir):
     import gc
-    import time
 
     engine = Engine(tmp_path / "ws")
     config = TrainingConfig(data=write_jsonl(tmp_path / "train.jsonl", ROWS), base_model=str(oom_model_dir),
                             method="lora", max_steps=4, batch_size=4, max_length=64, device="cpu", dtype="fp32")
     gc.collect()
     baseline = _rss()
-    peak = 0
+    built = len(CREATED)
     state = engine.jobs.start(config)
-    while engine.jobs.snapshot().active:
-        peak = max(peak, _rss())
-        time.sleep(0.02)
     state = engine.jobs.wait(60)
 
     assert state.state == "failed"
@@ -117,8 +115,8 @@ def test_out_of_memory_fails_the_run_and_the_job_with_advice_and_frees_the_model
     assert status["step"] == 0
     # the memory is back: no instance of the model is alive (without a gc.collect() here), RSS near the baseline
     assert len(LIVE_MODELS) == 0
-    assert peak - baseline > 0.8 * BALLAST * 4  # the model was really held while the job ran
-    assert _rss() - baseline < 0.5 * BALLAST * 4, (baseline, peak, _rss())
+    assert len(CREATED) > built  # the model (and its ballast) was really built while the job ran
+    assert _rss() - baseline < 0.5 * BALLAST * 4, (baseline, _rss())
 
     # the next job is not blocked by the failed one, and the advice is tailored to its settings
     retry = TrainingConfig(**{**config.to_dict(), "batch_size": 1, "gradient_checkpointing": True})
