@@ -36,8 +36,10 @@ test: $(STAMP) browser
 test-unit: $(STAMP)
 	$(PY) -m pytest -m "not integration and not browser"
 
+# ruff, then the package layers and the no-cycle rule of pyproject.toml [tool.importlinter]
 lint: $(STAMP)
 	$(PY) -m ruff check .
+	$(VENV)/bin/lint-imports --no-cache
 
 # The benchmark modules, one at a time (bench/common.py is their library); a module not written yet is skipped.
 BENCHMARKS := train methods arena retrieval eval

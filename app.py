@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # no phoning home; m
 import gradio as gr  # noqa: E402
 
 from core.engine import Engine  # noqa: E402
-from core.uploads import MAX_UPLOAD_BYTES  # noqa: E402
+from core.engine.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from ui import arena, evaluate, knowledge, runs, train  # noqa: E402
 from ui.common import index_choices, run_choices  # noqa: E402
 

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_decoder_option, print_table, use_decoder, write_result
+from bench.common import add_decoder_option, generation_config, print_table, write_result
 from core.arena import ArenaConfig
 from core.data import demo_path, load_examples
-from core.generation import GenerationConfig
+from core.inference import GenerationConfig
 
 TARGET = 2.5
 VARIANTS = ["zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag"]
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         began = time.perf_counter()
         host = engine.host()
         model_load_s = time.perf_counter() - began
-        generation = GenerationConfig(max_new_tokens=args.max_new_tokens)  # greedy
+        generation = generation_config(args, max_new_tokens=args.max_new_tokens)  # greedy
         config = ArenaConfig(variants=variants, adapters=[str(run_dir)], index=str(index) if index else None,
                              generation=generation)
         context = engine.arena_context(config)  # loads the adapter, the knowledge base, the few-shot pool
@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         # warm-up: first calls pay one-off costs (kernels, PEFT adapter dispatch, tokenizer caches)
         engine.arena(queries[0].instruction, config, input_text=queries[0].input)
         host.generate(["<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"], [None],
-                      GenerationConfig(max_new_tokens=2))
+                      generation_config(args, max_new_tokens=2))
         if torch.cuda.is_available():
             torch.cuda.reset_peak_memory_stats()
 
@@ -220,7 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             summary["peak_vram_mib"] = round(torch.cuda.max_memory_allocated() / 2**20)
         payload: dict[str, Any] = {"summary": summary, "per_query": rows, "mismatches": mismatches[:10]}
         if args.long_tokens:  # the same prompts (last query) with longer answers: decode weighs more than prefill
-            long_generation = GenerationConfig(max_new_tokens=args.long_tokens)
+            long_generation = generation_config(args, max_new_tokens=args.long_tokens)
             batched, batched_s = _batched(host, prompts, keys, long_generation, config.max_batch_size)
             single, single_s = _one_by_one(host, prompts, keys, long_generation)
             payload["long_answers"] = {
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "speedup": round(single_s / batched_s, 2), "new_tokens": [o.new_tokens for o in batched],
                 "identical": sum(b.text == o.text for b, o in zip(batched, single, strict=True))}
         # prefill alone (one new token): what padding every row to the longest prompt costs
-        one = GenerationConfig(max_new_tokens=1)
+        one = generation_config(args, max_new_tokens=1)
         _, prefill_batched_s = _batched(host, prompts, keys, one, config.max_batch_size)
         _, prefill_single_s = _one_by_one(host, prompts, keys, one)
         lengths = [host.count_tokens(prompt) for prompt in prompts]
@@ -295,7 +295,6 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true", help="torch.profiler over the last query")
     add_decoder_option(parser)
     args = parser.parse_args()
-    use_decoder(args.decoder)
     if args.smoke:
         args.queries, args.variants, args.max_new_tokens, args.skip_cold, args.repeats, args.long_tokens = (
             1, "zero_shot,finetuned", 4, True, 1, 0)

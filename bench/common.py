@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.runs import write_json
+from core.io import write_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -78,16 +78,16 @@ def add_decoder_option(parser: Any) -> None:
     """``--decoder engine|hf``: the engine's batch decoder, or the path before it (one left-padded
     ``model.generate`` per batch) for before/after figures measured by the same script."""
     parser.add_argument("--decoder", choices=("engine", "hf"), default="engine",
-                        help="engine: core.generation's batch decoder; hf: one left-padded model.generate per batch "
+                        help="engine: core.inference's batch decoder; hf: one left-padded model.generate per batch "
                              "(the engine's path before it, for before/after figures)")
 
 
-def use_decoder(name: str) -> None:
-    """Route this process's generation through ``name`` (see add_decoder_option)."""
-    if name == "hf":
-        from core.generation import _BatchDecoder
+def generation_config(args: Any, **values: Any) -> Any:
+    """A GenerationConfig whose ``decoder`` follows ``--decoder`` (engine: the batch decoder, "auto"; hf: the
+    reference path, one left-padded model.generate per batch)."""
+    from core.inference import GenerationConfig
 
-        _BatchDecoder.supports = staticmethod(lambda model: False)
+    return GenerationConfig(decoder="hf" if args.decoder == "hf" else "auto", **values)
 
 
 def write_result(name: str, payload: dict[str, Any], *, smoke: bool = False) -> Path:

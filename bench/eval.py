@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import add_decoder_option, print_table, use_decoder, write_result
+from bench.common import add_decoder_option, generation_config, print_table, write_result
 from core.arena import ArenaConfig
 from core.data import demo_path
-from core.generation import GenerationConfig
 
 VARIANTS = ["zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag"]
 
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         run_dir = engine.install_demo_run()
         data = demo_path("test.jsonl")
         config = ArenaConfig(variants=args.variants, adapters=[str(run_dir)], index=str(index) if index else None,
-                             generation=GenerationConfig(max_new_tokens=args.max_new_tokens),
+                             generation=generation_config(args, max_new_tokens=args.max_new_tokens),
                              max_batch_size=args.max_batch_size)
         began = time.perf_counter()
         warm = engine.evaluate(data, config, out=workspace / "evals" / "warm-up", limit=1)
@@ -108,7 +107,6 @@ def main() -> None:
     parser.add_argument("--max-batch-size", type=int, default=8, help="rows per generate call (ArenaConfig)")
     add_decoder_option(parser)
     args = parser.parse_args()
-    use_decoder(args.decoder)
     if args.smoke:
         args.limit, args.variants, args.max_new_tokens = 2, "zero_shot,finetuned", 4
     args.variants = [name.strip() for name in args.variants.split(",") if name.strip()]

@@ -115,7 +115,7 @@ def main() -> None:
 def evaluate(engine, trained: list[dict], args: argparse.Namespace) -> dict:
     """zero_shot plus one finetuned@<run> variant per trained run, side by side on the first test rows."""
     from core.arena import ArenaConfig
-    from core.generation import GenerationConfig
+    from core.inference import GenerationConfig
 
     if not trained:
         return {"by_run": {}, "zero_shot": {}, "wall_s": 0.0}

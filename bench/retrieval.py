@@ -49,6 +49,7 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
 
 def demo_corpus(smoke: bool, batch_sizes: list[int], queries: int) -> dict[str, Any]:
     from core.data import demo_path, load_examples
+    from core.models import default_embedding_model, load_embedding_model
     from retrieval import (
         ChunkingConfig,
         KnowledgeBase,
@@ -60,7 +61,7 @@ def demo_corpus(smoke: bool, batch_sizes: list[int], queries: int) -> dict[str, 
     from retrieval.index import embed_text
 
     began = time.perf_counter()
-    embedder = SentenceTransformerEmbedder.load()
+    embedder = SentenceTransformerEmbedder(load_embedding_model(), default_embedding_model())  # bundled MiniLM
     embedder_load_s = time.perf_counter() - began
     corpus = demo_path("corpus")
     documents = load_documents([str(corpus)]).documents

@@ -18,15 +18,14 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from core.errors import ConfigError, ModelNotFoundError
+from core.io import atomic_folder
 
 if TYPE_CHECKING:  # heavy imports stay lazy
     import torch
@@ -40,10 +39,6 @@ CACHE_FORMAT = 1
 
 MARKER = "tune_arena_cache.json"
 """Written last into a cached model folder; a folder without it is never loaded."""
-
-
-class ModelNotFoundError(RuntimeError):
-    """A model that cannot be found (offline or at all). The message is one line saying what to do."""
 
 
 @dataclass(frozen=True)
@@ -243,7 +238,7 @@ def pick_dtype(device: str, requested: str | None = None) -> torch.dtype:
     requested = requested or os.environ.get("TUNE_ARENA_DTYPE")
     if requested:
         if requested not in _DTYPES:
-            raise ValueError(f"dtype: unknown value {requested!r}; use one of fp32, bf16, fp16")
+            raise ConfigError(f"dtype: unknown value {requested!r}; use one of fp32, bf16, fp16")
         return getattr(torch, _DTYPES[requested])
     kind = device.split(":")[0]
     if kind == "cuda":
@@ -265,46 +260,6 @@ def is_complete_cache(folder: Path) -> bool:
     except (OSError, ValueError):
         return False
     return marker.get("format") == CACHE_FORMAT
-
-
-@contextmanager
-def atomic_directory(final: Path, replace: Callable[[Path], bool] | None = None) -> Iterator[Path]:
-    """Yield a temporary folder beside ``final``; on success rename it to ``final`` in one step.
-
-    A process killed inside the block leaves only a ``.tmp-*`` folder that no loader reads (removed by the next
-    ``atomic_directory`` on the same parent); ``final`` is never seen half-written. If ``final`` appeared meanwhile
-    (another process won the race), the new copy is dropped, unless ``replace(final)`` says the folder there is
-    unusable (e.g. a cache of an older format): it is then renamed aside and removed, and the new copy moves in.
-    """
-    final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_tmp(final.parent)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        if replace is not None and final.exists() and replace(final):
-            aside = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-old-", dir=final.parent))
-            with suppress(FileNotFoundError):  # gone meanwhile: nothing to set aside
-                os.replace(final, aside / final.name)
-            shutil.rmtree(aside, ignore_errors=True)
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def _remove_stale_tmp(parent: Path, older_than_s: float = 3600.0) -> None:
-    now = time.time()
-    for tmp in parent.glob(".tmp-*"):
-        try:
-            if now - tmp.stat().st_mtime > older_than_s:
-                shutil.rmtree(tmp, ignore_errors=True)
-        except OSError:
-            pass
 
 
 def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
@@ -330,7 +285,7 @@ def convert_gguf_to_cache(gguf: Path, cache_dir: Path) -> Path:
     if missing or unexpected:
         raise RuntimeError(f"GGUF conversion of {gguf}: missing {missing[:5]}, unexpected {unexpected[:5]}")
     clean.generation_config = loaded.generation_config
-    with atomic_directory(cache_dir, replace=lambda folder: not is_complete_cache(folder)) as tmp:
+    with atomic_folder(cache_dir, replace=lambda folder: not is_complete_cache(folder)) as tmp:
         clean.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         marker = {"format": CACHE_FORMAT, "source": str(gguf), "source_bytes": gguf.stat().st_size,

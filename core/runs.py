@@ -26,13 +26,15 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import socket
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from core.errors import ConfigError, RunStateError
+from core.io import append_jsonl, read_json, read_jsonl, remove_folder, write_atomic, write_json
+from core.limits import check_name, child_folder, writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -40,52 +42,36 @@ STATES = ("running", "completed", "stopped", "failed")
 """What status.json may say. ``Run.state`` adds ``interrupted`` (running, but its process is gone) and ``unknown``."""
 STALE_S = 15 * 60
 """A running status that names no owner this host can check and is this old (seconds) was probably killed."""
-WEIGHT_FOLDERS = ("adapter", "model", "weights")
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@dataclass(frozen=True)
+class SaveFormat:
+    """How a method saves its trained weights in the run folder: ``folder``/``weights_file`` (safetensors)."""
+
+    name: str
+    folder: str
+    weights_file: str
+    description: str
+
+
+PEFT_FORMAT = "peft"
+FULL_FORMAT = "full"
+PARTIAL_FORMAT = "partial"
+SAVE_FORMATS = {fmt.name: fmt for fmt in (
+    SaveFormat(PEFT_FORMAT, "adapter", "adapter_model.safetensors", "PeftModel.save_pretrained's adapter folder"),
+    SaveFormat(FULL_FORMAT, "model", "model.safetensors", "a whole transformers model folder with its tokenizer"),
+    SaveFormat(PARTIAL_FORMAT, "weights", "trained.safetensors", "only the trained tensors of the base model"),
+)}
+WEIGHT_FOLDERS = tuple(fmt.folder for fmt in SAVE_FORMATS.values())
+
+
+def _read_saved(path: Path) -> Any:
+    """A run's JSON file; a damaged one (cut short, edited by hand) is a ConfigError naming it: the person's to fix
+    or delete, not a bug."""
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; results are meant to be read and shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_json(path: Path, value: Any) -> None:
-    write_atomic(path, json.dumps(value, indent=2, default=str) + "\n")
-
-
-def read_json(path: Path) -> Any:
-    """The JSON in ``path``; ValueError naming the file if it is not valid JSON."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
-        raise ValueError(f"{path}: not valid JSON ({err})") from None
-
-
-def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL file; a torn last line (a process killed mid-append) is skipped."""
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
-
-
-def folder_bytes(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+        return read_json(path)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def new_run_id(method: str) -> str:
@@ -175,12 +161,12 @@ class Run:
 
     @property
     def config(self) -> dict[str, Any]:
-        return read_json(self.path / "config.json")
+        return _read_saved(self.path / "config.json")
 
     @property
     def status(self) -> dict[str, Any]:
         path = self.path / "status.json"
-        return read_json(path) if path.exists() else {"state": "unknown"}
+        return _read_saved(path) if path.exists() else {"state": "unknown"}
 
     @property
     def state(self) -> str:
@@ -195,10 +181,21 @@ class Run:
             return None
         return int(owner["pid"])
 
+    def check_resumable(self) -> None:
+        """RunStateError unless this run can continue from its checkpoint: a run folder, not completed, not being
+        trained by another live process. The one resume rule (CLI ``train --resume`` and the Train tab)."""
+        if not (self.path / "config.json").is_file():
+            raise RunStateError(f"resume: {self.path} is not a run folder (no config.json)")
+        if self.state == "completed":
+            raise RunStateError(f"resume: run {self.run_id} already completed; nothing to resume")
+        owner = self.owned_elsewhere()
+        if owner is not None:
+            raise RunStateError(f"resume: run {self.run_id} is still being trained by process {owner}; stop it first")
+
     @property
     def result(self) -> dict[str, Any] | None:
         path = self.path / "result.json"
-        return read_json(path) if path.exists() else None
+        return _read_saved(path) if path.exists() else None
 
     def metrics(self) -> list[dict[str, Any]]:
         return read_jsonl(self.path / "metrics.jsonl")
@@ -233,14 +230,13 @@ class Run:
     def set_status(self, state: str, **extra: Any) -> None:
         """Write status.json; a running status names this process as its owner."""
         if state not in STATES:
-            raise ValueError(f"state: must be one of {', '.join(STATES)}, got {state!r}")
+            raise ConfigError(f"state: must be one of {', '.join(STATES)}, got {state!r}")
         owner = {"owner": process_owner()} if state == "running" else {}
         write_json(self.path / "status.json", {"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                                 **owner, **extra})
 
     def append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.path / "metrics.jsonl", "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
+        append_jsonl(self.path / "metrics.jsonl", row)
 
     def truncate_metrics(self, last_step: int) -> None:
         """Keep only the rows up to ``last_step`` (a resumed run re-logs the steps after its checkpoint)."""
@@ -257,11 +253,12 @@ class RunStore:
     def create(self, config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
         """A new run folder with its config.json and status ``running``. ``run_dir`` must not hold a run yet."""
         path = Path(run_dir) if run_dir else self.root / new_run_id(config.get("method", "run"))
+        check_name(path.name, "out")  # the name a run is later found by (resume, delete, merge, --adapter)
         if (path / "config.json").exists():
-            raise ValueError(f"out: {path} already holds a run; resume it with --resume or pick another folder")
+            raise ConfigError(f"out: {path} already holds a run; resume it with --resume or pick another folder")
         if path.exists() and any(path.iterdir()):
-            raise ValueError(f"out: {path} is not empty; pick a new folder for the run")
-        path.mkdir(parents=True, exist_ok=True)
+            raise ConfigError(f"out: {path} is not empty; pick a new folder for the run")
+        writable_folder(path)
         run = Run(path)
         write_json(path / "config.json", config)
         run.set_status("running", step=0)
@@ -285,11 +282,9 @@ class RunStore:
     def get(self, run: str | Path) -> Run:
         """A run of this store by id (its folder name under the store) or by the path of that folder. Anything else
         (``..``, another folder, a symlink leading out, a hidden folder) is refused: ValueError."""
-        from core.workspace import child_folder
-
         path = child_folder(self.root, run, "run")
         if not (path / "config.json").is_file():
-            raise ValueError(f"run: {run} is not a run folder (no config.json)")
+            raise RunStateError(f"run: {run} is not a run folder (no config.json)")
         return Run(path)
 
     def delete(self, run: str | Path) -> None:
@@ -297,13 +292,8 @@ class RunStore:
         is gone) can go. Folders left by a delete that was itself cut short are swept as well."""
         found = self.get(run)
         if found.state == "running":
-            raise ValueError(f"run: {found.run_id} is running; stop it before deleting")
-        trash = found.path.with_name(f".deleting-{found.path.name}")
-        shutil.rmtree(trash, ignore_errors=True)  # a previous delete of a run of the same name killed midway
-        os.replace(found.path, trash)  # one rename: the run disappears from listings at once
-        shutil.rmtree(trash, ignore_errors=True)
-        for leftover in found.path.parent.glob(".deleting-*"):
-            shutil.rmtree(leftover, ignore_errors=True)
+            raise RunStateError(f"run: {found.run_id} is running; stop it before deleting")
+        remove_folder(found.path)  # one rename: the run disappears from listings at once
 
 
 def render_card(config: dict[str, Any], result: dict[str, Any], status: dict[str, Any]) -> str:

@@ -1,30 +1,28 @@
 """Retrieval: documents -> chunks -> embeddings -> a FAISS knowledge base you can search and evaluate.
 
-Never imports gradio. Typical use::
+A library of its own: it never imports gradio nor the engine (only core's base layer: errors, io, limits), and takes
+the embedding model as an ``Embedder`` it is given. Typical use::
 
-    embedder = SentenceTransformerEmbedder.load()            # bundled all-MiniLM-L6-v2
+    embedder = SentenceTransformerEmbedder.load(path)        # a sentence-transformers folder or hub id
     build_index(["assets/demo/corpus"], "workspace/indexes/demo", embedder)
     kb = KnowledgeBase.load("workspace/indexes/demo", embedder)
     hits = kb.search("What does E22 mean?", k=3)
 """
 
+from retrieval.build import build_index
 from retrieval.chunking import ChunkingConfig, chunk_document
 from retrieval.documents import Document, Skipped, load_documents
 from retrieval.embeddings import Embedder, SentenceTransformerEmbedder
 from retrieval.evaluation import RetrievalReport, evaluate_retrieval, load_cases
-from retrieval.index import (
-    BuildResult,
+from retrieval.folder import (
     Chunk,
-    IndexConfig,
     IndexFolderError,
     IndexLimitError,
-    KnowledgeBase,
     NothingToIndexError,
-    SearchHit,
-    build_index,
     is_index_folder,
     read_manifest,
 )
+from retrieval.index import BuildResult, IndexConfig, KnowledgeBase, SearchHit
 
 __all__ = [
     "BuildResult", "Chunk", "ChunkingConfig", "Document", "Embedder", "IndexConfig", "IndexFolderError",

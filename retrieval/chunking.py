@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
+from core.errors import ConfigError
 from retrieval.documents import Document
 
 HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)(?:[ \t]+#+)?[ \t]*$")  # "## C#" is "C#"; "## B ##" is "B"
@@ -37,14 +38,14 @@ class ChunkingConfig:
         for name in ("chunk_size", "overlap", "min_chunk_tokens"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError(f"{name}: must be an integer, got {value!r}")
+                raise ConfigError(f"{name}: must be an integer, got {value!r}")
         if not 16 <= self.chunk_size <= 8192:
-            raise ValueError(f"chunk_size: must be between 16 and 8192 tokens, got {self.chunk_size}")
+            raise ConfigError(f"chunk_size: must be between 16 and 8192 tokens, got {self.chunk_size}")
         if not 0 <= self.overlap <= self.chunk_size // 2:
             half = self.chunk_size // 2
-            raise ValueError(f"overlap: must be between 0 and chunk_size/2 = {half}, got {self.overlap}")
+            raise ConfigError(f"overlap: must be between 0 and chunk_size/2 = {half}, got {self.overlap}")
         if not 0 <= self.min_chunk_tokens <= self.chunk_size:
-            raise ValueError(f"min_chunk_tokens: must be between 0 and chunk_size, got {self.min_chunk_tokens}")
+            raise ConfigError(f"min_chunk_tokens: must be between 0 and chunk_size, got {self.min_chunk_tokens}")
 
     def to_dict(self) -> dict[str, int]:
         return asdict(self)

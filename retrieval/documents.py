@@ -10,7 +10,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import logging
 import os
 import re
@@ -19,14 +18,17 @@ from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
 
+from core.errors import TuneArenaError
+from core.io import JsonTextError, parse_json
+from core.limits import MAX_FILE_BYTES, over_size_limit
+
 logger = logging.getLogger(__name__)
 
 TEXT_COLUMNS = ("text", "content", "body", "document", "passage", "context", "article", "page_content")
 TITLE_COLUMNS = ("title", "name", "heading", "subject")
-MAX_FILE_BYTES = 50 * 10**6  # 50 MB, as the message says
 
 
-class DocumentError(ValueError):
+class DocumentError(TuneArenaError):
     """A file that cannot become a document; the message is the reason shown in ``skipped``."""
 
 
@@ -89,7 +91,7 @@ def read_text(path: Path) -> str:
     """The file as UTF-8 text; a binary file (NUL bytes, invalid UTF-8) raises DocumentError with the reason."""
     size = path.stat().st_size
     if size > MAX_FILE_BYTES:
-        raise DocumentError(f"file is {size / 1e6:.0f} MB, over the {MAX_FILE_BYTES // 10**6} MB limit")
+        raise DocumentError(f"file is {over_size_limit(size)}")
     data = path.read_bytes()
     if b"\x00" in data[:8192]:
         raise DocumentError("binary file (NUL bytes), not text")
@@ -276,13 +278,9 @@ def load_jsonl(path: Path, source: str, text_column: str | None = None, **_: obj
         if not line.strip():
             continue
         try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DocumentError(f"line {number}: invalid JSON ({err.msg})") from None
-        except RecursionError:
-            raise DocumentError(f"line {number}: invalid JSON (nested too deeply)") from None
-        except ValueError as err:  # an integer of more digits than int() converts
-            raise DocumentError(f"line {number}: invalid JSON ({str(err).split(':')[0].lower()})") from None
+            row = parse_json(line)
+        except JsonTextError as err:
+            raise DocumentError(f"line {number}: invalid JSON ({err.reason})") from None
         if not isinstance(row, dict):
             raise DocumentError(f"line {number}: expected a JSON object, got {type(row).__name__}")
         rows.append(row)

@@ -49,11 +49,12 @@ class SentenceTransformerEmbedder:
         self.max_tokens = int(model.max_seq_length or 512) - 2  # [CLS] and [SEP]
 
     @classmethod
-    def load(cls, name: str | None = None, *, device: str | None = None) -> SentenceTransformerEmbedder:
-        from core.models import default_embedding_model, load_embedding_model
+    def load(cls, name: str, *, device: str | None = None) -> SentenceTransformerEmbedder:
+        """The sentence-transformers model ``name`` (a hub id or a folder) as an Embedder. Resolving the product's
+        bundled model names and its cache is the engine's job (``Engine.embedder``); this loads what it is given."""
+        from sentence_transformers import SentenceTransformer
 
-        name = name or default_embedding_model()
-        return cls(load_embedding_model(name, device=device), name)
+        return cls(SentenceTransformer(name, device=device), name)
 
     def token_spans(self, text: str) -> list[tuple[int, int]]:
         encoded = self.model.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)

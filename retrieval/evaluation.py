@@ -6,12 +6,13 @@ suffix, so a row naming ``error-codes.md`` matches a chunk from ``assets/demo/co
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.errors import ConfigError, TuneArenaError
+from core.io import JsonTextError, parse_json
 from retrieval.index import KnowledgeBase
 
 QUESTION_FIELDS = ("question", "query", "instruction")
@@ -65,39 +66,35 @@ def load_cases(path: str | Path) -> list[RetrievalCase]:
     """
     path = Path(path).expanduser()
     if not path.is_file():
-        raise ValueError(f"{path}: no such file")
+        raise TuneArenaError(f"{path}: no such file")
     cases = []
     with open(path, "rb") as handle:  # bytes: a line that is not UTF-8 is named, not a UnicodeDecodeError
         for number, raw in enumerate(handle, start=1):
             try:
                 line = raw.decode("utf-8-sig" if number == 1 else "utf-8")
             except UnicodeDecodeError as err:
-                raise ValueError(f"{path} line {number}: not valid UTF-8 (byte 0x{raw[err.start]:02x})") from None
+                raise TuneArenaError(f"{path} line {number}: not valid UTF-8 (byte 0x{raw[err.start]:02x})") from None
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path} line {number}: invalid JSON ({err.msg})") from None
-            except RecursionError:
-                raise ValueError(f"{path} line {number}: invalid JSON (nested too deeply)") from None
-            except ValueError as err:  # an integer of more digits than int() converts
-                raise ValueError(f"{path} line {number}: invalid JSON ({str(err).split(':')[0].lower()})") from None
+                row = parse_json(line)
+            except JsonTextError as err:
+                raise TuneArenaError(f"{path} line {number}: invalid JSON ({err.reason})") from None
             if not isinstance(row, dict):
-                raise ValueError(f"{path} line {number}: expected a JSON object")
+                raise TuneArenaError(f"{path} line {number}: expected a JSON object")
             source = row.get("source")
             if not source:
                 continue
             if not isinstance(source, str):
-                raise ValueError(f"{path} line {number}: field 'source' must be a string")
+                raise TuneArenaError(f"{path} line {number}: field 'source' must be a string")
             question = next((row[name] for name in QUESTION_FIELDS if isinstance(row.get(name), str)), None)
             if not question or not question.strip():
-                raise ValueError(f"{path} line {number}: no question (fields: {', '.join(QUESTION_FIELDS)})")
+                raise TuneArenaError(f"{path} line {number}: no question (fields: {', '.join(QUESTION_FIELDS)})")
             if isinstance(row.get("input"), str) and row["input"].strip():
                 question = f"{question}\n{row['input']}"
             cases.append(RetrievalCase(question=question, source=source, id=str(row.get("id", number))))
     if not cases:
-        raise ValueError(f"{path}: no rows with a 'source' field to evaluate retrieval on")
+        raise TuneArenaError(f"{path}: no rows with a 'source' field to evaluate retrieval on")
     return cases
 
 
@@ -106,7 +103,7 @@ def evaluate_retrieval(kb: KnowledgeBase, cases: Sequence[RetrievalCase], *, k: 
                        on_progress: Callable[[int, int], None] | None = None) -> RetrievalReport:
     """hit@1..k and MRR@k of ``kb`` over ``cases`` with the given search settings."""
     if k < 1:
-        raise ValueError(f"k: must be at least 1, got {k}")
+        raise ConfigError(f"k: must be at least 1, got {k}")
     ranks: list[int | None] = []
     for number, case in enumerate(cases, start=1):
         hits = kb.search(case.question, k, mmr_lambda=mmr_lambda, hybrid=hybrid)

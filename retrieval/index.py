@@ -4,23 +4,17 @@
     <index>/chunks.jsonl   one chunk per line: id, doc_id, source, title, headings, start, end, text, n_tokens, hash
     <index>/manifest.json  embedding model, dimension, index and chunking settings, documents with hashes, counts
 
-Never pickled. Saving writes a sibling temporary folder and swaps it in with renames; a process killed at any moment
-leaves either the previous index or the new one (``load`` finishes an interrupted swap).
+Never pickled. Saving goes through core.io.atomic_folder (a fsynced sibling folder swapped in); a process killed at any
+moment leaves either the previous index or the new one (``load`` finishes an interrupted swap).
 Re-indexing reuses the vector of every chunk whose embedded text is unchanged (looked up by hash), so an unchanged
 document embeds nothing, and only added, changed or deleted documents touch the FAISS index.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
-import os
-import re
-import secrets
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -31,46 +25,29 @@ from typing import Any
 import faiss
 import numpy as np
 
+from core.errors import ConfigError
+from core.io import atomic_folder, folder_bytes
+from core.limits import writable_folder
 from retrieval.chunking import ChunkingConfig, ChunkSpan, chunk_document
-from retrieval.documents import Document, LoadResult, Skipped, load_documents
+from retrieval.documents import Document, Skipped
 from retrieval.embeddings import Embedder
+from retrieval.folder import (
+    FORMAT,
+    INDEX_TYPES,
+    Chunk,
+    IndexFolderError,
+    IndexLimitError,
+    check_index_kind,
+    faiss_ids,
+    faiss_reason,
+    read_chunks,
+    read_manifest,
+)
 from retrieval.search import BM25, mmr, reciprocal_rank_fusion
 
 logger = logging.getLogger(__name__)
 
-FORMAT = 1
-INDEX_TYPES = ("flat", "hnsw", "ivf")
-FILES = ("index.faiss", "chunks.jsonl", "manifest.json")
-MAX_DOCUMENTS = 20_000  # per index (a .jsonl/.csv row is a document); $TUNE_ARENA_MAX_DOCUMENTS overrides
-MAX_CHUNKS = 100_000  # per index: ~1.5 h of embedding with all-MiniLM-L6-v2 on 2 CPU cores; $TUNE_ARENA_MAX_CHUNKS
 Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: load, chunk, embed, index, save
-
-
-class IndexFolderError(ValueError):
-    """A bad index folder or a mismatched embedding model; the message names the folder and what is wrong."""
-
-
-class NothingToIndexError(ValueError):
-    """No document under the given paths could be read."""
-
-
-class IndexLimitError(ValueError):
-    """More documents or chunks than one index takes; the message names the limit and how to raise it."""
-
-
-def index_limits() -> tuple[int, int]:
-    """(documents, chunks) one index may hold: ``$TUNE_ARENA_MAX_DOCUMENTS`` / ``$TUNE_ARENA_MAX_CHUNKS``, else
-    MAX_DOCUMENTS / MAX_CHUNKS."""
-    limits = []
-    for variable, default in (("TUNE_ARENA_MAX_DOCUMENTS", MAX_DOCUMENTS), ("TUNE_ARENA_MAX_CHUNKS", MAX_CHUNKS)):
-        text = os.environ.get(variable, "").strip()
-        if not text:
-            limits.append(default)
-            continue
-        if not text.isdigit() or int(text) < 1:
-            raise ValueError(f"{variable}: must be a positive integer, got {text!r}")
-        limits.append(int(text))
-    return limits[0], limits[1]
 
 
 @dataclass
@@ -89,43 +66,16 @@ class IndexConfig:
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
-            raise ValueError(f"index_type: must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
+            raise ConfigError(f"index_type: must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
         for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+                raise ConfigError(f"{name}: must be a positive integer, got {value!r}")
         if isinstance(self.ivf_nlist, bool) or not isinstance(self.ivf_nlist, int) or self.ivf_nlist < 0:
-            raise ValueError(f"ivf_nlist: must be 0 (auto) or a positive integer, got {self.ivf_nlist!r}")
+            raise ConfigError(f"ivf_nlist: must be 0 (auto) or a positive integer, got {self.ivf_nlist!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """A stored chunk. ``id`` is its FAISS id; ``hash`` identifies the exact text that was embedded."""
-
-    id: int
-    doc_id: str
-    source: str
-    title: str
-    headings: tuple[str, ...]
-    start: int
-    end: int
-    text: str
-    n_tokens: int
-    hash: str
-
-    def to_dict(self) -> dict[str, Any]:
-        row = asdict(self)
-        row["headings"] = list(self.headings)
-        return row
-
-    @classmethod
-    def from_dict(cls, row: dict[str, Any]) -> Chunk:
-        return cls(id=int(row["id"]), doc_id=str(row["doc_id"]), source=str(row["source"]), title=str(row["title"]),
-                   headings=tuple(row.get("headings") or ()), start=int(row["start"]), end=int(row["end"]),
-                   text=str(row["text"]), n_tokens=int(row["n_tokens"]), hash=str(row["hash"]))
 
 
 @dataclass(frozen=True)
@@ -267,36 +217,18 @@ class KnowledgeBase:
         """Write the three files to a temporary sibling folder, then swap it in. Returns the folder."""
         target = Path(folder or self.folder or "").expanduser()
         if not str(target) or target == Path("."):
-            raise ValueError("save: no folder given")
+            raise ConfigError("save: no folder given")
         if target.exists() and not target.is_dir():
             raise IndexFolderError(f"{target} exists and is not a folder")
         if target.is_dir() and any(target.iterdir()) and not (target / "manifest.json").exists():
             raise IndexFolderError(f"{target} exists, is not empty and is not an index folder; choose another --out")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock:
-            tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
-            old = None
-            try:
-                faiss.write_index(self.index, str(tmp / "index.faiss"))
-                with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as handle:
-                    for chunk_id in sorted(self.chunks):
-                        handle.write(json.dumps(self.chunks[chunk_id].to_dict(), ensure_ascii=False) + "\n")
-                    handle.flush()
-                    os.fsync(handle.fileno())
-                (tmp / "manifest.json").write_text(json.dumps(self.manifest(), indent=1) + "\n", encoding="utf-8")
-                _fsync_folder(tmp)
-                if target.exists():
-                    old = target.parent / f".old-{target.name}-{secrets.token_hex(4)}"
-                    os.rename(target, old)
-                os.rename(tmp, target)
-            except BaseException:
-                shutil.rmtree(tmp, ignore_errors=True)
-                if old is not None and not target.exists():  # the new one did not move in: the old one goes back
-                    with contextlib.suppress(OSError):  # else ``recover`` brings it back on the next load
-                        os.rename(old, target)
-                raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        writable_folder(target.parent)  # a read-only place is the person's to fix (ConfigError), not a bug
+        with self._lock, atomic_folder(target) as tmp:  # fsynced, then swapped in: never half an index
+            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as handle:
+                for chunk_id in sorted(self.chunks):
+                    handle.write(json.dumps(self.chunks[chunk_id].to_dict(), ensure_ascii=False) + "\n")
+            (tmp / "manifest.json").write_text(json.dumps(self.manifest(), indent=1) + "\n", encoding="utf-8")
         self.folder = target
         logger.info("saved index %s (%d chunks)", target, len(self.chunks))
         return target
@@ -318,15 +250,15 @@ class KnowledgeBase:
         try:  # FAISS's own binary format: read_index never unpickles
             index = faiss.read_index(str(folder / "index.faiss"))
         except RuntimeError as err:
-            reason = _faiss_reason(err)
+            reason = faiss_reason(err)
             raise IndexFolderError(f"{folder / 'index.faiss'}: not a readable FAISS index ({reason})") from None
-        _check_index_kind(folder, index, index_config.index_type, manifest["dimension"])
-        chunks = _read_chunks(folder / "chunks.jsonl")
+        check_index_kind(folder, index, index_config.index_type, manifest["dimension"])
+        chunks = read_chunks(folder / "chunks.jsonl")
         if index.ntotal != len(chunks):
             raise IndexFolderError(
                 f"{folder}: index.faiss holds {index.ntotal} vectors but chunks.jsonl has {len(chunks)} chunks; "
                 "rebuild the index")
-        ids = _faiss_ids(index)
+        ids = faiss_ids(index)
         if ids is not None and set(ids) != set(chunks):
             raise IndexFolderError(f"{folder}: the ids in index.faiss and chunks.jsonl differ; rebuild the index")
         documents = manifest.get("documents", {})
@@ -366,7 +298,7 @@ class KnowledgeBase:
                 "documents": len(self.documents), "chunks": len(self.chunks),
                 "mean_chunk_tokens": round(float(np.mean(tokens)), 1) if tokens else 0,
                 "chunk_size": self.chunking.chunk_size, "overlap": self.chunking.overlap,
-                "updated": self.updated, "index_bytes": _folder_bytes(self.folder) if self.folder else None}
+                "updated": self.updated, "index_bytes": folder_bytes(self.folder) if self.folder else None}
 
     def vectors(self, ids: Iterable[int]) -> np.ndarray:
         """Stored vectors of chunk ``ids`` (k, d)."""
@@ -495,11 +427,11 @@ class KnowledgeBase:
         questions it raised hit@3 from 0.90 to 0.96. ``score`` is the cosine similarity, or the fused score when
         hybrid (``dense_score`` then holds the cosine)."""
         if not query or not query.strip():
-            raise ValueError("query: is empty")
+            raise ConfigError("query: is empty")
         if k < 1:
-            raise ValueError(f"k: must be at least 1, got {k}")
+            raise ConfigError(f"k: must be at least 1, got {k}")
         if mmr_lambda is not None and not 0.0 <= mmr_lambda <= 1.0:
-            raise ValueError(f"mmr_lambda: must be between 0 and 1, got {mmr_lambda}")
+            raise ConfigError(f"mmr_lambda: must be between 0 and 1, got {mmr_lambda}")
         with self._lock:
             total = len(self.chunks)
             if total == 0:
@@ -535,247 +467,3 @@ class KnowledgeBase:
             texts = [embed_text(self.chunks[i], True) for i in order]
             self._bm25 = (BM25.build(texts), order)
         return self._bm25
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Folder helpers and the build entry point
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def _fsync_folder(folder: Path) -> None:
-    for name in FILES:
-        path = folder / name
-        if path.exists():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-
-
-def _faiss_reason(err: RuntimeError) -> str:
-    """FAISS's C++ error as a short reason: "truncated or cut short" for a read past the end, else its check."""
-    text = " ".join(str(err).split())
-    if "read error" in text:
-        return "truncated or incomplete"
-    return (text.rsplit("failed: ", 1)[-1] if "failed: " in text else text)[:160] or "unknown error"
-
-
-def _folder_bytes(folder: Path) -> int:
-    return sum(path.stat().st_size for path in folder.glob("*") if path.is_file())
-
-
-STALE_TMP_S = 3600.0
-"""A ``.tmp-<name>-*`` folder this old (seconds) is what a killed save left, not a save still writing."""
-
-
-def recover(folder: Path) -> None:
-    """Finish a save interrupted between its two renames: bring back ``.old-<name>-*`` if ``folder`` is missing.
-    Temporary folders of saves killed more than ``STALE_TMP_S`` ago are removed."""
-    # exactly ".old-<name>-<8 hex digits>" (what ``save`` writes): a glob ".old-<name>-*" would also take the saved
-    # copy of a sibling index whose name extends this one ("kb-2" for "kb") and treat "[", "*" in names as patterns
-    own = re.compile(rf"\.old-{re.escape(folder.name)}-[0-9a-f]{{8}}")
-    temporary = re.compile(rf"\.tmp-{re.escape(folder.name)}-[a-z0-9_]{{8}}")  # tempfile.mkdtemp's names
-    siblings = list(folder.parent.iterdir())
-    cutoff = time.time() - STALE_TMP_S
-    for path in siblings:
-        with contextlib.suppress(OSError):
-            if temporary.fullmatch(path.name) and path.stat().st_mtime < cutoff:
-                shutil.rmtree(path, ignore_errors=True)
-    olds = sorted((path for path in siblings if own.fullmatch(path.name)), key=lambda path: path.stat().st_mtime)
-    if not olds:
-        return
-    if not (folder / "manifest.json").exists() and not folder.exists():
-        latest = olds.pop()
-        if (latest / "manifest.json").exists():
-            os.rename(latest, folder)
-            logger.warning("restored %s from an interrupted save", folder)
-    for old in olds:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def _read_chunks(path: Path) -> dict[int, Chunk]:
-    """chunks.jsonl as {id: Chunk}; IndexFolderError naming the line of a bad record or a repeated id."""
-    chunks: dict[int, Chunk] = {}
-    with open(path, "rb") as handle:  # bytes: invalid UTF-8 fails in json.loads, naming the line
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                if not isinstance(row, dict):
-                    raise TypeError(f"a JSON {type(row).__name__}, not an object")
-                chunk = Chunk.from_dict(row)
-            except (ValueError, KeyError, TypeError, RecursionError) as err:
-                raise IndexFolderError(f"{path} line {number}: bad chunk record ({str(err)[:200]})") from None
-            if chunk.id in chunks:
-                raise IndexFolderError(f"{path} line {number}: chunk id {chunk.id} appears twice")
-            chunks[chunk.id] = chunk
-    return chunks
-
-
-def _check_index_kind(folder: Path, index: faiss.Index, index_type: str, dimension: int) -> None:
-    """The FAISS structure the manifest's index_type builds, of the manifest's dimension."""
-    kind_ok = isinstance(index, faiss.IndexIVF) if index_type == "ivf" else isinstance(index, faiss.IndexIDMap2)
-    if not kind_ok:
-        raise IndexFolderError(f"{folder / 'index.faiss'}: a {type(index).__name__}, not the {index_type} index "
-                               "that manifest.json describes; rebuild the index")
-    if index.d != dimension:
-        raise IndexFolderError(f"{folder / 'index.faiss'}: vectors of dimension {index.d}, but manifest.json says "
-                               f"{dimension}; rebuild the index")
-
-
-def _faiss_ids(index: faiss.Index) -> np.ndarray | None:
-    """The external ids an index holds (IDMap2 and IVF), None for other structures."""
-    if isinstance(index, faiss.IndexIDMap2):
-        return faiss.vector_to_array(index.id_map)
-    if isinstance(index, faiss.IndexIVF):
-        lists = index.invlists
-        parts = [faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy() for i in range(index.nlist)
-                 if lists.list_size(i)]
-        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
-    return None
-
-
-def _check_manifest_fields(path: Path, manifest: dict[str, Any]) -> None:
-    """Types of the fields a load relies on (a hand-edited or foreign manifest fails here, naming the field)."""
-    def wrong(key: str, expected: str) -> IndexFolderError:
-        return IndexFolderError(f"{path}: field '{key}' must be {expected}, got {manifest[key]!r:.80}")
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, int) and not isinstance(value, bool)
-
-    if not isinstance(manifest["embedding_model"], str) or not manifest["embedding_model"]:
-        raise wrong("embedding_model", "a model name")
-    if not is_int(manifest["dimension"]) or manifest["dimension"] < 1:
-        raise wrong("dimension", "a positive integer")
-    for key in ("index", "chunking", "documents", "counts"):
-        if key in manifest and not isinstance(manifest[key], dict):
-            raise wrong(key, "a JSON object")
-    for key in ("trained_on", "next_id"):
-        if key in manifest and (not is_int(manifest[key]) or manifest[key] < 0):
-            raise wrong(key, "a non-negative integer")
-    for key in ("created", "updated", "build_s"):
-        if key in manifest and (isinstance(manifest[key], bool) or not isinstance(manifest[key], int | float)):
-            raise wrong(key, "a number")
-    if not all(is_int(value) for value in manifest.get("counts", {}).values()):
-        raise wrong("counts", "an object of integers")
-    for source, doc in manifest.get("documents", {}).items():
-        if (not isinstance(doc, dict) or not isinstance(doc.get("sha256"), str)
-                or not isinstance(doc.get("chunk_ids"), list) or not all(is_int(i) for i in doc["chunk_ids"])):
-            raise IndexFolderError(f"{path}: document {source!r:.120}: needs sha256 and a list of chunk_ids")
-
-
-def is_index_folder(folder: str | Path) -> bool:
-    return (Path(folder).expanduser() / "manifest.json").is_file()
-
-
-def read_manifest(folder: str | Path) -> dict[str, Any]:
-    """The manifest of an index folder; IndexFolderError naming the folder if it is not one."""
-    folder = Path(folder).expanduser()
-    if folder.parent.is_dir():
-        recover(folder)
-    if not folder.is_dir():
-        raise IndexFolderError(f"index folder {folder} does not exist; build it with `python -m core index`")
-    missing = [name for name in FILES if not (folder / name).is_file()]
-    if missing:
-        raise IndexFolderError(f"{folder} is not an index folder (missing {', '.join(missing)})")
-    try:
-        manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise IndexFolderError(f"{folder / 'manifest.json'}: not valid JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise IndexFolderError(f"{folder / 'manifest.json'}: unknown index format {manifest.get('format')!r}"
-                          if isinstance(manifest, dict) else f"{folder / 'manifest.json'}: not a JSON object")
-    for key in ("embedding_model", "dimension"):
-        if key not in manifest:
-            raise IndexFolderError(f"{folder / 'manifest.json'}: missing field '{key}'")
-    _check_manifest_fields(folder / "manifest.json", manifest)
-    return manifest
-
-
-def build_index(
-    paths: Iterable[str | Path],
-    out: str | Path,
-    embedder: Embedder | Callable[[], Embedder],
-    *,
-    index_config: IndexConfig | None = None,
-    chunking: ChunkingConfig | None = None,
-    text_column: str | None = None,
-    rebuild: bool = False,
-    on_progress: Progress | None = None,
-    max_documents: int | None = None,
-    max_chunks: int | None = None,
-) -> BuildResult:
-    """Index the documents under ``paths`` into folder ``out``.
-
-    If ``out`` already holds an index of the same embedding model, chunking and index type, it is updated in place:
-    only new, changed and deleted documents are touched. Otherwise (or with ``rebuild``) a new index is written,
-    still reusing vectors of identical chunks from the old one. Raises NothingToIndexError if nothing can be read.
-    ``embedder`` may be a function () -> Embedder: it is called only once some document could be read, so bad input
-    fails fast, without loading a model. Over ``max_documents`` documents or ``max_chunks`` chunks (default:
-    ``index_limits()``) raises IndexLimitError before anything is embedded; an index already in ``out`` is kept.
-    """
-    start = time.perf_counter()
-    out = Path(out).expanduser()
-    index_config = index_config or IndexConfig()
-    chunking = chunking or ChunkingConfig()
-    loaded: LoadResult = load_documents(paths, text_column=text_column)
-    if not loaded.documents:  # before any progress line: a CLI user then sees the one error line only
-        reasons = "; ".join(f"{item.path}: {item.reason}" for item in loaded.skipped[:3]) or "no paths given"
-        more = f" (+{len(loaded.skipped) - 3} more)" if len(loaded.skipped) > 3 else ""
-        raise NothingToIndexError(f"nothing to index: {reasons}{more}")
-    default_documents, default_chunks = index_limits()
-    max_documents = max_documents or default_documents
-    if len(loaded.documents) > max_documents:
-        raise IndexLimitError(f"{len(loaded.documents)} documents (a .jsonl/.csv row is one) are over the "
-                              f"{max_documents} one index takes; index fewer files or rows, or raise "
-                              "TUNE_ARENA_MAX_DOCUMENTS")
-    if callable(embedder) and not hasattr(embedder, "embed"):
-        embedder = embedder()
-    if on_progress:
-        on_progress("load", len(loaded.documents), len(loaded.documents))
-    warnings = []
-    if chunking.chunk_size > embedder.max_tokens:
-        warnings.append(f"chunk_size {chunking.chunk_size} is over the {embedder.max_tokens} tokens "
-                        f"{embedder.name} reads; the end of long chunks is not embedded")
-
-    existing: KnowledgeBase | None = None
-    if out.parent.is_dir():
-        recover(out)
-    if is_index_folder(out):
-        manifest = read_manifest(out)
-        if manifest["embedding_model"] != embedder.name and not rebuild:
-            raise IndexFolderError(f"index {out} was built with embedding model {manifest['embedding_model']}, not "
-                              f"{embedder.name}; use another --out or rebuild it")
-        if manifest["embedding_model"] == embedder.name:
-            existing = KnowledgeBase.load(out, embedder)
-    same_layout = (existing is not None and not rebuild and existing.chunking == chunking
-                   and existing.index_config == index_config)
-    cache: dict[str, np.ndarray] = {}
-    if same_layout:
-        kb = existing
-    else:
-        kb = KnowledgeBase(embedder, index_config=index_config, chunking=chunking)
-        if existing is not None and existing.index_config.contextual == index_config.contextual:
-            cache = {chunk.hash: existing.index.reconstruct(chunk.id) for chunk in existing.chunks.values()}
-    counts = kb.sync(loaded.documents, on_progress=on_progress, vector_cache=cache,
-                     max_chunks=max_chunks or default_chunks)
-    kb.build_s = time.perf_counter() - start
-    if on_progress:
-        on_progress("save", 0, 1)
-    kb.save(out)
-    if on_progress:
-        on_progress("save", 1, 1)
-    rebuilt = bool(counts.pop("rebuilt")) or not same_layout
-    result = BuildResult(index_dir=str(out), documents=len(kb.documents), chunks=len(kb.chunks),
-                         skipped=loaded.skipped, wall_s=time.perf_counter() - start, warnings=warnings,
-                         rebuilt=rebuilt, **counts)
-    if not same_layout and existing is not None:  # counts relative to the index that was there before
-        old_docs = existing.documents
-        result.added = sum(1 for source in kb.documents if source not in old_docs)
-        result.changed = sum(1 for source, doc in kb.documents.items()
-                             if source in old_docs and old_docs[source]["sha256"] != doc["sha256"])
-        result.removed = sum(1 for source in old_docs if source not in kb.documents)
-        result.unchanged = len(kb.documents) - result.added - result.changed
-    logger.info("indexed %d documents into %d chunks in %.1f s (%d embedded, %d reused)", result.documents,
-                result.chunks, result.wall_s, result.embedded, result.reused)
-    return result
-

@@ -134,7 +134,7 @@ class EchoHost:
                  on_text: Any = None, on_batch: Any = None) -> list:
         import time
 
-        from core.generation import Generated
+        from core.inference import Generated
 
         self.calls.append((list(prompts), list(adapters)))
         start = time.perf_counter()

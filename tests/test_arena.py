@@ -20,12 +20,11 @@ from arena_helpers import (
 )
 
 from core.arena import ArenaConfig, ArenaContext, parse_variants, run_examples, run_query
+from core.arena.prompting import RAG_INSTRUCTION
 from core.cli import main
 from core.data import Example
-from core.generation import AdapterHost, GenerationConfig, generate_batch
+from core.inference import AdapterHost, GenerationConfig, generate_batch, load_trained_model
 from core.models import load_causal_lm
-from core.prompting import RAG_INSTRUCTION
-from core.training import load_trained_model
 
 GEN = GenerationConfig(max_new_tokens=8)
 VARIANTS = ["zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag"]
@@ -60,7 +59,7 @@ def host(talkative_dir, runs):
 
 @pytest.fixture(scope="module")
 def scorer():
-    from core.metrics import Scorer
+    from core.arena.metrics import Scorer
 
     return Scorer()
 

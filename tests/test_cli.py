@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import pytest
 
-from core.cli import main
+from core.arena import ArenaConfig
+from core.cli import build_parser, main
+from core.cli.options import Option, add_options, option_values
+from core.training import TrainingConfig
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def workspace(tmp_path, monkeypatch) -> Path:
+    """Every command runs on an Engine of this workspace (never ./workspace)."""
+    folder = tmp_path / "ws"
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(folder))
+    return folder
 
 
 def test_data_json_counts_rows_per_task(tmp_path, capsys):
@@ -90,7 +103,13 @@ def test_train_json_follows_the_contract_then_runs_lists_and_deletes(tmp_path, t
     assert [row["run_id"] for row in listed] == ["first"] and listed[0]["state"] == "completed"
     assert main(["train", "--resume", str(out)]) == 2
     assert "already completed" in capsys.readouterr().err
+    assert main(["runs", "--runs", str(out.parent), "--merge", "first", "--out", str(tmp_path / "merged"),
+                 "--json"]) == 0
+    merged = json.loads(capsys.readouterr().out)
+    assert merged == {"merged": "first", "out": str(tmp_path / "merged")}
+    assert (tmp_path / "merged" / "config.json").is_file()
     assert main(["runs", "--runs", str(out.parent), "--delete", "first", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"deleted": "first"}
     assert not out.exists()
 
 
@@ -115,3 +134,178 @@ def test_train_bad_arguments_exit_2_before_any_run_exists(tmp_path, tiny_model_d
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and needle in err[0], err
     assert not runs.exists()
+
+
+# ---- flags come from the config dataclasses' metadata ----------------------------------------------------------------
+
+
+def _help(capsys, command: str) -> str:
+    assert main([command, "--help"]) == 0
+    return " ".join(capsys.readouterr().out.split())  # argparse wraps lines: compare with single spaces
+
+
+def _field(cls: type, name: str):
+    return next(f for f in fields(cls) if f.name == name)
+
+
+def test_every_help_page_renders(capsys):
+    assert main(["--help"]) == 0
+    listing = capsys.readouterr().out
+    for command in ("models", "data", "train", "methods", "runs", "index", "search", "retrieval-eval", "arena",
+                    "eval"):
+        assert command in listing
+        assert main([command, "--help"]) == 0 and "--json" in capsys.readouterr().out
+
+
+def test_train_help_is_the_training_config_metadata(capsys):
+    text = _help(capsys, "train")
+    for name, flag in (("grad_accum", "--grad-accum"), ("max_eval_examples", "--max-eval-examples"),
+                       ("learning_rate", "--lr"), ("base_model", "--model"), ("warmup_ratio", "--warmup-ratio")):
+        assert flag in text
+        assert " ".join(_field(TrainingConfig, name).metadata["help"].split()) in text, name
+    assert "(default: the preset's, else 1)" in text  # grad_accum's dataclass default, shown
+    for f in fields(TrainingConfig):  # every scalar field is a flag (method_config is --set)
+        if f.name not in ("method_config", "learning_rate", "base_model", "system_prompt"):
+            assert "--" + f.name.replace("_", "-") in text, f.name
+
+
+def test_arena_help_is_the_arena_and_generation_config_metadata(capsys):
+    text = _help(capsys, "arena")
+    for name, flag in (("rag_k", "--k"), ("few_shot_k", "--shots"), ("max_batch_size", "--batch-size")):
+        assert f"{flag} " in text and " ".join(_field(ArenaConfig, name).metadata["help"].split()) in text, name
+    assert "--dense retrieve by embeddings only (hybrid off: retrieval fuses BM25 with embeddings)" in text
+    assert "--max-new-tokens MAX_NEW_TOKENS Most tokens to generate (1-2048) (default: 128)" in text
+    assert "(default: 64)" in _help(capsys, "eval")  # eval's own default for max_new_tokens
+
+
+def test_a_field_added_to_a_dataclass_becomes_a_flag():
+    @dataclass
+    class Settings:
+        warmup_steps: int = field(default=3, metadata={"help": "Steps of warmup, ~5% of a run"})
+        label: str | None = field(default=None, metadata={"help": "A label"})
+        packed: bool = field(default=True, metadata={"help": "Pack short rows together"})
+        tags: list[str] = field(default_factory=list, metadata={"help": "A tag (repeatable)"})
+        ratio: float = field(default=0.5, metadata={"help": "A ratio"})
+
+    parser = argparse.ArgumentParser()
+    options = add_options(parser, Settings, options=[Option("ratio", "--r"), Option("packed", "--loose", invert=True)])
+    assert [option.flag for option in options] == ["--warmup-steps", "--label", "--loose", "--tags", "--r"]
+    help_text = " ".join(parser.format_help().split())
+    assert "--warmup-steps WARMUP_STEPS Steps of warmup, ~5% of a run (default: 3)" in help_text
+    assert "--loose packed off: Pack short rows together" in help_text
+    assert option_values(parser.parse_args([]), options) == {}  # nothing given: the dataclass decides
+    args = parser.parse_args(["--warmup-steps", "7", "--label", "x", "--loose", "--tags", "a", "--tags", "b",
+                              "--r", "0.25"])
+    values = option_values(args, options)
+    assert values == {"warmup_steps": 7, "label": "x", "packed": False, "tags": ["a", "b"], "ratio": 0.25}
+    assert Settings(**values).ratio == 0.25
+
+
+def test_a_field_that_cannot_be_a_flag_is_a_bug_of_the_caller():
+    @dataclass
+    class Nested:
+        inner: dict = field(default_factory=dict)
+
+    with pytest.raises(TypeError, match="Nested.inner"):
+        add_options(argparse.ArgumentParser(), Nested)
+    with pytest.raises(TypeError, match="no field 'nope'"):
+        add_options(argparse.ArgumentParser(), Nested, options=[Option("nope")])
+
+
+def test_train_flags_reach_the_training_config(tmp_path):
+    from core.cli.training import training_values
+
+    args = build_parser().parse_args(["train", "--data", "d.jsonl", "--lr", "0.001", "--model", "m", "--max-steps",
+                                      "3", "--no-group-by-length", "--objective", "sft", "--set", "r=4"])
+    values = training_values(args)
+    assert values == {"data": "d.jsonl", "learning_rate": 0.001, "base_model": "m", "max_steps": 3,
+                      "group_by_length": False, "objective": "sft", "method_config": {"r": "4"}}
+    config = TrainingConfig.build(values, preset="quick-lora")
+    assert config.learning_rate == 0.001 and config.group_by_length is False and config.method_config["r"] == 4
+
+
+def test_arena_flags_reach_the_arena_config():
+    from core.cli.arena import arena_config
+
+    args = build_parser().parse_args(["arena", "--query", "q", "--variants", "zero_shot,rag", "--k", "2", "--dense",
+                                      "--stop", "A", "--stop", "B", "--seed", "5", "--adapter", "r1", "--adapter",
+                                      "r2", "--variants", "zero_shot,finetuned@r1"])
+    config = arena_config(args)
+    assert config.variants == ["zero_shot", "finetuned@r1"] and config.adapters == ["r1", "r2"]
+    assert config.rag_k == 2 and config.hybrid is False and config.seed == 5
+    assert config.generation.stop == ["A", "B"] and config.generation.seed == 5
+    assert config.generation.max_new_tokens == 128 and config.few_shot_k == ArenaConfig().few_shot_k
+    eval_args = build_parser().parse_args(["eval", "--variants", "zero_shot"])
+    assert arena_config(eval_args).generation.max_new_tokens == 64
+
+
+# ---- exit codes: 2 for the user's mistakes, 1 for bugs ---------------------------------------------------------------
+
+
+def test_an_internal_bug_exits_1_with_a_line_and_the_traceback(tmp_path, capsys, monkeypatch):
+    from core.engine import Engine
+
+    def broken(self, *args, **kwargs):
+        raise TypeError("unsupported operand")
+
+    monkeypatch.setattr(Engine, "dataset_summary", broken)
+    assert main(["data", "--data", str(tmp_path / "any.jsonl"), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert lines[0] == "error: internal error (a bug; please report it): TypeError: unsupported operand"
+    assert "Traceback (most recent call last)" in captured.err and lines[-1] == "TypeError: unsupported operand"
+
+
+def test_a_plain_value_error_is_a_bug_not_a_user_error(tmp_path, capsys, monkeypatch):
+    from core.engine import Engine
+
+    monkeypatch.setattr(Engine, "dataset_summary", lambda self, *a, **k: int("x"))
+    assert main(["data", "--data", str(tmp_path / "any.jsonl")]) == 1
+    assert capsys.readouterr().err.startswith("error: internal error (a bug; please report it): ValueError: ")
+
+
+def test_methods_and_models_go_through_the_engine(capsys, tiny_model_dir):
+    assert main(["methods", "--method", "lora", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["methods"]) == ["lora"] and "quick-lora" in result["presets"]
+    assert any(row["name"] == "r" for row in result["methods"]["lora"]["settings"])
+    assert main(["models", "--model", str(tiny_model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["location"] == str(tiny_model_dir)
+
+
+def test_index_without_out_is_named_after_the_first_path_and_searched_by_name(tmp_path, workspace, monkeypatch,
+                                                                               capsys):
+    from retrieval_helpers import FakeEmbedder
+
+    from core.engine import Engine
+
+    embedder = FakeEmbedder()
+    monkeypatch.setattr(Engine, "embedder", lambda self, name=None: embedder)
+    docs = tmp_path / "Mes données (v2)"
+    docs.mkdir()
+    (docs / "kettles.md").write_text("# Kettles\n\nQuokka kettles boil water in ninety seconds.\n", encoding="utf-8")
+    assert main(["index", "--docs", str(docs), "--chunk-size", "64", "--no-context", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert Path(result["index_dir"]) == workspace / "indexes" / "Mes-donnees-v2" and result["documents"] == 1
+    manifest = json.loads((workspace / "indexes" / "Mes-donnees-v2" / "manifest.json").read_text())
+    assert manifest["chunking"]["chunk_size"] == 64 and manifest["index"]["contextual"] is False
+    assert main(["search", "--index", "Mes-donnees-v2", "--query", "kettles boil", "--k", "1", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert [Path(hit["source"]).name for hit in hits] == ["kettles.md"]
+    assert main(["search", "--index", "../elsewhere", "--query", "kettles"]) == 2  # a path: not an index folder
+    assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_damaged_saved_files_and_unwritable_folders_are_exit_2_not_bugs(tmp_path, tiny_model_dir, capsys):
+    run = tmp_path / "runs" / "r1"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{garbage")
+    assert main(["train", "--resume", str(run)]) == 2
+    assert capsys.readouterr().err.startswith(f"error: {run / 'config.json'}: not valid JSON")
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    data = _tiny_data(tmp_path)
+    assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(blocker / "run"),
+                 "--max-steps", "1"]) == 2
+    assert "cannot write in this folder" in capsys.readouterr().err

@@ -120,7 +120,7 @@ BAD_INPUTS = [
     ("latin1.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "caf\xe9", "output": "b"}\n',
      r"^latin1\.jsonl line 2: not valid UTF-8 \(byte 0xe9\)"),
     ("broken.jsonl", b'{"instruction": "a", "output": "b"}\n{"instruction": "a", "output": \n',
-     r"^broken\.jsonl line 2: malformed JSON"),
+     r"^broken\.jsonl line 2: invalid JSON"),
     ("shape.jsonl", b'{"text": "a", "label": "b"}\n', r"^shape\.jsonl line 1: unknown shape, keys \['label', 'text'\]"),
     ("missing.jsonl", b'{"instruction": "a", "output": "b"}\n' * 16 + b'{"instruction": "a"}\n',
      r'^missing\.jsonl line 17: missing field "output"$'),
@@ -134,7 +134,7 @@ BAD_INPUTS = [
     ("notobject.jsonl", b'{"instruction": "a", "output": "b"}\n[1, 2]\n',
      r"^notobject\.jsonl line 2: expected a JSON object, got list$"),
     ("scalar.json", b'{"instruction": "a"}', r"^scalar\.json line 1: expected a JSON array of objects"),
-    ("badjson.json", b'[{"instruction": "a",\n "output": }]', r"^badjson\.json line 2: malformed JSON"),
+    ("badjson.json", b'[{"instruction": "a",\n "output": }]', r"^badjson\.json line 2: invalid JSON"),
     ("empty_array.json", b"[]", r"^empty_array\.json: no rows$"),
     ("semicolon.csv", b"instruction;output\na;b\n", r"^semicolon\.csv line 1: header is semicolon-separated"),
     ("ragged.csv", b"instruction,output\na,b,c\n", r"^ragged\.csv line 2: row has 3 cells, header has 2$"),
@@ -168,7 +168,7 @@ def test_missing_file_and_folder(tmp_path):
 
 def test_size_limit(tmp_path):
     path = write(tmp_path, "big.jsonl", jsonl([{"instruction": "x" * 1000, "output": "y"}] * 200))
-    with pytest.raises(DataError, match=r"^big\.jsonl: file is 2\d\d KiB, over the 98 KiB limit$"):
+    with pytest.raises(DataError, match=r"^big\.jsonl: file is 2\d\d KB, over the 100 KB limit$"):
         load_examples(path, max_bytes=100_000)
     assert len(load_examples(path)) == 200
 

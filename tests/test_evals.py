@@ -11,9 +11,9 @@ import pytest
 from arena_helpers import EchoHost, FakeEncoder, FakeKB, one_torch_thread, talkative_model_dir
 
 from core.arena import ArenaConfig, ArenaContext
+from core.arena.evals import dataset_label_set, load_eval, run_eval, summarise
 from core.cli import main
 from core.data import Example
-from core.evals import dataset_label_set, load_eval, run_eval, summarise
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -104,7 +104,7 @@ def known_answer(prompt: str, adapter: str | None) -> str:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from core.metrics import Scorer
+    from core.arena.metrics import Scorer
 
     out = tmp_path_factory.mktemp("evals") / "eval-1"
     config = ArenaConfig(variants=["zero_shot", "few_shot", "rag"], rag_k=2)

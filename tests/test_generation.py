@@ -14,9 +14,9 @@ from arena_helpers import PROMPTS, one_torch_thread, rendered, talkative_model_d
 from tiny_models import build_tiny_llama
 from training_helpers import ROWS, tiny_config, write_rows
 
-from core.generation import AdapterError, AdapterHost, GenerationConfig, generate_batch
+from core.inference import AdapterError, AdapterHost, GenerationConfig, generate_batch, load_trained_model
 from core.models import load_causal_lm
-from core.training import load_trained_model, train
+from core.training import train
 
 GEN = GenerationConfig(max_new_tokens=10)
 

@@ -1,4 +1,4 @@
-"""core.jobs: one background training at a time, live state, stop and resume — on fakes and on the tiny model."""
+"""core.engine.jobs: one background training at a time, live state, stop and resume — on fakes and on the tiny model."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import threading
 import pytest
 
 from core.engine import Engine
-from core.jobs import JobBusyError, TrainingJobs
+from core.engine.jobs import TrainingJobs
+from core.errors import JobBusyError
 from core.training import TrainResult
 from tests.training_helpers import ROWS, tiny_config, write_rows
 

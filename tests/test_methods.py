@@ -10,14 +10,12 @@ from training_helpers import fresh_base
 from core.methods import (
     METHODS,
     BuildContext,
-    FreezeConfig,
-    LoraConfig,
     MethodConfig,
-    QLoraConfig,
     count_parameters,
     get_method,
     quantization_config,
 )
+from core.methods.configs import FreezeConfig, LoraConfig, QLoraConfig
 from core.training import TrainingConfig, supports_answer_only_head
 
 LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -60,7 +58,7 @@ def test_registry_holds_the_nine_methods_with_sane_metadata():
         for row in method.settings():
             assert row["help"], f"{name}.{row['name']} has no help text"
     assert {m for m, spec in METHODS.items() if spec.prompt_learning} == {"prompt_tuning", "prefix_tuning", "p_tuning"}
-    assert {m for m, spec in METHODS.items() if spec.mergeable} == {"lora", "qlora", "ia3", "adalora"}
+    assert {m for m, spec in METHODS.items() if spec.mergeable} == {"freeze", "lora", "qlora", "ia3", "adalora"}
 
 
 def test_unknown_method_is_named():

@@ -1,4 +1,4 @@
-"""core.metrics: the evaluate modules, Scorer, score/score_batch and bootstrap_ci, against hand-computed values.
+"""core.arena.metrics: the evaluate modules, Scorer, score/score_batch and bootstrap_ci, against hand-computed values.
 
 Offline: tests/conftest.py sets HF_HUB_OFFLINE / HF_DATASETS_OFFLINE before anything imports the hub libraries, and
 every socket connection is refused while this module runs. The embedder is a bag-of-words fake (no model).
@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core.metrics import (
+from core.arena.metrics import (
     EVALUATE_MODULES,
     METRIC_NAMES,
     MODULES_DIR,
@@ -32,7 +32,7 @@ from core.metrics import (
     score,
     score_batch,
 )
-from core.metrics.modules._text import normalize_answer
+from core.arena.metrics.modules._text import normalize_answer
 
 REPO = Path(__file__).resolve().parents[1]
 LABELS = ["billing", "shipping", "technical", "returns", "account", "feedback"]
@@ -372,7 +372,7 @@ _CLEAN_PROCESS = textwrap.dedent(
     socket.create_connection = refuse
     socket.getaddrinfo = refuse
 
-    import core.metrics as metrics
+    import core.arena.metrics as metrics
     imported_at_import = "evaluate" in sys.modules
     scorer = metrics.Scorer()
     imported_at_construction = "evaluate" in sys.modules
@@ -400,7 +400,7 @@ def test_cold_load_is_lazy_offline_and_writes_only_under_hf_home(tmp_path: Path)
     hf_home = tmp_path / "hf"
     cwd = tmp_path / "cwd"
     cwd.mkdir()
-    before = _tree(REPO / "core" / "metrics")
+    before = _tree(REPO / "core" / "arena" / "metrics")
     env = {
         **os.environ,
         "HF_HOME": str(hf_home),
@@ -426,11 +426,11 @@ def test_cold_load_is_lazy_offline_and_writes_only_under_hf_home(tmp_path: Path)
     assert {"rouge.py", "bleu.py", "exact_match.py", "token_f1.py", "_text.py"} <= copied
     # ... and writes nothing in the working directory or beside the module files.
     assert list(cwd.iterdir()) == []
-    assert _tree(REPO / "core" / "metrics") == before
+    assert _tree(REPO / "core" / "arena" / "metrics") == before
 
 
 def test_contains_answer_whole_words_after_normalisation() -> None:
-    from core.metrics import contains_answer
+    from core.arena.metrics import contains_answer
 
     assert contains_answer("The capital of France is Paris.", "Paris") == 1.0
     assert contains_answer("It is 12 litres, I think", "12 litres") == 1.0

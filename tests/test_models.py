@@ -14,10 +14,10 @@ import pytest
 import torch
 
 from core import models
+from core.io import atomic_folder
 from core.models import (
     ModelManager,
     ModelNotFoundError,
-    atomic_directory,
     cpu_has_bf16,
     is_complete_cache,
     load_causal_lm,
@@ -123,15 +123,15 @@ def test_manager_loads_each_model_once_and_shares_it(tiny_model_dir, monkeypatch
     assert manager.loaded() == [str(tiny_model_dir)]
 
 
-def test_atomic_directory_leaves_nothing_on_error(tmp_path):
+def test_atomic_folder_leaves_nothing_on_error(tmp_path):
     final = tmp_path / "cache" / "model"
     with pytest.raises(RuntimeError):
-        with atomic_directory(final) as tmp:
+        with atomic_folder(final) as tmp:
             (tmp / "model.safetensors").write_bytes(b"half")
             raise RuntimeError("disk full")
     assert not final.exists()
     assert list(final.parent.iterdir()) == []
-    with atomic_directory(final) as tmp:
+    with atomic_folder(final) as tmp:
         (tmp / "a").write_text("whole")
     assert (final / "a").read_text() == "whole"
 
@@ -142,8 +142,8 @@ def test_a_killed_cache_write_never_leaves_a_loadable_cache(tmp_path):
     script = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from core.models import atomic_directory
-        with atomic_directory(Path({str(final)!r})) as tmp:
+        from core.io import atomic_folder
+        with atomic_folder(Path({str(final)!r})) as tmp:
             (tmp / "model.safetensors").write_bytes(b"x" * 1000)
             os.kill(os.getpid(), signal.SIGKILL)
     """)

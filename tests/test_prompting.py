@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core.data import Example, build_messages
-from core.prompting import (
+from core.arena.prompting import (
     Passage,
     PromptTooLongError,
     few_shot_messages,
@@ -18,6 +17,7 @@ from core.prompting import (
     select_shots,
     zero_shot_messages,
 )
+from core.data import Example, build_messages
 
 QUERY = Example(instruction="How big is the tank?", task="qa", uid="q")
 # p0 p2 p4: classification; p1 p3 p5: qa

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from retrieval_helpers import FakeEmbedder, words, write
 
+import core.io
 from retrieval import (
     ChunkingConfig,
     IndexConfig,
@@ -300,6 +301,7 @@ def test_a_failing_swap_puts_the_previous_index_back(corpus, tmp_path, monkeypat
         real_rename(source, target)
 
     monkeypatch.setattr(os, "rename", rename)
+    monkeypatch.setattr(core.io, "exchange", lambda a, b: False)  # a file system without renameat2's exchange
     with pytest.raises(OSError, match="rename failed"):
         build(corpus, tmp_path / "kb", embedder)
     monkeypatch.undo()

@@ -1,10 +1,10 @@
-"""core.uploads: safe names, allowed types, size limit, atomic replacement."""
+"""core.engine.uploads: safe names, allowed types, size limit, atomic replacement."""
 
 from __future__ import annotations
 
 import pytest
 
-from core.uploads import MAX_NAME_CHARS, UploadError, list_uploads, safe_name, store_upload
+from core.engine.uploads import MAX_NAME_CHARS, UploadError, list_uploads, safe_name, store_upload
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -42,7 +42,7 @@ def test_store_keeps_the_file_under_the_kind_folder(tmp_path):
 @pytest.mark.parametrize(("kind", "name", "size", "needle"), [
     ("datasets", "model.pkl", 10, "model.pkl: not a supported file type here"),
     ("datasets", "notes.md", 10, "notes.md: not a supported file type"),
-    ("documents", "big.md", 2048, "big.md: 0.0 MB is over the 0 MB upload limit"),
+    ("documents", "big.md", 2048, "big.md: 2 KB, over the 1 KB limit for an upload"),
     ("weights", "a.md", 10, "kind: must be one of"),
 ])
 def test_refusals_name_the_file(tmp_path, kind, name, size, needle):

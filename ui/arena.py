@@ -17,7 +17,7 @@ import gradio as gr
 from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
 from core.data import demo_path, load_examples
 from core.engine import DEMO_RUN, Engine
-from core.generation import GenerationConfig
+from core.inference import GenerationConfig
 from ui.common import DEMO_INDEX, index_choices, run_choices
 
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),

@@ -1,10 +1,10 @@
-"""Helpers every tab shares: choices for the run / knowledge-base pickers and one-line error messages."""
+"""Helpers every tab shares: choices for the run / knowledge-base pickers (one-line errors: core.text.one_line)."""
 
 from __future__ import annotations
 
 from core.engine import DEMO_INDEX, Engine
 
-__all__ = ["DEMO_INDEX", "index_choices", "one_line", "run_choices"]
+__all__ = ["DEMO_INDEX", "index_choices", "run_choices"]
 
 
 def run_choices(engine: Engine, *, with_weights: bool = True) -> list[tuple[str, str]]:
@@ -36,8 +36,3 @@ def index_choices(engine: Engine, *, with_demo: bool = True) -> list[tuple[str, 
         rows.insert(0, demo)
     return rows
 
-
-def one_line(err: BaseException) -> str:
-    """The first line of an error, for gr.Error / gr.Warning (never a traceback)."""
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -20,13 +20,14 @@ import gradio as gr
 import pandas as pd
 
 from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, parse_variants
+from core.arena.evals import ALL_TASKS, HEADLINE, load_eval
+from core.arena.metrics import CLASSIFICATION_TASK
 from core.data import Dataset, demo_path, load_examples
 from core.engine import Engine
-from core.evals import ALL_TASKS, HEADLINE, load_eval
-from core.generation import GenerationConfig
-from core.metrics import CLASSIFICATION_TASK
-from core.uploads import KINDS, list_uploads
-from ui.common import DEMO_INDEX, index_choices, one_line, run_choices
+from core.engine.uploads import KINDS, list_uploads
+from core.inference import GenerationConfig
+from core.text import one_line
+from ui.common import DEMO_INDEX, index_choices, run_choices
 
 logger = logging.getLogger(__name__)
 

@@ -20,14 +20,15 @@ import pandas as pd
 
 from core.data import demo_path
 from core.engine import Engine
-from core.uploads import list_uploads
+from core.engine.uploads import list_uploads
+from core.limits import check_name
+from core.text import fmt_bytes, one_line
 from retrieval import ChunkingConfig, IndexConfig, is_index_folder, read_manifest
 from retrieval.index import INDEX_TYPES
-from ui.common import DEMO_INDEX, index_choices, one_line
+from ui.common import DEMO_INDEX, index_choices
 
 logger = logging.getLogger(__name__)
 
-NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")  # a plain folder name under indexes/, never a path
 ROW_SUFFIX = re.compile(r"#\d+$")  # "table.csv#3": row 3 of a table file
 UPLOAD_TYPES = ".md .txt .html .pdf .jsonl .csv .tsv"
 SKIPPED_HEADERS = ["File", "Reason"]
@@ -50,15 +51,9 @@ SNIPPET_CHARS = 160
 
 
 def check_index_name(name: str | None) -> str:
-    """The stripped name if it is a plain folder name (letters, digits, ``_ . -``, no leading dot, at most 64
-    characters); ValueError with one line otherwise. ``"../x"``, ``"/abs"``, ``"a/b"``, ``""`` are refused."""
-    text = (name or "").strip()
-    if not text:
-        raise ValueError("Index name: is empty; type a plain name such as my-docs")
-    if not NAME.fullmatch(text):
-        raise ValueError(f"Index name: {text!r} is not a plain name; use only letters, digits, '_', '.', '-' "
-                         "(no slashes, not starting with a dot, at most 64 characters)")
-    return text
+    """The stripped name if it is a plain folder name (``core.limits.check_name``: the one name rule for runs,
+    indexes and evaluations); ValueError with one line starting ``index:`` otherwise, as the CLI says it."""
+    return check_name((name or "").strip(), "index")
 
 
 def typed_paths(text: str | None) -> list[str]:
@@ -117,16 +112,6 @@ def format_time(stamp: float | None) -> str:
     return time.strftime("%Y-%m-%d %H:%M", time.localtime(float(stamp)))
 
 
-def format_bytes(size: int | None) -> str:
-    if size is None:
-        return "?"
-    for unit in ("B", "KB", "MB"):
-        if size < 1000:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1000
-    return f"{size:.1f} GB"
-
-
 def index_rows(listing: Iterable[dict]) -> list[list[Any]]:
     """Rows of ``INDEX_HEADERS`` from ``Engine.list_indexes()``; an unreadable index shows its error."""
     rows = []
@@ -161,7 +146,7 @@ def stats_markdown(stats: dict[str, Any]) -> str:
             f"(mean {stats.get('mean_chunk_tokens', 0)} tokens) · {stats.get('index_type')} index · "
             f"{html.escape(str(stats.get('embedding_model')))} ({stats.get('dimension')} dims) · "
             f"chunk size {stats.get('chunk_size')}, overlap {stats.get('overlap')} · "
-            f"{format_bytes(stats.get('index_bytes'))} on disk · updated {format_time(stats.get('updated'))}")
+            f"{fmt_bytes(stats.get('index_bytes')) or '?'} on disk · updated {format_time(stats.get('updated'))}")
 
 
 def document_rows(documents: dict[str, dict[str, Any]]) -> list[list[Any]]:

@@ -1,14 +1,14 @@
 """Train tab: pick or upload a dataset (previewed and validated), a method and its settings, then Start / Stop /
 Resume a run that trains in the engine's background worker while a timer polls its live loss curves.
 
-Layout and wiring only: widget values -> TrainingConfig -> ``engine.jobs`` -> a snapshot rendered as a progress bar,
-a status line and a loss chart.
+Layout and wiring only: widget values -> ``engine.training_config`` (preset < form < method settings; the method
+settings are typed by their config class) -> ``engine.jobs`` -> a snapshot rendered as a progress bar, a status line
+and the loss chart of ``core.charts``.
 """
 
 from __future__ import annotations
 
 import html
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -16,13 +16,15 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from core.charts import loss_curves_svg
 from core.data import DataError, demo_path, load_examples
 from core.engine import Engine
-from core.jobs import JobBusyError, JobState
+from core.engine.jobs import JobState
+from core.engine.uploads import list_uploads
+from core.errors import JobBusyError
 from core.methods import METHODS, get_method
-from core.training import TrainingConfig, list_presets, load_preset
-from core.uploads import list_uploads
-from ui.common import one_line
+from core.text import fmt_duration, one_line
+from core.training import list_presets, load_preset
 
 HOLD_OUT = "__hold_out__"
 CHOICES_FOR = {"quant_type": ["nf4", "fp4"], "bits": [4, 8], "encoder_type": ["MLP", "LSTM"],
@@ -66,54 +68,26 @@ def store_dataset(engine: Engine, path: str | Path, name: str | None = None) -> 
     return engine.store_upload(path, "datasets", name=name or Path(path).name)
 
 
-def method_values(method: str, values: dict[str, Any]) -> dict[str, Any]:
-    """The method's settings from form values (``values``: setting name -> widget value), typed as its fields."""
-    out: dict[str, Any] = {}
-    for row in get_method(method).settings():
-        if row["name"] not in values or values[row["name"]] is None:
-            continue
-        value = values[row["name"]]
-        kind = str(row["type"])
-        if kind == "int":
-            value = int(value)
-        elif kind == "float":
-            value = float(value)
-        elif kind == "bool":
-            value = bool(value)
-        out[row["name"]] = value
-    return out
+def form_values(data: str | None, val_data: str | None, method: str, method_config: dict[str, Any], *,
+                base_model: str | None = "", epochs: float | None = None, max_steps: int | None = None,
+                learning_rate: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
+                max_length: int | None = None, scheduler: str | None = None, warmup_ratio: float | None = None,
+                seed: int | None = None, gradient_checkpointing: bool | None = None) -> dict[str, Any]:
+    """The form's widget values as ``TrainingConfig.build`` values (None = not set: the preset's or the default).
+
+    What the widgets mean: the hold-out choice is no validation file, 0 max steps is "by epochs", 0 learning rate is
+    "the preset's, else the method's default", an empty base model is the bundled one. ``method_config`` is passed
+    as the widgets give it (numbers, text): the method's config class types and checks it."""
+    return {"data": data or None, "val_data": None if not val_data or val_data == HOLD_OUT else val_data,
+            "method": method, "method_config": dict(method_config), "base_model": (base_model or "").strip() or None,
+            "epochs": epochs or None, "max_steps": max_steps or None, "learning_rate": learning_rate or None,
+            "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length, "scheduler": scheduler,
+            "warmup_ratio": warmup_ratio, "seed": seed, "gradient_checkpointing": gradient_checkpointing}
 
 
-def build_config(data: str | None, val_data: str | None, method: str, method_config: dict[str, Any], *,
-                 preset: str = "", base_model: str = "", epochs: float = 1.0, max_steps: int = 0,
-                 learning_rate: float = 0.0, batch_size: int = 8, grad_accum: int = 1, max_length: int = 512,
-                 scheduler: str = "cosine", warmup_ratio: float = 0.05, seed: int = 42,
-                 gradient_checkpointing: bool = False) -> TrainingConfig:
-    """A TrainingConfig from the form (0 means "not set" for max_steps and learning_rate). Raises ValueError.
-
-    A ``preset`` of the same method supplies the settings the form does not show (e.g. max_eval_examples).
-    """
-    if not data:
-        raise ValueError("data: choose a training dataset or upload one")
-    values: dict[str, Any] = {}
-    if preset:
-        chosen = load_preset(preset)["config"]
-        if chosen.get("method", "lora") == method:
-            values = {k: v for k, v in chosen.items() if k != "method_config"}
-    values.update(
-        data=data, val_data=None if not val_data or val_data == HOLD_OUT else val_data, method=method,
-        method_config=method_config, base_model=base_model.strip() or None, epochs=float(epochs),
-        max_steps=int(max_steps) if max_steps else None, learning_rate=float(learning_rate) or None,
-        batch_size=int(batch_size), grad_accum=int(grad_accum), max_length=int(max_length), scheduler=scheduler,
-        warmup_ratio=float(warmup_ratio), seed=int(seed), gradient_checkpointing=bool(gradient_checkpointing))
-    return TrainingConfig(**values)
-
-
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "–"
-    seconds = int(round(seconds))
-    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+def preset_method(name: str | None) -> str | None:
+    """The method a preset trains (None for no preset)."""
+    return load_preset(name)["config"].get("method", "lora") if name else None
 
 
 def render_progress(state: JobState, now: float | None = None) -> str:
@@ -135,8 +109,8 @@ def render_progress(state: JobState, now: float | None = None) -> str:
     if state.tokens_per_s:
         parts.append(f"{state.tokens_per_s:.0f} tokens/s")
     if state.active and state.eta_s is not None and state.total:
-        parts.append(f"ETA {_clock(state.eta_s)}")
-    parts.append(f"elapsed {_clock(elapsed)}")
+        parts.append(f"ETA {fmt_duration(state.eta_s)}")
+    parts.append(f"elapsed {fmt_duration(elapsed) or '–'}")
     line = " · ".join(parts)
     if state.error:
         line += f"<div class='ta-error'>✗ {html.escape(state.error)}</div>"
@@ -149,58 +123,9 @@ def render_progress(state: JobState, now: float | None = None) -> str:
     return f"<div class='ta-job'>{bar}{line}</div>"
 
 
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About ``count`` round tick values covering [low, high]."""
-    span = high - low or 1.0
-    raw = span / max(count - 1, 1)
-    magnitude = 10 ** math.floor(math.log10(raw))
-    step = next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw)
-    first = math.floor(low / step) * step
-    return [first + i * step for i in range(int(math.ceil((high - first) / step)) + 1)]
-
-
-def loss_chart(state: JobState, width: int = 640, height: int = 260) -> str:
-    """The train and validation loss curves as an inline SVG (scales to its container); a note when empty."""
-    train, val = state.train_curve, state.val_curve
-    if not train and not val:
-        return "<div class='ta-chart ta-why'>The loss curves appear here once training starts.</div>"
-    points = train + val
-    last_step = max([state.total] + [step for step, _ in points]) or 1
-    low, high = min(loss for _, loss in points), max(loss for _, loss in points)
-    y_ticks = _ticks(low, high)
-    y_low, y_high = min(y_ticks[0], low), max(y_ticks[-1], high)
-    left, right, top, bottom = 48, 12, 12, 34
-    plot_w, plot_h = width - left - right, height - top - bottom
-
-    def x(step: float) -> float:
-        return left + plot_w * step / last_step
-
-    def y(loss: float) -> float:
-        return top + plot_h * (1 - (loss - y_low) / ((y_high - y_low) or 1.0))
-
-    parts = [f"<svg viewBox='0 0 {width} {height}' class='ta-svg' role='img' aria-label='loss curves'>"]
-    for tick in y_ticks:
-        parts.append(f"<line x1='{left}' x2='{width - right}' y1='{y(tick):.1f}' y2='{y(tick):.1f}' class='ta-grid'/>"
-                     f"<text x='{left - 6}' y='{y(tick) + 4:.1f}' class='ta-tick' text-anchor='end'>{tick:g}</text>")
-    for tick in _ticks(0, last_step, 6):
-        if tick <= last_step:
-            parts.append(f"<text x='{x(tick):.1f}' y='{height - bottom + 16}' class='ta-tick' "
-                         f"text-anchor='middle'>{tick:g}</text>")
-    parts.append(f"<text x='{left + plot_w / 2}' y='{height - 4}' class='ta-tick' text-anchor='middle'>"
-                 "optimizer step</text>")
-    if train:
-        line = " ".join(f"{x(step):.1f},{y(loss):.1f}" for step, loss in train)
-        parts.append(f"<polyline points='{line}' class='ta-train'/>")
-    if val:
-        line = " ".join(f"{x(step):.1f},{y(loss):.1f}" for step, loss in val)
-        parts.append(f"<polyline points='{line}' class='ta-val'/>")
-        parts += [f"<circle cx='{x(step):.1f}' cy='{y(loss):.1f}' r='3.5' class='ta-val-dot'/>" for step, loss in val]
-    parts.append("</svg>")
-    legend = ("<div class='ta-legend'><span class='ta-key ta-key-train'></span>train loss"
-              f"{f' (last {train[-1][1]:.3f})' if train else ''}"
-              "<span class='ta-key ta-key-val'></span>validation loss"
-              f"{f' (last {val[-1][1]:.3f})' if val else ''}</div>")
-    return f"<div class='ta-chart'>{''.join(parts)}{legend}</div>"
+def loss_chart(state: JobState) -> str:
+    """The job's train and validation loss curves (core.charts' inline SVG); a note before the first step."""
+    return loss_curves_svg(state.train_curve, state.val_curve, state.total)
 
 
 def resumable_runs(engine: Engine) -> list[tuple[str, str]]:
@@ -216,7 +141,7 @@ def resumable_runs(engine: Engine) -> list[tuple[str, str]]:
             continue
         state = "interrupted" if run.state == "running" else run.state
         step = run.status.get("step", "?")
-        choices.append((f"{run.run_id} ({run.config.get('method')}, {state} at step {step})", str(run.path)))
+        choices.append((f"{run.run_id} ({run.config.get('method')}, {state} at step {step})", run.run_id))
     return choices
 
 
@@ -284,7 +209,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                     max_steps = gr.Number(0, label="Max steps (0 = by epochs)", precision=0, minimum=0,
                                           elem_id="train-max-steps")
                     learning_rate = gr.Number(initial.get("learning_rate") or 0, minimum=0, elem_id="train-lr",
-                                              label="Learning rate (0 = method default)")
+                                              label="Learning rate (0 = the preset's, else the method's default)")
                 with gr.Row():
                     batch_size = gr.Number(initial.get("batch_size", 8), label="Batch size", precision=0, minimum=1)
                     grad_accum = gr.Number(1, label="Gradient accumulation", precision=0, minimum=1)
@@ -323,8 +248,10 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         return (gr.update(choices=choices, value=str(stored)),
                 gr.update(choices=[("hold out 10% of the training data", HOLD_OUT)] + choices), None)
 
-    def on_method(name: str):
-        return [gr.update(visible=key == name) for key in groups] + [get_method(name).description]
+    def on_method(name: str, preset_name: str | None):
+        # a preset fills its own method's form: choosing another method leaves the preset behind
+        chosen_preset = gr.update(value="") if preset_name and preset_method(preset_name) != name else gr.update()
+        return [gr.update(visible=key == name) for key in groups] + [get_method(name).description, chosen_preset]
 
     def on_preset(name: str):
         keep = [gr.update()] * (len(groups) + 6 + len(flat))
@@ -349,12 +276,11 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         chosen = {setting: value for (key, setting, _), value in zip(flat, settings, strict=True)
                   if key == method_name}
         try:
-            config = build_config(data_path, val_path, method_name, method_values(method_name, chosen),
-                                  preset=preset_name or "", base_model=base or "", epochs=n_epochs or 1,
-                                  max_steps=steps or 0, learning_rate=lr or 0, batch_size=batch or 8,
-                                  grad_accum=accum or 1,
-                                  max_length=length or 512, scheduler=schedule, warmup_ratio=warmup or 0,
-                                  seed=seed_value or 0, gradient_checkpointing=checkpointing)
+            values = form_values(data_path, val_path, method_name, chosen, base_model=base, epochs=n_epochs,
+                                 max_steps=steps, learning_rate=lr, batch_size=batch, grad_accum=accum,
+                                 max_length=length, scheduler=schedule, warmup_ratio=warmup, seed=seed_value,
+                                 gradient_checkpointing=checkpointing)
+            config = engine.training_config(values, preset=preset_name or None)
             state = engine.jobs.start(config)
         except (ValueError, JobBusyError) as err:  # an answer for the user, not a server error: no traceback logged
             raise gr.Error(one_line(err), print_exception=False) from None
@@ -369,7 +295,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         if not run_dir:
             raise gr.Error("Choose a run to resume.")
         try:
-            state = engine.jobs.resume(engine.runs.get(run_dir).path)  # a run of this workspace only
+            state = engine.resume_job(run_dir)  # a run id of this workspace (the engine is confined)
         except (ValueError, JobBusyError) as err:
             raise gr.Error(one_line(err), print_exception=False) from None
         return render_progress(state), loss_chart(state), gr.Timer(active=True)
@@ -387,7 +313,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
 
     upload.upload(on_upload, [upload], [data, val_data, upload], api_name="train_upload")
     data.change(on_data, [data], [data_info, preview], api_name="train_preview")
-    method.change(on_method, [method], [*groups.values(), method_help])
+    method.change(on_method, [method, preset], [*groups.values(), method_help, preset])
     preset.change(on_preset, [preset], [method, *groups.values(), epochs, max_steps, learning_rate, batch_size,
                                         scheduler, *setting_inputs])
     start.click(on_start, form, [progress, chart, timer], api_name="train_start", concurrency_limit=1)
@@ -400,7 +326,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             "progress": progress, "chart": chart, "timer": timer}
 
 
-CSS = """
+CSS = """  /* the job line, and core.charts' loss curves (the Train and Runs tabs) themed for the app */
 .ta-job {padding: 8px 4px;}
 .ta-bar {height: 10px; border-radius: 5px; background: var(--background-fill-secondary); overflow: hidden;
          border: 1px solid var(--border-color-primary); margin-bottom: 6px;}
@@ -413,6 +339,8 @@ CSS = """
 .ta-grid {stroke: var(--border-color-primary); stroke-width: 1;}
 .ta-tick {font-size: 11px; fill: var(--body-text-color-subdued);}
 .ta-train {fill: none; stroke: #4f8cff; stroke-width: 1.6;}
+.ta-train-smooth {fill: none; stroke: #4f8cff; stroke-width: 2.2;}
+.ta-chart-title {font-size: 0.85em; color: var(--body-text-color-subdued); margin-bottom: 4px;}
 .ta-val {fill: none; stroke: #f28c28; stroke-width: 2.2;}
 .ta-val-dot {fill: #f28c28;}
 .ta-legend {font-size: 0.85em; margin-top: 4px;}

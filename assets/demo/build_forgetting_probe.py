@@ -19,7 +19,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent.parent))
 
-from core.generation import GenerationConfig  # noqa: E402
+from core.inference import GenerationConfig  # noqa: E402
 from core.models import load_causal_lm, pick_device, pick_dtype  # noqa: E402
 
 NUMBER_WORDS = {"zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",

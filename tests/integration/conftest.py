@@ -11,9 +11,11 @@ from core.data import demo_path
 
 @pytest.fixture(scope="session")
 def embedder():
+    """The bundled all-MiniLM-L6-v2 as a retrieval Embedder, resolved as the engine does (core.models)."""
+    from core.models import default_embedding_model, load_embedding_model
     from retrieval import SentenceTransformerEmbedder
 
-    return SentenceTransformerEmbedder.load()
+    return SentenceTransformerEmbedder(load_embedding_model(), default_embedding_model())
 
 
 @pytest.fixture(scope="session")

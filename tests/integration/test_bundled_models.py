@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from core.data import Example, demo_path, encode_for_training, load_examples
-from core.generation import GenerationConfig, generate_reply
+from core.inference import GenerationConfig, generate_reply
 from core.models import ModelManager, load_causal_lm, load_embedding_model, resolve_base_model
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,9 @@ from collections import Counter
 import pytest
 
 from core.data import build_messages, demo_path, load_examples
-from core.generation import GenerationConfig, generate_reply
+from core.inference import GenerationConfig, generate_reply, load_trained_model
 from core.models import load_causal_lm
-from core.training import TrainingConfig, load_trained_model, train
+from core.training import TrainingConfig, train
 
 # the real quick-lora run takes 2-5 minutes alone; on a shared, loaded CPU it has taken over 15
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(2400)]

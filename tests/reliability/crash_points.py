@@ -1,7 +1,8 @@
 """Kill a process with SIGKILL at one chosen file-system write, for tests/reliability/test_crashes.py.
 
 Every write a process makes under ``--root`` is an *event*, numbered in order: opening a file for writing, the
-first write into it, a rename, a recursive removal, a safetensors ``save_file`` and a FAISS ``write_index``. At the
+first write into it, a rename (or core.io's exchange of two folders), a recursive removal, a safetensors
+``save_file`` and a FAISS ``write_index``. At the
 chosen event the process does half of it and sends itself SIGKILL: a file is left with half its bytes, a tree
 with one file removed, a rename not done. Nothing is mocked: the code under test runs as in production and dies
 as a killed process dies.
@@ -160,6 +161,17 @@ def install() -> None:
         return original_rmtree(path, *args, **kwargs)
 
     shutil.rmtree = rmtree
+    import core.io
+
+    original_exchange = core.io.exchange
+
+    def exchange(a: Any, b: Any) -> bool:  # renameat2(RENAME_EXCHANGE): one step, killed before it happens
+        first, second = SWITCH.relative(a), SWITCH.relative(b)
+        if (first is not None or second is not None) and SWITCH.event(f"exchange {first} <-> {second}"):
+            SWITCH.die()
+        return original_exchange(a, b)
+
+    core.io.exchange = exchange
 
     def torn_writer(original: Any, kind: str, path_index: int) -> Any:
         def write(*args: Any, **kwargs: Any) -> Any:

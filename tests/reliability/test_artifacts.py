@@ -20,10 +20,10 @@ import pytest
 from retrieval_helpers import FakeEmbedder, words, write
 from training_helpers import ROWS, SMALL_METHOD_CONFIG, tiny_config, write_rows
 
-from core.artifacts import check_run_weights
 from core.cli import main
 from core.engine import Engine
-from core.generation import AdapterError, GenerationConfig
+from core.inference import AdapterError, GenerationConfig
+from core.methods.artifacts import check_run_weights
 from retrieval import IndexConfig, IndexFolderError, KnowledgeBase, build_index
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -269,7 +269,7 @@ def test_a_pickle_in_place_of_weights_is_never_unpickled(trained, engine, tmp_pa
     with pytest.raises(AdapterError) as caught:
         engine.checked_run(run.name)
     one_line_naming(caught.value, f"{folder}/{pickled}: a pickle file, which is never loaded", safe)
-    from core.training import load_trained_model
+    from core.inference import load_trained_model
 
     with pytest.raises(AdapterError, match=re.escape(pickled)):
         load_trained_model(run, device="cpu", dtype="fp32")  # the loader the separate adapters go through

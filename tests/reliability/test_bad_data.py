@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from retrieval_helpers import FakeEmbedder, tiny_pdf
 
 from core.data import MAX_FIELD_CHARS, DataError, Dataset, load_examples
+from core.errors import TuneArenaError
 from retrieval import KnowledgeBase, NothingToIndexError, build_index, load_cases, load_documents
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -608,7 +609,7 @@ def test_retrieval_cases_load_or_fail_with_one_line(content: bytes) -> None:
         try:
             cases = load_cases(path)
         except ValueError as err:
-            assert type(err) is ValueError, f"{type(err).__name__}: {err}"
+            assert isinstance(err, TuneArenaError), f"{type(err).__name__}: {err}"
             assert one_line(str(err)) and str(err).startswith(str(path)), str(err)
         else:
             assert cases and all(case.question.strip() and case.source for case in cases)
@@ -675,7 +676,7 @@ def test_cli_train_and_eval_refuse_bad_data_before_writing(tmp_path: Path, bad_d
     path = tmp_path / name
     path.write_bytes(BAD_DATASETS[name])
     tried("cli: train/eval", name, BAD_DATASETS[name])
-    from core.workspace import Workspace
+    from core.engine.workspace import Workspace
 
     Workspace.open(bad_data_workspace)
     before = listing(bad_data_workspace)
@@ -692,11 +693,11 @@ def test_cli_train_and_eval_refuse_bad_data_before_writing(tmp_path: Path, bad_d
 
 @pytest.fixture
 def fake_sentence_embedder(monkeypatch: pytest.MonkeyPatch) -> FakeEmbedder:
-    """`index` and `search` embed with the FakeEmbedder instead of loading MiniLM."""
-    from retrieval import SentenceTransformerEmbedder
+    """`index` and `search` (the engine's embedder) embed with the FakeEmbedder instead of loading MiniLM."""
+    from core.engine import Engine
 
     embedder = FakeEmbedder()
-    monkeypatch.setattr(SentenceTransformerEmbedder, "load", staticmethod(lambda name=None: embedder))
+    monkeypatch.setattr(Engine, "embedder", lambda self, name=None: embedder)
     return embedder
 
 
@@ -710,7 +711,7 @@ def test_cli_index_with_only_bad_documents_exits_2_and_writes_nothing(tmp_path: 
         (docs / name).write_bytes(content)
         tried("cli: index", name, content)
     out_dir = bad_data_workspace / "indexes" / "kb"
-    from core.workspace import Workspace
+    from core.engine.workspace import Workspace
 
     Workspace.open(bad_data_workspace)
     before = listing(bad_data_workspace)

@@ -147,7 +147,7 @@ def test_out_of_memory_on_the_command_line_is_one_line_and_exit_2(tmp_path, oom_
 
 @pytest.mark.parametrize("value", [0, -5, 2049, 100_000, True, "64", 64.0])
 def test_max_new_tokens_outside_1_to_2048_is_refused_naming_the_field(value):
-    from core.generation import GenerationConfig
+    from core.inference import GenerationConfig
 
     with pytest.raises(ValueError, match=r"^max_new_tokens: must be (between 1 and 2048|an integer)"):
         GenerationConfig(max_new_tokens=value)
@@ -189,7 +189,7 @@ def small_app(tmp_path_factory):
 def test_the_app_bounds_max_new_tokens_and_uploads(small_app, tmp_path):
     from gradio_client import Client, handle_file
 
-    from core.uploads import MAX_UPLOAD_BYTES
+    from core.engine.uploads import MAX_UPLOAD_BYTES
 
     url, engine, demo = small_app
     client = Client(url, verbose=False, httpx_kwargs={"timeout": 120})
@@ -214,12 +214,12 @@ def test_the_app_bounds_max_new_tokens_and_uploads(small_app, tmp_path):
 
 
 def test_store_upload_refuses_a_file_over_the_limit(tmp_path):
-    from core.uploads import MAX_UPLOAD_BYTES, UploadError, store_upload
+    from core.engine.uploads import MAX_UPLOAD_BYTES, UploadError, store_upload
 
     big = tmp_path / "big.jsonl"
     with open(big, "wb") as handle:
         handle.truncate(MAX_UPLOAD_BYTES + 1)
-    with pytest.raises(UploadError, match=r"^big.jsonl: .* over the \d+ MB upload limit"):
+    with pytest.raises(UploadError, match=r"^big.jsonl: 50000001 bytes, over the 50000000-byte limit for an upload$"):
         store_upload(tmp_path / "uploads", big, "datasets")
     assert list((tmp_path / "uploads").rglob("*.jsonl")) == []
 
@@ -260,7 +260,7 @@ def window_engine(tmp_path_factory, tiny_model_dir):
 @pytest.mark.integration  # the bundled all-MiniLM-L6-v2 embeds the indexes
 def test_a_prompt_over_the_window_is_a_clear_reason_per_variant_never_a_crash(window_engine):
     from core.arena import ArenaConfig
-    from core.generation import GenerationConfig
+    from core.inference import GenerationConfig
 
     engine, model, pool = window_engine
     config = ArenaConfig(variants=["zero_shot", "few_shot", "rag"], index="short", few_shot_pool=pool,
@@ -279,7 +279,7 @@ def test_a_prompt_over_the_window_is_a_clear_reason_per_variant_never_a_crash(wi
 @pytest.mark.integration  # the bundled all-MiniLM-L6-v2 embeds the indexes
 def test_retrieved_passages_and_shots_are_cut_to_fit_with_a_note(window_engine):
     from core.arena import ArenaConfig
-    from core.generation import GenerationConfig
+    from core.inference import GenerationConfig
 
     engine, model, pool = window_engine
     config = ArenaConfig(variants=["zero_shot", "few_shot", "rag"], index="short", rag_k=3, few_shot_pool=pool,
@@ -317,7 +317,7 @@ def test_retrieved_passages_and_shots_are_cut_to_fit_with_a_note(window_engine):
 @pytest.mark.integration  # the bundled all-MiniLM-L6-v2 embeds the indexes
 def test_max_new_tokens_that_leave_no_room_for_a_prompt_are_refused(window_engine):
     from core.arena import ArenaConfig
-    from core.generation import GenerationConfig
+    from core.inference import GenerationConfig
 
     engine, model, _ = window_engine
     config = ArenaConfig(variants=["zero_shot"], generation=GenerationConfig(max_new_tokens=WINDOW))
@@ -355,13 +355,13 @@ def test_documents_per_index_are_bounded_before_any_model_loads(tmp_path, monkey
 
 @pytest.mark.integration
 def test_chunks_per_index_are_bounded_and_the_existing_index_is_kept(tmp_path, monkeypatch):
-    from retrieval import IndexLimitError, SentenceTransformerEmbedder, build_index
+    from retrieval import IndexLimitError, build_index
 
     docs = tmp_path / "docs"
     docs.mkdir()
     for name, text in SHORT_DOCS.items():
         (docs / name).write_text(text, encoding="utf-8")
-    embedder = SentenceTransformerEmbedder.load()
+    embedder = Engine(tmp_path / "ws").embedder()  # the bundled MiniLM, resolved by the engine
     first = build_index([str(docs)], tmp_path / "index", embedder)
     assert first.chunks == 3
     before = {name: (tmp_path / "index" / name).read_bytes() for name in ("manifest.json", "chunks.jsonl")}
@@ -402,7 +402,7 @@ def test_evaluation_rows_are_bounded_before_any_model_loads(tmp_path, monkeypatc
 
 
 def test_a_training_dataset_over_the_size_limit_fails_the_job_before_a_run_exists(tmp_path, tiny_model_dir):
-    from core.data import MAX_FILE_BYTES
+    from core.limits import MAX_FILE_BYTES
 
     big = tmp_path / "big.jsonl"
     with open(big, "wb") as handle:
@@ -412,5 +412,5 @@ def test_a_training_dataset_over_the_size_limit_fails_the_job_before_a_run_exist
                                      dtype="fp32"))
     state = engine.jobs.wait(120)
     assert state.state == "failed"
-    assert state.error == "big.jsonl: file is 50.0 MiB, over the 50.0 MiB limit"
+    assert state.error == "big.jsonl: file is 50000001 bytes, over the 50000000-byte limit"
     assert list(engine.workspace.runs.iterdir()) == []  # refused before a run folder was made

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from core.arena.evals import summarise
 from core.data import demo_path
-from core.evals import summarise
 from ui.evaluate import (
     build_config,
     dataset_choices,
@@ -33,7 +33,7 @@ INTERVAL = re.compile(r"^\d\.\d{2} \[\d\.\d{2}, \d\.\d{2}\]$")
 
 def _row(uid: str, task: str, variant: str, answer: str, metrics: dict | None, *, available: bool = True,
          error: str | None = None) -> dict:
-    """One row as results.json holds it (core.evals._row: VariantResult.to_dict plus the example's fields)."""
+    """One row as results.json holds it (core.arena.evals._row: VariantResult.to_dict plus the example's fields)."""
     return {"variant": variant, "strategy": variant, "adapter": None, "available": available, "error": error,
             "answer": answer if available else "", "new_tokens": 5 if available else 0, "prompt_tokens": 40,
             "generate_s": 0.5 if available else None, "metrics": metrics or {}, "id": uid, "task": task,
@@ -146,7 +146,7 @@ def test_test_sets_on_offer_and_uploads(tmp_path):
 
     bad = tmp_path / "my set.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', encoding="utf-8")
-    with pytest.raises(ValueError, match=r"^my set\.jsonl line 2: malformed JSON"):
+    with pytest.raises(ValueError, match=r"^my set\.jsonl line 2: invalid JSON"):
         store_test_set(engine, bad)
     with pytest.raises(ValueError, match="notes.txt: not a test set file"):
         store_test_set(engine, tmp_path / "notes.txt")

@@ -33,13 +33,13 @@ def test_plain_index_names_are_accepted(name):
 @pytest.mark.parametrize(("name", "message"), [
     ("../escape", "not a plain name"), ("/abs", "not a plain name"), ("a/b", "not a plain name"),
     ("a\\b", "not a plain name"), (".hidden", "not a plain name"), ("..", "not a plain name"),
-    ("~user", "not a plain name"), ("with space", "not a plain name"), ("x" * 65, "not a plain name"),
-    ("", "is empty"), ("   ", "is empty"), (None, "is empty"),
+    ("~user", "not a plain name"), ("with space", "not a plain name"), ("x" * 65, "longer than 64 characters"),
+    ("", "a name is required"), ("   ", "a name is required"), (None, "a name is required"),
 ])
 def test_other_index_names_are_refused_in_one_line(name, message):
     with pytest.raises(ValueError, match=message) as caught:
         check_index_name(name)
-    assert "\n" not in str(caught.value) and str(caught.value).startswith("Index name:")
+    assert "\n" not in str(caught.value) and str(caught.value).startswith("index:")
 
 
 def test_typed_paths_one_per_line():

@@ -9,14 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from core.jobs import JobState
+from core.engine import Engine
+from core.engine.jobs import JobState
 from core.methods import METHODS
 from ui.train import (
     HOLD_OUT,
-    build_config,
+    create_train_tab,
     describe_dataset,
+    form_values,
     loss_chart,
-    method_values,
     render_progress,
     resumable_runs,
 )
@@ -43,38 +44,65 @@ def test_describe_dataset_shows_the_loader_error_inline(tmp_path):
     assert frame.empty
 
 
-def test_method_values_types_the_form_values():
-    values = method_values("qlora", {"r": 16.0, "alpha": "32", "dropout": 0.1, "use_dora": 0, "bits": 8,
-                                      "quant_type": "fp4", "other_method_field": 3})
-    assert values == {"r": 16, "alpha": 32, "dropout": 0.1, "use_dora": False, "bits": 8, "quant_type": "fp4"}
-    assert method_values("full", {"r": 8}) == {}
+@pytest.fixture
+def engine(tmp_path) -> Engine:
+    return Engine(tmp_path / "ws", confined=True)
 
 
-def test_every_method_builds_a_config_from_its_default_form():
+def test_widget_values_are_typed_by_the_methods_config_class(engine):
+    widgets = {"r": 16.0, "alpha": "32", "dropout": 0, "use_dora": 0, "bits": 8, "quant_type": "fp4",
+               "target_modules": "q_proj, v_proj", "double_quant": None}  # None: an emptied box, the default
+    config = engine.training_config(form_values("d.jsonl", HOLD_OUT, "qlora", widgets))
+    assert config.method_config == {"r": 16, "alpha": 32, "dropout": 0.0, "use_dora": False, "use_rslora": False,
+                                    "target_modules": ["q_proj", "v_proj"], "bits": 8, "quant_type": "fp4",
+                                    "double_quant": True}
+    assert config.val_data is None and config.max_steps is None and config.learning_rate is None
+    for settings, needle in (({"r": 8.5}, "r: expected int, got 8.5"), ({"use_dora": 2}, "use_dora: expected bool"),
+                             ({"rank": 8}, "rank: not a setting of this method")):
+        with pytest.raises(ValueError, match=f"^{needle}"):
+            engine.training_config(form_values("d.jsonl", None, "lora", settings))
+
+
+def test_every_method_builds_a_config_from_its_default_form(engine):
     for name, method in METHODS.items():
         defaults = {row["name"]: row["default"] for row in method.settings()}
-        config = build_config("data.jsonl", HOLD_OUT, name, method_values(name, defaults), max_steps=3)
+        config = engine.training_config(form_values("data.jsonl", HOLD_OUT, name, defaults, max_steps=3))
         assert config.method == name and config.val_data is None and config.max_steps == 3
 
 
-def test_build_config_takes_hidden_settings_from_a_matching_preset_only():
-    lora = build_config("d.jsonl", "v.jsonl", "lora", {}, preset="quick-lora", learning_rate=0)
-    assert lora.max_eval_examples == 32 and lora.learning_rate is None  # the form's 0 means the method default
-    ia3 = build_config("d.jsonl", "v.jsonl", "ia3", {}, preset="quick-lora")
-    assert ia3.max_eval_examples == 64  # a preset of another method is ignored
+def test_a_preset_fills_what_the_form_leaves_unset(engine):
+    lora = engine.training_config(form_values("d.jsonl", "v.jsonl", "lora", {}, learning_rate=0, batch_size=4),
+                                  preset="quick-lora")
+    assert lora.max_eval_examples == 32 and lora.learning_rate == 0.0005  # 0: the preset's learning rate
+    assert lora.batch_size == 4 and lora.method_config["r"] == 16  # the form over the preset
+    assert engine.training_config(form_values("d.jsonl", None, "lora", {})).learning_rate is None  # the method's
+    ia3 = engine.training_config(form_values("d.jsonl", "v.jsonl", "ia3", {}))
+    assert ia3.max_eval_examples == 64
+
+
+def test_choosing_another_method_leaves_the_preset_behind(engine):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        create_train_tab(engine)
+    on_method = next(fn.fn for fn in demo.fns.values() if fn.fn.__name__ == "on_method")
+    *_, description, preset = on_method("ia3", "quick-lora")
+    assert preset["value"] == "" and description == METHODS["ia3"].description
+    *_, preset = on_method("lora", "quick-lora")
+    assert "value" not in preset
 
 
 @pytest.mark.parametrize(("kwargs", "needle"), [
-    ({"data": ""}, "data: choose a training dataset"),
+    ({"data": ""}, "data: no training data file given"),
     ({"batch_size": 0}, "batch_size: must be an integer >= 1"),
     ({"epochs": -1}, "epochs: must be > 0"),
     ({"scheduler": "exp"}, "scheduler: must be one of"),
 ])
-def test_build_config_errors_name_the_field(kwargs, needle):
+def test_form_errors_name_the_field(engine, kwargs, needle):
     values = {"data": "d.jsonl", **kwargs}
     data = values.pop("data")
     with pytest.raises(ValueError, match=needle):
-        build_config(data, None, "lora", {}, **values)
+        engine.training_config(form_values(data, None, "lora", {}, **values))
 
 
 def test_render_progress_for_each_state():
@@ -83,7 +111,7 @@ def test_render_progress_for_each_state():
                        eta_s=75, started=100.0, val_curve=[(0, 2.5)])
     text = render_progress(running, now=130.0)
     assert "width:25.0%" in text and "step 5/20" in text and "loss 1.2346" in text and "val loss 2.5000" in text
-    assert "180 tokens/s" in text and "ETA 1m15s" in text and "elapsed 30s" in text
+    assert "180 tokens/s" in text and "ETA 1m 15s" in text and "elapsed 30 s" in text
     failed = JobState(state="failed", run_id="r2", method="ia3", error="<oom> at step 3", started=1.0, finished=2.0)
     assert "&lt;oom&gt; at step 3" in render_progress(failed) and "ETA" not in render_progress(failed)
     done = JobState(state="completed", run_id="r3", method="lora", step=20, total=20, result={"steps": 20},
@@ -91,27 +119,16 @@ def test_render_progress_for_each_state():
     assert "width:100.0%" in render_progress(done) and "Arena" in render_progress(done)
 
 
-def test_loss_chart_draws_both_curves_in_the_plot_area():
-    state = JobState(train_curve=[(1, 4.0), (2, 3.0), (10, 2.0)], val_curve=[(0, 3.5), (10, 2.5)], total=10)
-    chart = loss_chart(state, width=600, height=260)
+def test_loss_chart_draws_the_jobs_curves_up_to_its_total_steps():
+    state = JobState(train_curve=[(1, 4.0), (2, 3.0), (5, 2.0)], val_curve=[(0, 3.5), (5, 2.5)], total=10)
+    chart = loss_chart(state)
     train = re.search(r"<polyline points='([^']+)' class='ta-train'", chart).group(1).split()
-    val = re.search(r"<polyline points='([^']+)' class='ta-val'", chart).group(1).split()
-    assert len(train) == 3 and len(val) == 2 and chart.count("class='ta-val-dot'") == 2
-    xs = [float(point.split(",")[0]) for point in train + val]
-    ys = [float(point.split(",")[1]) for point in train + val]
-    assert min(xs) >= 48 and max(xs) == pytest.approx(600 - 12)  # step 10 of 10 at the right edge
-    assert all(12 <= value <= 260 - 34 for value in ys)
-    assert ys[0] < ys[1] < ys[2]  # a falling loss climbs down the SVG (y grows downwards)
-    assert "last 2.000" in chart and "last 2.500" in chart
+    assert len(train) == 3 and chart.count("class='ta-val-dot'") == 2
+    assert float(train[-1].split(",")[0]) == pytest.approx(48 + (640 - 48 - 12) / 2)  # step 5 of 10: halfway
     assert "appear here once training starts" in loss_chart(JobState())
-    only_val = loss_chart(JobState(val_curve=[(0, 3.0)]))
-    assert "ta-train" not in only_val and "class='ta-val-dot'" in only_val
 
 
-def test_resumable_runs_lists_stopped_and_interrupted_runs_with_a_checkpoint(tmp_path):
-    from core.engine import Engine
-
-    engine = Engine(tmp_path / "ws")
+def test_resumable_runs_lists_stopped_and_interrupted_runs_with_a_checkpoint(engine):
     for name, state, checkpoint in (("stopped-run", "stopped", True), ("killed-run", "running", True),
                                     ("done-run", "completed", True), ("early-fail", "failed", False)):
         folder = engine.workspace.runs / name

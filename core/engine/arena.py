@@ -1,0 +1,191 @@
+"""The engine's arena and evaluation: the adapter host of each base model, the shared scorer and few-shot pools,
+everything a set of variants needs (ArenaContext), one query side by side, and a test set saved under evals/."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.arena import (
+    STRATEGIES,
+    ArenaConfig,
+    ArenaContext,
+    ArenaResult,
+    EvalResult,
+    Scorer,
+    new_eval_id,
+    run_eval,
+    run_query,
+)
+from core.data import Example, demo_path, load_examples
+from core.errors import AdapterError, ConfigError
+from core.inference import AdapterHost, AdapterInfo
+from core.limits import child_folder, max_eval_rows, writable_folder
+from core.models import default_base_model
+
+if TYPE_CHECKING:
+    from core.engine.engine import Engine
+
+
+class ArenaMixin:
+    """Arena and evaluation of an Engine (see core.engine.engine.Engine for the state it holds)."""
+
+    def host(self: Engine, model: str | None = None) -> AdapterHost:
+        """The inference owner of the shared base model ``model`` (all generation on it goes through here)."""
+        key = model or default_base_model()
+        loaded = self.base_model(model)
+        with self._lock:
+            if key not in self._hosts:
+                self._hosts[key] = AdapterHost(loaded)
+            return self._hosts[key]
+
+    def scorer(self: Engine):
+        """The shared metrics Scorer (evaluate modules load on first use)."""
+        with self._lock:
+            if self._scorer is None:
+                self._scorer = Scorer()
+            return self._scorer
+
+    def few_shot_pool(self: Engine, path: str | Path | None = None, *, with_vectors: bool = True,
+                      ) -> tuple[list[Example], object]:
+        """Examples with answers from ``path`` (default: the demo train set) and, when ``with_vectors``, their unit
+        embedding vectors (n, d) for similarity selection. Cached per file."""
+        path = str(path or demo_path("train.jsonl"))
+        with self._lock:
+            cached = self._pools.get(path)
+        if cached is None:
+            cached = ([example for example in load_examples(path).examples if example.output], None)
+        if with_vectors and cached[1] is None:
+            cached = (cached[0], self.embedder().embed([example.user_text for example in cached[0]]))
+        with self._lock:
+            self._pools[path] = cached
+        return cached
+
+    def add_adapter(self: Engine, run: str | Path, *, model: str | None = None) -> AdapterInfo:
+        """A run's weights ready on the shared base model ``model``, after ``checked_run``. Weights that do not fit
+        the base model (another architecture or size) give an AdapterError naming the run folder."""
+        folder = self.checked_run(run)
+        return self._add_checked(self.host(model), folder)
+
+    @staticmethod
+    def _add_checked(host: AdapterHost, folder: Path) -> AdapterInfo:
+        try:
+            return host.add(folder)
+        except AdapterError:
+            raise
+        except (RuntimeError, KeyError, TypeError, ValueError, OSError) as err:  # e.g. tensor shapes that differ
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise AdapterError(f"adapter: {folder}: cannot be applied to base model {host.base.resolved.name} "
+                               f"({reason})") from None
+
+    def arena_context(self: Engine, config: ArenaConfig, *, model: str | None = None, strict_adapters: bool = True,
+                      similarity: bool = True) -> ArenaContext:
+        """Everything the variants of ``config`` need; parts that cannot load carry their reason instead."""
+        specs = config.specs()
+        if config.index:
+            self.resolve_index(config.index)  # a name that is no index name (or, confined, a folder elsewhere) fails
+        checked: dict[str, Path | str] = {}  # adapter -> its checked run folder, or why it cannot be used
+        for spec in specs:  # files first: a bad run fails before the base model loads
+            if spec.adapter and spec.adapter not in checked:
+                try:
+                    checked[spec.adapter] = self.checked_run(spec.adapter)
+                except (ValueError, OSError) as err:
+                    if strict_adapters:
+                        raise
+                    checked[spec.adapter] = str(err)
+        host = self.host(model)
+        context = ArenaContext(host=host, scorer=self.scorer())
+        if any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs):
+            if not config.index:
+                context.index_error = "no knowledge base chosen (build one, or pass --index DIR)"
+            else:
+                try:
+                    context.knowledge_base = self.knowledge_base(config.index)
+                except (ValueError, OSError) as err:
+                    context.index_error = f"knowledge base unavailable: {err}"
+        if any(STRATEGIES[spec.strategy].uses_shots for spec in specs) and config.few_shot_k > 0:
+            try:
+                similar = config.few_shot_selection == "similar"
+                context.pool, context.pool_vectors = self.few_shot_pool(config.few_shot_pool, with_vectors=similar)
+            except (ValueError, OSError) as err:
+                raise ConfigError(f"few_shot_pool: {err}") from None
+            if similar:
+                embedder = self.embedder()
+                context.embed = lambda texts: embedder.embed(texts)
+        for adapter, folder in checked.items():
+            if isinstance(folder, str):
+                context.adapter_errors[adapter] = folder
+                continue
+            try:
+                context.adapter_keys[adapter] = self._add_checked(host, folder).key
+            except (ValueError, KeyError, OSError) as err:
+                if strict_adapters:
+                    raise
+                context.adapter_errors[adapter] = str(err)
+        if similarity:
+            context.similarity_embedder = self.models.embedder()
+        return context
+
+    def arena(self: Engine, query: str, config: ArenaConfig | None = None, *, reference: str | None = None,
+              task: str | None = None, input_text: str = "", model: str | None = None,
+              on_text=None) -> ArenaResult:
+        """One query through every variant of ``config``, side by side and scored against ``reference``."""
+        config = config or ArenaConfig()
+        if not query or not query.strip():
+            raise ConfigError("query: is empty; type a question")
+        context = self.arena_context(config, model=model)
+        return run_query(query, config, context, reference=reference, task=task, input_text=input_text,
+                         on_text=on_text)
+
+    def eval_dir(self: Engine, out: str | Path) -> Path:
+        """Where an evaluation is saved: ``out`` as given (the CLI's ``--out DIR``), or, for a confined engine, a
+        plain name (or a folder) of the workspace's evals/ only."""
+        if self.confined:
+            return child_folder(self.workspace.evals, out, "eval")
+        return Path(out).expanduser()
+
+    def list_evals(self: Engine) -> list[dict]:
+        """Saved evaluations under evals/, newest first: folder, data, n, variants, adapters, summary means."""
+        rows = []
+        for folder in sorted(self.workspace.evals.iterdir(), reverse=True):
+            path = folder / "results.json"
+            if folder.name.startswith(".") or folder.is_symlink() or not path.is_file():
+                continue  # hidden or temporary folders, and links that may lead out of the workspace
+            try:
+                saved = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                rows.append({"name": folder.name, "folder": str(folder), "error": f"unreadable results.json: {err}"})
+                continue
+            config = saved.get("config") or {}
+            rows.append({"name": folder.name, "folder": str(folder), "data": saved.get("data"), "n": saved.get("n"),
+                         "variants": list(saved.get("summary") or {}), "adapters": config.get("adapters") or [],
+                         "summary": saved.get("summary") or {}, "by_task": saved.get("by_task") or {},
+                         "wall_s": saved.get("wall_s")})
+        return rows
+
+    def evaluate(self: Engine, data: str | Path, config: ArenaConfig | None = None, *, out: str | Path | None = None,
+                 limit: int | None = None, tasks: list[str] | None = None, model: str | None = None,
+                 on_progress=None) -> EvalResult:
+        """Run ``config``'s variants over a test file; saved under ``out`` (default: a new folder in evals/; see
+        ``eval_dir``)."""
+        config = config or ArenaConfig()
+        folder = self.eval_dir(out) if out else None
+        if limit is not None and limit < 1:
+            raise ConfigError(f"limit: must be at least 1, got {limit}")
+        examples = load_examples(data).examples
+        if tasks:
+            examples = [example for example in examples if example.task in tasks]
+        if limit is not None:
+            examples = examples[:limit]
+        if not examples:
+            raise ConfigError(f"data: {data} has no examples to evaluate" + (f" for tasks {tasks}" if tasks else ""))
+        most = max_eval_rows()
+        if len(examples) > most:  # before any model loads
+            raise ConfigError(f"data: {Path(data).name} has {len(examples)} examples to evaluate, over the {most} "
+                             "one evaluation takes; evaluate the first N (limit, --limit) or raise "
+                             "TUNE_ARENA_MAX_EVAL_ROWS")
+        folder = folder or self.workspace.evals / new_eval_id(data)
+        writable_folder(folder.parent)  # a place that cannot take the results is refused before any model loads
+        context = self.arena_context(config, model=model)
+        return run_eval(examples, config, context, folder, data_path=str(data), on_progress=on_progress)

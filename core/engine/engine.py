@@ -1,0 +1,123 @@
+"""The one engine object a process holds: workspace, shared models, jobs. The CLI, the app and Python callers go
+through it: its methods are the product's API, split by concern into mixins (runs, knowledge, arena).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from core.data import load_examples
+from core.engine.arena import ArenaMixin
+from core.engine.jobs import TrainingJobs
+from core.engine.knowledge import DEMO_INDEX, KnowledgeMixin
+from core.engine.runs import DEMO_RUN, RunsMixin
+from core.engine.uploads import store_upload
+from core.engine.workspace import Workspace
+from core.errors import ConfigError
+from core.inference import GenerationConfig, Reply
+from core.methods import METHODS, get_method
+from core.models import (
+    LoadedModel,
+    ModelManager,
+    default_embedding_model,
+    load_causal_lm,
+    resolve_base_model,
+    resolve_embedding_model,
+)
+from core.runs import RunStore
+from core.training import list_presets, load_preset
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEMO_INDEX", "DEMO_RUN", "Engine"]
+
+
+class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):
+    """Owns every piece of mutable state of a process: the workspace and the loaded models.
+
+    Nothing loads in ``__init__``; models load on first use and are shared afterwards.
+
+    Runs, indexes and evaluation folders are named by their folder name in the workspace (``demo``). The CLI and
+    Python callers may also give a folder path (anything with a slash); a ``confined`` engine (the app's: its
+    callers are remote users) takes only names, or paths that resolve to a folder of its own workspace.
+    """
+
+    def __init__(self, workspace: str | Path | None = None, *, device: str | None = None,
+                 dtype: str | None = None, confined: bool = False) -> None:
+        self.workspace = Workspace.open(workspace)
+        self.confined = confined
+        self.models = ModelManager(device=device, dtype=dtype)
+        self.runs = RunStore(self.workspace.runs)
+        self._kb_lock = threading.Lock()
+        self._knowledge_bases: dict[str, tuple[int, object]] = {}  # folder -> (manifest mtime, KnowledgeBase)
+        self._hosts: dict[str, object] = {}  # base model -> AdapterHost
+        self._pools: dict[str, tuple[list, object]] = {}  # few-shot file -> (examples, vectors)
+        self._scorer = None
+        self._lock = threading.Lock()
+        self._demo_lock = threading.Lock()
+        self.jobs = TrainingJobs(self.train, self.resume, self.workspace.runs)  # the app's one background trainer
+
+    def base_model(self, name: str | None = None) -> LoadedModel:
+        """The shared base model (default: ``$TUNE_ARENA_MODEL`` or SmolLM2-135M-Instruct). Generate through
+        ``host()``: once a LoRA adapter is loaded its layers sit inside this model."""
+        return self.models.base(name)
+
+    def ask(self, prompt: str, *, system: str | None = None, model: str | None = None,
+            generation: GenerationConfig | None = None) -> Reply:
+        """Answer one prompt with the base model through its chat template."""
+        if not prompt or not prompt.strip():
+            raise ConfigError("prompt: is empty; type a question")
+        host = self.host(model)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        rendered = host.render(messages)
+        generated = host.generate([rendered], [None], generation)[0]
+        return Reply(generated.text, rendered, generated.new_tokens, generated.batch_s)
+
+    def store_upload(self, source: str | Path, kind: str, *, name: str | None = None) -> Path:
+        """Keep a user's file under ``uploads/<kind>/`` (kind: datasets or documents) with a safe name."""
+        return store_upload(self.workspace.uploads, source, kind, name=name)
+
+    def model_info(self, name: str | None = None, *, prepare: bool = False) -> dict[str, Any]:
+        """Where the base model ``name`` (default: the default base model) and the embedding model come from. With
+        ``prepare`` the base model is loaded (a GGUF converted and cached once) and a second load from the cache is
+        timed: ``first_load_s``, ``second_load_s`` (seconds), ``device``, ``dtype``."""
+        resolved = resolve_base_model(name)
+        embedding = resolve_embedding_model(None)
+        info: dict[str, Any] = {
+            "model": resolved.name, "kind": resolved.kind, "location": resolved.location,
+            "cache_dir": str(resolved.cache_dir) if resolved.cache_dir else None, "cached": resolved.is_cached,
+            "embedding_model": default_embedding_model(), "embedding_location": embedding.location,
+        }
+        if prepare:
+            first = self.models.base(name)
+            start = time.perf_counter()
+            second = load_causal_lm(name, device=self.models.device, dtype=self.models.dtype)
+            info.update(first_load_s=round(first.load_s, 2), second_load_s=round(time.perf_counter() - start, 2),
+                        device=second.device, dtype=str(second.dtype).removeprefix("torch."), cached=True)
+            logger.info("first load %.1f s, second load %.2f s", first.load_s, info["second_load_s"])
+        return info
+
+    def dataset_summary(self, path: str | Path, *, shape: str = "auto", require_output: bool = True,
+                        ) -> dict[str, Any]:
+        """A dataset file checked (DataError naming the file and line otherwise): ``path``, ``shape``, ``rows``,
+        ``tasks`` (rows per task) and ``with_source`` (rows naming a source document)."""
+        self.check_sources([path])
+        data = load_examples(path, shape, require_output=require_output)
+        return {"path": data.path, "shape": data.shape, "rows": len(data), "tasks": data.tasks(),
+                "with_source": sum(example.source is not None for example in data)}
+
+    def method_catalogue(self, method: str | None = None) -> dict[str, Any]:
+        """``{"methods": {name: {title, description, default_lr, settings: [{name, default, type, help}]}},
+        "presets": {name: description}}`` for every method, or only ``method``."""
+        methods = {}
+        for name in [method] if method else list(METHODS):
+            found = get_method(name)
+            settings = [{key: value if isinstance(value, int | float | str | bool | list | None) else str(value)
+                         for key, value in row.items()} for row in found.settings()]
+            methods[name] = {"title": found.title, "description": found.description,
+                             "default_lr": found.default_lr, "settings": settings}
+        return {"methods": methods, "presets": {name: load_preset(name)["description"] for name in list_presets()}}

@@ -1,0 +1,140 @@
+"""The engine's runs: training and resuming in this workspace, the shipped demo run, and resolving run references
+(a run id, or a folder path for an unconfined engine)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from core.data import demo_path
+from core.engine.catalogue import catalogue, run_details
+from core.engine.jobs import JobState
+from core.errors import ConfigError, NameRuleError, RunStateError
+from core.inference import merge_and_export, merge_refusal
+from core.io import atomic_folder
+from core.methods.artifacts import check_run_weights
+from core.runs import Run, RunStore
+from core.training import TrainingConfig, TrainResult, resume, train
+
+if TYPE_CHECKING:
+    from core.engine.engine import Engine
+
+logger = logging.getLogger(__name__)
+
+DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
+
+
+class RunsMixin:
+    """Training runs of an Engine (see core.engine.engine.Engine for the state it holds)."""
+
+    def train(self: Engine, config: TrainingConfig, **kwargs) -> TrainResult:
+        """Train a new run in this workspace (``kwargs``: run_dir, on_step, on_eval, stop_event; see core.training)."""
+        return train(config, runs_root=self.workspace.runs, **kwargs)
+
+    def resume(self: Engine, run: str | Path, **kwargs) -> TrainResult:
+        """Continue a stopped or killed run from its latest checkpoint (a run id; unconfined: also a run folder)."""
+        return resume(self.find_run(run).path, **kwargs)
+
+    def resume_job(self: Engine, run: str | Path) -> JobState:
+        """Continue a run in the background job (the app's Train tab); refused as ``resume`` refuses it."""
+        return self.jobs.resume(self.find_run(run).path)
+
+    def install_demo_run(self: Engine) -> Path:
+        """The shipped demo adapter as ``runs/demo-quick-lora``, copied there once (core.io.atomic_folder: a copy,
+        then one rename; a copy another process finished first is kept)."""
+        target = self.workspace.runs / DEMO_RUN
+        if (target / "config.json").is_file():
+            return target
+        with atomic_folder(target, replace=lambda folder: not (folder / "config.json").is_file()) as staging:
+            shutil.copytree(demo_path("run-quick-lora"), staging, dirs_exist_ok=True)
+        logger.info("installed the demo adapter run at %s", target)
+        return target
+
+    def resolve_run(self: Engine, run: str | Path) -> Path:
+        """A run folder: a run id of this workspace, or a run folder path (with a slash) unless the engine is
+        confined, which accepts only folders of its own runs/."""
+        text = str(run)
+        if not self.confined and ("/" in text or "\\" in text):
+            path = Path(text).expanduser()
+            if not (path / "config.json").is_file():
+                raise RunStateError(f"run: {text} is not a run folder (no config.json)")
+            return path
+        return self.runs.get(text).path
+
+    def checked_run(self: Engine, run: str | Path) -> Path:
+        """``resolve_run``, then the run's weights checked on disk (core.artifacts: safetensors whole, JSON valid,
+        no pickle): AdapterError with one line naming the file otherwise. Nothing is loaded."""
+        folder = self.resolve_run(run)
+        check_run_weights(folder)
+        return folder
+
+    def list_runs(self: Engine, runs_root: str | Path | None = None) -> list[dict]:
+        """The run catalogue, newest first: one row per run folder (core.engine.catalogue.ROW_KEYS; the CLI's
+        ``runs --json`` rows are these), with the scores of the newest evaluation of this workspace that used it.
+        A folder that cannot be read gives a row with state ``unreadable`` and its ``error``. ``runs_root`` lists
+        another runs folder: an unconfined engine only (a confined one lists its own runs/ alone)."""
+        store = self.runs
+        if runs_root is not None:
+            root = Path(runs_root).expanduser()
+            if self.confined and root.resolve() != self.runs.root.resolve():
+                raise NameRuleError(f"runs: {str(runs_root)[:200]!r} is not this workspace's runs/ folder")
+            if root.exists() and not root.is_dir():
+                raise ConfigError(f"runs: {root} is not a folder")
+            store = RunStore(root)
+        return catalogue(store.list(), self.list_evals())
+
+    def run_details(self: Engine, run: str | Path) -> dict:
+        """One run in full (``find_run``'s rules): its catalogue ``row``, ``config``, ``card``, ``files``, loss curves,
+        why it cannot be merged (``merge_refusal``, None when it can) and its ``export_dir``. See
+        core.engine.catalogue.run_details."""
+        found = self.find_run(run)
+        return run_details(found, self.list_evals(), self.export_dir(found))
+
+    def training_config(self: Engine, values: dict, *, preset: str | None = None) -> TrainingConfig:
+        """A TrainingConfig from a person's choices (``TrainingConfig.build``: preset < values < method settings)."""
+        return TrainingConfig.build(values, preset=preset)
+
+    def find_run(self: Engine, run: str | Path) -> Run:
+        """A run of this workspace by id; an unconfined engine also takes a run folder path (anywhere, for the
+        CLI's ``--runs DIR``). A confined engine takes only the ids of its own runs/."""
+        text = str(run).strip()
+        if not text:
+            raise RunStateError("run: choose a run first")
+        if not self.confined and ("/" in text or "\\" in text):
+            path = Path(text).expanduser()
+            return RunStore(path.parent).get(path)
+        if "/" in text or "\\" in text:
+            raise NameRuleError(f"run: {text[:200]!r} is not a run id of this workspace (give its folder name under "
+                                "runs/)")
+        return self.runs.get(text)
+
+    def delete_run(self: Engine, run: str | Path) -> str:
+        """Delete a run (``RunStore.delete``: a running run is refused). Returns its id."""
+        found = self.find_run(run)
+        if self.jobs.snapshot().active and self.jobs.snapshot().run_dir == str(found.path):
+            raise RunStateError(f"run: {found.run_id} is running; stop it before deleting")
+        RunStore(found.path.parent).delete(found.path)
+        for host in list(self._hosts.values()):
+            for key, info in list(host.adapters.items()):
+                if Path(info.run_dir).resolve() == found.path.resolve():
+                    host.remove(key)
+        return found.run_id
+
+    def export_dir(self: Engine, run: Run) -> Path:
+        """Where a merged run goes by default: ``<workspace>/exports/<run id>-merged``."""
+        return self.workspace.exports / f"{run.run_id}-merged"
+
+    def merge_run(self: Engine, run: str | Path, out: str | Path | None = None) -> Path:
+        """Merge a LoRA-family (or layer-wise) run into its base model and save a standalone model folder at
+        ``out`` (default and, for a confined engine, always: ``export_dir``). Refused, with one line, where
+        ``core.inference.merge_refusal`` says so and when the folder is not new or empty."""
+        found = self.find_run(run)
+        refusal = merge_refusal(found)
+        if refusal:
+            raise RunStateError(refusal)
+        target = self.export_dir(found) if out is None or self.confined else Path(out).expanduser()
+        if target.exists() and any(target.iterdir()):
+            raise ConfigError(f"out: {target} already exists; delete it first to export {found.run_id} again")
+        return merge_and_export(found.path, target)

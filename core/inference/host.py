@@ -1,0 +1,208 @@
+"""The adapter host: the inference owner of one loaded base model and the fine-tuned runs applied to it.
+
+LoRA/QLoRA adapters are loaded into one PeftModel under their run id and share a batch with base rows through PEFT's
+``adapter_names`` ("__base__" for rows without an adapter); whether a run mixes is its method's fact
+(``Method.mixes_in_batch``). Other adapters (prompt learning, IA3, AdaLoRA, DoRA) and fully or layer-wise fine-tuned
+runs get a model of their own and a batch of their own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.data import render_prompt
+from core.errors import AdapterError
+from core.inference.decoder import generate_batch
+from core.inference.generation import Generated, GenerationConfig, TextCallback
+from core.inference.loading import load_trained_model
+from core.methods import METHODS
+from core.methods.artifacts import check_run_weights
+from core.models import resolve_base_model
+from core.runs import Run
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+    from core.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+BASE = "__base__"  # PEFT's adapter name for rows that use no adapter
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    key: str  # the run id: the PEFT adapter name, and the name shown in results
+    run_dir: str
+    method: str
+    mixable: bool
+
+
+class AdapterHost:
+    """The inference owner of one loaded base model and the fine-tuned runs applied to it.
+
+    All generation on the base model goes through ``generate`` (one at a time, under ``lock``): once a LoRA adapter
+    is loaded the base model's layers carry it, and only ``adapter_names`` keeps base rows clean.
+    """
+
+    def __init__(self, base: LoadedModel, *, max_separate: int = 3) -> None:
+        self.base = base
+        self.lock = threading.RLock()
+        self.max_separate = max_separate
+        self.adapters: dict[str, AdapterInfo] = {}
+        self._peft: Any = None
+        self._separate: dict[str, LoadedModel] = {}  # insertion order = least recently used first
+
+    @property
+    def tokenizer(self) -> PreTrainedTokenizerBase:
+        return self.base.tokenizer
+
+    def add(self, run_dir: str | Path) -> AdapterInfo:
+        """Make a completed (or stopped) run usable; loads its weights on first use. Returns its key."""
+        run = Run(Path(run_dir))
+        if not (run.path / "config.json").is_file():
+            raise AdapterError(f"adapter: {run.path} is not a training run folder (no config.json)")
+        key = run.run_id
+        existing = self.adapters.get(key)
+        if existing is not None and existing.run_dir == str(run.path):
+            return existing
+        if existing is not None:  # another folder with the same name: keep both apart
+            key = f"{run.run_id}-{hashlib.sha256(str(run.path.resolve()).encode()).hexdigest()[:6]}"
+            if key in self.adapters:
+                return self.adapters[key]
+        config = run.config
+        self._check_base(run.run_id, config.get("base_model"))
+        if run.weights_dir is None:
+            raise AdapterError(f"adapter: run {run.run_id} has no saved weights (state {run.state})")
+        check_run_weights(run.path)  # whole safetensors and valid JSON before PEFT reads them; one-line errors
+        method = config.get("method", "")
+        settings = config.get("method_config") or {}
+        mixable = method in METHODS and METHODS[method].mixes_in_batch(settings)
+        info = AdapterInfo(key, str(run.path), method, mixable)
+        with self.lock:
+            if mixable:
+                self._load_mixed(info, run.weights_dir)
+            self.adapters[info.key] = info
+        logger.info("adapter %s (%s) ready%s", info.key, method, " for mixed batches" if mixable else "")
+        return info
+
+    @staticmethod
+    def _prompt_learning(method: str) -> bool:
+        return method in METHODS and METHODS[method].prompt_learning
+
+    def _check_base(self, run_id: str, trained_on: str | None) -> None:
+        ours = self.base.resolved
+        try:
+            theirs = resolve_base_model(trained_on)
+        except Exception as err:  # the run's base may be a folder that no longer exists
+            raise AdapterError(f"adapter: run {run_id} was trained on {trained_on}, which cannot be found ({err})"
+                               ) from None
+
+        def where(model) -> str:  # one folder however it is spelled (relative, symlinked); hub ids as they are
+            return model.location if model.kind == "hub" else str(Path(model.location).resolve())
+
+        if where(theirs) != where(ours):
+            raise AdapterError(f"adapter: run {run_id} was trained on base model {theirs.name}, but the arena's base "
+                               f"model is {ours.name}; pick a run of {ours.name} or switch the base model")
+
+    def _load_mixed(self, info: AdapterInfo, weights: Path) -> None:
+        from peft import PeftModel
+
+        if self._peft is None:
+            self._peft = PeftModel.from_pretrained(self.base.model, str(weights), adapter_name=info.key)
+        elif info.key not in self._peft.peft_config:
+            self._peft.load_adapter(str(weights), adapter_name=info.key)
+        self._peft.eval()
+
+    def remove(self, key: str) -> None:
+        """Forget an adapter (e.g. its run was deleted)."""
+        with self.lock:
+            info = self.adapters.pop(key, None)
+            if info is None:
+                return
+            if info.mixable and self._peft is not None and len(self._peft.peft_config) > 1:
+                self._peft.delete_adapter(key)  # PEFT keeps at least one; a stale one is never selected
+            self._separate.pop(key, None)
+
+    def _separate_model(self, key: str) -> LoadedModel:
+        if key in self._separate:
+            self._separate[key] = self._separate.pop(key)  # most recently used
+            return self._separate[key]
+        while len(self._separate) >= self.max_separate:
+            dropped = next(iter(self._separate))
+            del self._separate[dropped]
+            logger.info("unloaded %s (keeping at most %d separate models)", dropped, self.max_separate)
+        info = self.adapters[key]
+        loaded = load_trained_model(info.run_dir, device=self.base.device, dtype=self.base.dtype)
+        self._separate[key] = loaded
+        return loaded
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        return render_prompt(self.base.tokenizer, messages)
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.base.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def context_window(self) -> int:
+        config = self.base.model.config
+        return int(getattr(config, "max_position_embeddings", 0) or 2048)
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        adapters: Sequence[str | None],
+        config: GenerationConfig | None = None,
+        *,
+        max_batch_size: int = 8,
+        on_text: TextCallback | None = None,
+        on_batch: Callable[[int, int], None] | None = None,
+    ) -> list[Generated]:
+        """Generate for each prompt with its adapter key (None = base model), at most ``max_batch_size`` at a time.
+
+        Rows of the base model and of mixable adapters share batches; every other adapter gets its own (for
+        prompt-learning methods, one per prompt length).
+        ``on_text(row, text)`` streams answers (row = index in ``prompts``); ``on_batch(done_rows, total)`` each time
+        a row ends.
+        """
+        if len(prompts) != len(adapters):
+            raise ValueError(f"adapters: {len(adapters)} given for {len(prompts)} prompts")
+        for key in adapters:
+            if key is not None and key not in self.adapters:
+                raise AdapterError(f"adapter: {key} is not loaded; add its run first")
+        groups: dict[tuple[str, int], list[int]] = {}
+        for row, key in enumerate(adapters):
+            group = "" if key is None or self.adapters[key].mixable else key
+            # PEFT puts virtual tokens before the padding, so a prompt-learning adapter sees a padded row at other
+            # distances than the same row alone: it batches only rows of the same token length.
+            length = len(self.base.tokenizer(prompts[row], add_special_tokens=False)["input_ids"]) if (
+                group and self._prompt_learning(self.adapters[key].method)) else 0
+            groups.setdefault((group, length), []).append(row)
+        results: list[Generated | None] = [None] * len(prompts)
+        done = 0
+        with self.lock:
+            for (group, _), rows in groups.items():
+                if group:
+                    model, names = self._separate_model(group).model, None
+                else:
+                    model = self._peft if self._peft is not None else self.base.model
+                    names = [adapters[row] or BASE for row in rows] if self._peft is not None else None
+
+                def finished(i: int) -> None:
+                    nonlocal done
+                    done += 1
+                    if on_batch:
+                        on_batch(done, len(prompts))
+
+                forward = (lambda i, text, rows=rows: on_text(rows[i], text)) if on_text else None
+                outputs = generate_batch(model, self.base.tokenizer, [prompts[row] for row in rows], config,
+                                         adapter_names=names, on_text=forward, max_batch_size=max_batch_size,
+                                         on_done=finished)
+                for row, output in zip(rows, outputs, strict=True):
+                    results[row] = output
+        return [result for result in results if result is not None]

@@ -1,0 +1,76 @@
+"""Training data as batches: load, split and encode (through the objective), one epoch's micro-batches (grouped by
+length, reproducible per seed and epoch). Collation is the objective's."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from core.data import Example, load_examples, split_examples
+from core.errors import ConfigError
+from core.training.objectives import get_objective
+
+if TYPE_CHECKING:
+    from core.training.config import TrainingConfig
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: list[Any]  # EncodedExample
+    val: list[Any]
+    sha256: str
+    truncated: int
+
+
+def _file_sha256(*paths: str | None) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        if path:
+            digest.update(Path(path).read_bytes())
+    return digest.hexdigest()
+
+
+def prepare_data(config: TrainingConfig, load_tokenizer: Callable[[], Any]) -> PreparedData:
+    """Load, split and encode the training and validation examples. ``load_tokenizer`` is called once the data
+    files have been read: a bad file fails before any model loads."""
+    train: list[Example] = load_examples(config.data, config.data_shape).examples
+    if config.val_data:
+        val: list[Example] = load_examples(config.val_data, config.data_shape).examples
+    elif config.val_fraction > 0 and len(train) >= 10:
+        splits = split_examples(train, validation=config.val_fraction, seed=config.seed)
+        train, val = splits.train, splits.validation
+    else:
+        val = []
+    objective = get_objective(config.objective)
+    tokenizer = load_tokenizer()
+    encode = lambda ex: objective.encode(tokenizer, ex, config.system_prompt, config.max_length)  # noqa: E731
+    train_enc = [encode(ex) for ex in train]
+    val_enc = [encode(ex) for ex in val[: config.max_eval_examples or len(val)]]
+    if not any(e.answer_tokens for e in train_enc):
+        raise ConfigError(f"data: {Path(config.data).name} has no answer tokens to learn from")
+    return PreparedData(train_enc, val_enc, _file_sha256(config.data, config.val_data),
+                        sum(e.truncated for e in train_enc))
+
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """Index lists of one epoch's micro-batches; the same (seed, epoch) always gives the same batches.
+
+    Group by length: shuffle, cut into windows of 16 batches, sort each window by length, cut into batches, shuffle
+    the batches. Padding then stays small while the order stays random.
+    """
+    rng = random.Random(seed * 100_003 + epoch)
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group_by_length:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = batch_size * 16
+    batches = []
+    for start in range(0, len(order), window):
+        chunk = sorted(order[start : start + window], key=lambda i: lengths[i], reverse=True)
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches

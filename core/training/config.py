@@ -1,0 +1,136 @@
+"""A training run's settings (TrainingConfig, with help text the CLI and the UI read) and the presets in
+assets/presets. Validation names the field; ``method_config`` is checked by the method's settings class."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from core.errors import ConfigError
+from core.methods import get_method
+from core.training.objectives import get_objective
+
+PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
+
+SCHEDULERS = ("cosine", "linear", "constant")
+
+
+def _help(text: str, default: Any = None) -> Any:
+    return field(default=default, metadata={"help": text})
+
+
+@dataclass
+class TrainingConfig:
+    """Everything a run needs. Validation names the field; ``method_config`` is checked by the method's class."""
+
+    data: str = _help("Training data: .jsonl/.json/.csv in any supported shape", "")
+    method: str = _help("Fine-tuning method (see core.methods.METHODS)", "lora")
+    objective: str = _help("What a batch is and what the loss is (see core.training.objectives): sft", "sft")
+    method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "The method's own settings"})
+    base_model: str | None = _help("Base model: registry name, hub id or folder (default: SmolLM2-135M-Instruct)")
+    val_data: str | None = _help("Validation data; default: hold out val_fraction of data")
+    val_fraction: float = _help("Share of data held out for validation when val_data is not given", 0.1)
+    data_shape: str = _help("auto, alpaca, prompt_completion, chat or qa", "auto")
+    system_prompt: str | None = _help("System prompt for rows without their own")
+    epochs: float = _help("Passes over the training data (ignored when max_steps is set)", 1.0)
+    max_steps: int | None = _help("Optimizer steps to run (overrides epochs)")
+    learning_rate: float | None = _help("Peak learning rate (default: the method's)")
+    batch_size: int = _help("Examples per micro-batch", 8)
+    grad_accum: int = _help("Micro-batches per optimizer step", 1)
+    max_length: int = _help("Most tokens per example (prompt cut from the left first)", 512)
+    scheduler: str = _help("Learning-rate schedule after warmup: cosine, linear or constant", "cosine")
+    warmup_ratio: float = _help("Share of steps spent warming up the learning rate", 0.05)
+    weight_decay: float = _help("AdamW weight decay", 0.0)
+    max_grad_norm: float = _help("Gradient clipping norm (0 = off)", 1.0)
+    seed: int = _help("Seed for init, data order and dropout", 42)
+    eval_every: int = _help("Steps between validation passes (0 = about 5 per run)", 0)
+    max_eval_examples: int = _help("Validation examples per pass (the first N, fixed)", 64)
+    checkpoint_every: int = _help("Steps between checkpoints (0 = about 4 per run)", 0)
+    keep_checkpoints: int = _help("Checkpoints kept on disk (oldest removed first)", 2)
+    group_by_length: bool = _help("Batch examples of similar length (less padding)", True)
+    answer_only_head: bool = _help("Apply the LM head to answer positions only: same loss, less work", True)
+    gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~30% slower", False)
+    device: str | None = _help("cpu, cuda, mps (default: best available)")
+    dtype: str | None = _help("fp32, bf16 or fp16 (default: the device policy)")
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, name: str, message: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name}: {message}")
+
+        check(isinstance(self.data, str) and bool(self.data.strip()), "data", "no training data file given")
+        get_objective(self.objective)
+        method = get_method(self.method)
+        self.method_config = method.make_config(self.method_config).to_dict()
+        check(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
+        check(self.epochs > 0, "epochs", f"must be > 0, got {self.epochs}")
+        check(self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps >= 1), "max_steps",
+              f"must be an integer >= 1, got {self.max_steps!r}")
+        check(self.learning_rate is None or 0 < self.learning_rate < 1, "learning_rate",
+              f"must be in (0, 1), got {self.learning_rate}")
+        for name in ("batch_size", "grad_accum", "keep_checkpoints"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 1, name, f"must be an integer >= 1, got {value!r}")
+        check(isinstance(self.max_length, int) and 16 <= self.max_length <= 131072, "max_length",
+              f"must be an integer in 16..131072, got {self.max_length!r}")
+        check(self.scheduler in SCHEDULERS, "scheduler",
+              f"must be one of {', '.join(SCHEDULERS)}, got {self.scheduler!r}")
+        check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
+        check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
+        for name in ("eval_every", "checkpoint_every", "max_eval_examples"):
+            value = getattr(self, name)
+            check(isinstance(value, int) and value >= 0, name, f"must be an integer >= 0, got {value!r}")
+        check(self.dtype in (None, "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "dtype",
+              f"must be fp32, bf16 or fp16, got {self.dtype!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: not a training setting")
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> TrainingConfig:
+        """A preset from assets/presets/<name>.json with ``overrides`` applied (``method_config`` merged)."""
+        preset = load_preset(name)["config"]
+        values = {**preset, **{k: v for k, v in overrides.items() if k != "method_config"}}
+        same_method = values.get("method") == preset.get("method")
+        base = preset.get("method_config", {}) if same_method else {}  # another method: the preset's settings go
+        values["method_config"] = {**base, **(overrides.get("method_config") or {})}
+        return cls.from_dict(values)
+
+    @classmethod
+    def build(cls, values: dict[str, Any], *, preset: str | None = None) -> TrainingConfig:
+        """The one way a TrainingConfig is made from what a person chose (CLI flags, the Train tab's form):
+        ``preset`` (if any) < ``values`` (None means "not set") < ``values["method_config"]`` merged over the
+        preset's settings when the method is the preset's."""
+        chosen = {key: value for key, value in values.items() if value is not None}
+        if chosen.get("max_steps") is not None:
+            chosen.setdefault("epochs", 1.0)
+        return cls.from_preset(preset, **chosen) if preset else cls.from_dict(chosen)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def list_presets() -> list[str]:
+    return sorted(p.stem for p in PRESETS_DIR.glob("*.json"))
+
+
+def load_preset(name: str) -> dict[str, Any]:
+    """``{"description": str, "config": {...TrainingConfig fields without data...}}``."""
+    path = PRESETS_DIR / f"{name}.json"
+    if not path.is_file():
+        raise ConfigError(f"preset: unknown preset {name!r}; choose one of {', '.join(list_presets())}")
+    try:
+        preset = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"preset: {path.name} line {err.lineno}: {err.msg}") from None
+    if not isinstance(preset, dict) or not isinstance(preset.get("config"), dict):
+        raise ConfigError(f"preset: {path.name} must be an object with a config object")
+    return preset

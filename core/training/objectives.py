@@ -1,0 +1,158 @@
+"""Training objectives: what a batch is and what the loss is, orthogonal to the method (which weights train).
+
+An objective turns examples into encoded rows, rows into a batch, and a batch into a loss with the number of units
+it averages over (the loop weights micro-batches by it). ``sft`` (instruction tuning: next-token cross-entropy on
+answer tokens, the prompt masked) is the one objective today; classification, distillation and preference objectives
+register beside it with ``register_objective``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    import torch
+
+
+def collate(examples: list[Any], pad_id: int, device: str) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example. Shapes: (batch, seq) for input_ids, attention_mask and labels."""
+    import torch
+
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, example in enumerate(examples):
+        n = len(example.input_ids)
+        ids[row, :n] = torch.tensor(example.input_ids)
+        labels[row, :n] = torch.tensor(example.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+
+
+_PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3"})
+
+
+def supports_answer_only_head(model: Any) -> bool:
+    """True when ``answer_loss`` may compute logits for answer positions only (same loss, less work)."""
+    if getattr(model, "peft_type", None) == "ADALORA":  # AdaLoRA adds its orthogonality penalty in forward
+        return False
+    if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return False
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return getattr(base.config, "model_type", None) in _PLAIN_HEAD_MODELS and hasattr(base, "get_decoder")
+
+
+def answer_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean next-token cross-entropy over answer tokens, with the LM head applied to answer positions only.
+
+    Equals ``model(**batch).loss``; on instruction data (~80% prompt tokens in the demo set) it skips most of the
+    vocabulary projection and its (batch, seq, vocab) logits. Shapes: hidden (B, L, H) -> (n_answer, H) -> logits
+    (n_answer, V).
+    """
+    import torch.nn.functional as F
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    hidden = base.get_decoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    targets = batch["labels"][:, 1:]  # (B, L-1): the token each position predicts
+    keep = targets != -100
+    logits = base.get_output_embeddings()(hidden[:, :-1][keep])  # (n_answer, V)
+    return F.cross_entropy(logits.float(), targets[keep])
+
+
+def loss_tokens(batch: dict[str, torch.Tensor]) -> int:
+    """Label tokens the causal-LM loss averages over (labels shifted by one)."""
+    return int((batch["labels"][:, 1:] != -100).sum())
+
+
+def autocast(device: str, compute: torch.dtype) -> Any:
+    import contextlib
+
+    import torch
+
+    if compute == torch.float32:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.split(":")[0], dtype=compute)
+
+
+def evaluate_loss(model: Any, examples: list[Any], batch_size: int, pad_id: int, device: str,
+                  compute: torch.dtype, objective: Objective | None = None) -> float | None:
+    """Unit-weighted (SFT: answer-token-weighted) mean loss over ``examples``; None when there are none."""
+    objective = objective or get_objective("sft")
+    import torch
+
+    if not examples:
+        return None
+    was_training = model.training
+    model.eval()
+    # bitsandbytes repacks 4-bit weights for fast CPU inference in eval mode, in place; the training copy must stay
+    # in the trainable layout, so its 4-bit layers stay in training mode (they hold no dropout)
+    for module in model.modules():
+        if type(module).__name__ in ("Linear4bit", "LinearNF4", "LinearFP4"):
+            module.training = True
+    total_loss, total_tokens = 0.0, 0
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
+    fast_head = objective.fast_path(model)
+    with torch.no_grad(), autocast(device, compute):
+        for start in range(0, len(order), batch_size):
+            batch = objective.collate([examples[i] for i in order[start : start + batch_size]], pad_id, device)
+            n = objective.units(batch)
+            if n:
+                loss = objective.loss(model, batch, fast_head)
+                total_loss += float(loss) * n
+                total_tokens += n
+    if was_training:
+        model.train()
+    return total_loss / total_tokens if total_tokens else None
+
+
+
+@dataclass(frozen=True)
+class Objective:
+    """One training objective. ``encode(tokenizer, example, system, max_length)`` -> an encoded row (with
+    ``input_ids`` and ``answer_tokens``); ``collate(rows, pad_id, device)`` -> a batch; ``loss(model, batch, fast)``
+    -> the mean loss over ``units(batch)`` units; ``fast_path(model)``: whether ``loss`` may take its shortcut."""
+
+    name: str
+    description: str
+    encode: Any
+    collate: Any
+    loss: Any
+    units: Any
+    fast_path: Any
+
+
+def _sft_loss(model: Any, batch: dict[str, torch.Tensor], fast: bool) -> torch.Tensor:
+    return answer_loss(model, batch) if fast else model(**batch).loss
+
+
+def _sft_encode(tokenizer: Any, example: Any, system: str | None, max_length: int) -> Any:
+    from core.data import encode_for_training
+
+    return encode_for_training(tokenizer, example, system, max_length)
+
+
+OBJECTIVES: dict[str, Objective] = {}
+
+
+def register_objective(objective: Objective) -> Objective:
+    if objective.name in OBJECTIVES:
+        raise ValueError(f"objective {objective.name} is registered twice")
+    OBJECTIVES[objective.name] = objective
+    return objective
+
+
+def get_objective(name: str) -> Objective:
+    try:
+        return OBJECTIVES[name]
+    except (KeyError, TypeError):
+        raise ConfigError(f"objective: unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
+
+
+register_objective(Objective(
+    "sft", "Instruction tuning: next-token cross-entropy on the answer tokens (the prompt is masked).",
+    _sft_encode, collate, _sft_loss, loss_tokens, supports_answer_only_head,
+))
