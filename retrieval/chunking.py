@@ -29,8 +29,10 @@ class TokenSpans(Protocol):
 class ChunkingConfig:
     """How documents are cut. Defaults fit all-MiniLM-L6-v2, which reads at most 256 tokens per text."""
 
-    chunk_size: int = field(default=200, metadata={"help": "most tokens per chunk (embedding tokenizer)"})
-    overlap: int = field(default=32, metadata={"help": "tokens repeated from the previous chunk of the same section"})
+    chunk_size: int = field(default=200, metadata={
+        "help": "most tokens per chunk, counted by the embedding model's tokenizer (all-MiniLM-L6-v2 reads 256)"})
+    overlap: int = field(default=32, metadata={
+        "help": "tokens repeated from the previous chunk of the same section (at most half the chunk size)"})
     min_chunk_tokens: int = field(default=32, metadata={
         "help": "a section shorter than this is joined with the next one instead of ending its chunk at a heading"})
 

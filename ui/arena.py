@@ -18,7 +18,7 @@ from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
 from core.data import demo_path, load_examples
 from core.engine import DEMO_RUN, Engine
 from core.inference import GenerationConfig
-from ui.common import DEMO_INDEX, index_choices, run_choices
+from ui.common import DEMO_INDEX, field_default, field_help, index_choices, run_choices
 
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
          ("accuracy", "accuracy"))
@@ -99,12 +99,19 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
             index = gr.Dropdown(index_choices(engine), value=DEMO_INDEX, label="Knowledge base", elem_id="arena-index")
             refresh_lists = gr.Button("Refresh runs and knowledge bases", size="sm", elem_id="arena-refresh")
             with gr.Accordion("Settings", open=False):
-                shots = gr.Slider(0, 8, value=3, step=1, label="Few-shot examples")
-                rag_k = gr.Slider(1, 8, value=3, step=1, label="Retrieved passages")
-                max_new_tokens = gr.Slider(8, 512, value=96, step=8, label="Max new tokens")
-                temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="Temperature (0 = greedy)")
-                top_p = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Top-p (when sampling)")
-                repetition = gr.Slider(1.0, 2.0, value=1.0, step=0.05, label="Repetition penalty (1 = off)")
+                shots = gr.Slider(0, 8, value=field_default(ArenaConfig, "few_shot_k"), step=1,
+                                  label="Few-shot examples", info=field_help(ArenaConfig, "few_shot_k"))
+                rag_k = gr.Slider(1, 8, value=field_default(ArenaConfig, "rag_k"), step=1, label="Retrieved passages",
+                                  info=field_help(ArenaConfig, "rag_k"))
+                max_new_tokens = gr.Slider(8, 512, value=96, step=8, label="Max new tokens",
+                                           info=field_help(GenerationConfig, "max_new_tokens"))
+                temperature = gr.Slider(0.0, 1.5, value=field_default(GenerationConfig, "temperature"), step=0.05,
+                                        label="Temperature", info=field_help(GenerationConfig, "temperature"))
+                top_p = gr.Slider(0.05, 1.0, value=field_default(GenerationConfig, "top_p"), step=0.05,
+                                  label="Top-p", info=field_help(GenerationConfig, "top_p"))
+                repetition = gr.Slider(1.0, 2.0, value=field_default(GenerationConfig, "repetition_penalty"),
+                                       step=0.05, label="Repetition penalty",
+                                       info=field_help(GenerationConfig, "repetition_penalty"))
                 stop = gr.Textbox("", lines=2, label="Stop strings (one per line)", elem_id="arena-stop")
                 base_model = gr.Dropdown([("SmolLM2-135M-Instruct (bundled)", "")], value="", allow_custom_value=True,
                                          label="Base model", info="or type a hub id or a local folder; fine-tuned "

@@ -2,9 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from core.engine import DEMO_INDEX, Engine
 
-__all__ = ["DEMO_INDEX", "index_choices", "run_choices"]
+__all__ = ["DEMO_INDEX", "field_default", "field_help", "index_choices", "run_choices"]
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    for field in dataclasses.fields(cls):
+        if field.name == name:
+            return field
+    raise TypeError(f"{cls.__name__} has no field {name!r}")
+
+
+def field_help(cls: type, name: str) -> str:
+    """A settings field's help text (``field(metadata={"help": ...})``): the words the CLI's --help shows too."""
+    return _field(cls, name).metadata.get("help", "")
+
+
+def field_default(cls: type, name: str) -> Any:
+    """A settings field's default, so a widget starts where the engine's dataclass does."""
+    field = _field(cls, name)
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
 
 
 def run_choices(engine: Engine, *, with_weights: bool = True) -> list[tuple[str, str]]:

@@ -27,7 +27,7 @@ from core.engine import Engine
 from core.engine.uploads import KINDS, list_uploads
 from core.inference import GenerationConfig
 from core.text import one_line
-from ui.common import DEMO_INDEX, index_choices, run_choices
+from ui.common import DEMO_INDEX, field_default, field_help, index_choices, run_choices
 
 logger = logging.getLogger(__name__)
 
@@ -369,9 +369,12 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
             refresh_lists = gr.Button("Refresh test sets, runs and knowledge bases", size="sm",
                                       elem_id="eval-refresh")
             with gr.Accordion("Settings", open=False):
-                shots = gr.Slider(0, 8, value=3, step=1, label="Few-shot examples (k)")
-                rag_k = gr.Slider(1, 8, value=3, step=1, label="Retrieved passages (k)")
-                max_new_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens (greedy decoding)")
+                shots = gr.Slider(0, 8, value=field_default(ArenaConfig, "few_shot_k"), step=1,
+                                  label="Few-shot examples (k)", info=field_help(ArenaConfig, "few_shot_k"))
+                rag_k = gr.Slider(1, 8, value=field_default(ArenaConfig, "rag_k"), step=1,
+                                  label="Retrieved passages (k)", info=field_help(ArenaConfig, "rag_k"))
+                max_new_tokens = gr.Slider(8, 512, value=64, step=8, label="Max new tokens (greedy decoding)",
+                                           info=field_help(GenerationConfig, "max_new_tokens"))
             plan = gr.Markdown(plan_text(default_data, [], 20, default_variants, [runs[0][1]] if runs else [], 64),
                                elem_id="eval-plan")
             run = gr.Button("Evaluate", variant="primary", elem_id="eval-run")

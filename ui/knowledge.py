@@ -25,7 +25,7 @@ from core.limits import check_name
 from core.text import fmt_bytes, one_line
 from retrieval import ChunkingConfig, IndexConfig, is_index_folder, read_manifest
 from retrieval.index import INDEX_TYPES
-from ui.common import DEMO_INDEX, index_choices
+from ui.common import DEMO_INDEX, field_help, index_choices
 
 logger = logging.getLogger(__name__)
 
@@ -245,16 +245,16 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             with gr.Accordion("Chunking and index settings", open=False):
                 with gr.Row():
                     chunk_size = gr.Slider(32, 1024, value=defaults_chunking.chunk_size, step=8,
-                                           label="Chunk size (tokens)", info="all-MiniLM-L6-v2 reads 256 at most",
+                                           label="Chunk size (tokens)", info=field_help(ChunkingConfig, "chunk_size"),
                                            elem_id="kb-chunk-size")
                     overlap = gr.Slider(0, 256, value=defaults_chunking.overlap, step=4, label="Overlap (tokens)",
-                                        info="at most half the chunk size", elem_id="kb-overlap")
+                                        info=field_help(ChunkingConfig, "overlap"), elem_id="kb-overlap")
                 with gr.Row():
                     index_type = gr.Radio(list(INDEX_TYPES), value=defaults_index.index_type, label="Index type",
-                                          info="flat = exact; hnsw / ivf = approximate, for large corpora",
+                                          info=field_help(IndexConfig, "index_type"),
                                           elem_id="kb-index-type")
                     contextual = gr.Checkbox(value=defaults_index.contextual, elem_id="kb-contextual",
-                                             label="Contextual prefix: embed each chunk with its title and headings")
+                                             label="Contextual prefix", info=field_help(IndexConfig, "contextual"))
                     rebuild = gr.Checkbox(value=False, label="Rebuild from scratch", elem_id="kb-rebuild",
                                           info="otherwise only new and changed documents are embedded")
             build = gr.Button("Build / update", variant="primary", elem_id="kb-build")

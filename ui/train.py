@@ -24,7 +24,8 @@ from core.engine.uploads import list_uploads
 from core.errors import JobBusyError
 from core.methods import METHODS, get_method
 from core.text import fmt_duration, one_line
-from core.training import list_presets, load_preset
+from core.training import SCHEDULERS, TrainingConfig, list_presets, load_preset
+from ui.common import field_default, field_help
 
 HOLD_OUT = "__hold_out__"
 CHOICES_FOR = {"quant_type": ["nf4", "fp4"], "bits": [4, 8], "encoder_type": ["MLP", "LSTM"],
@@ -205,21 +206,32 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                 groups[name] = group
             with gr.Accordion("Training settings", open=False):
                 with gr.Row():
-                    epochs = gr.Number(initial.get("epochs", 1), label="Epochs", minimum=0.01, elem_id="train-epochs")
+                    epochs = gr.Number(initial.get("epochs", field_default(TrainingConfig, "epochs")), label="Epochs",
+                                       minimum=0.01, elem_id="train-epochs", info=field_help(TrainingConfig, "epochs"))
                     max_steps = gr.Number(0, label="Max steps (0 = by epochs)", precision=0, minimum=0,
-                                          elem_id="train-max-steps")
+                                          elem_id="train-max-steps", info=field_help(TrainingConfig, "max_steps"))
                     learning_rate = gr.Number(initial.get("learning_rate") or 0, minimum=0, elem_id="train-lr",
-                                              label="Learning rate (0 = the preset's, else the method's default)")
+                                              label="Learning rate (0 = the preset's, else the method's default)",
+                                              info=field_help(TrainingConfig, "learning_rate"))
                 with gr.Row():
-                    batch_size = gr.Number(initial.get("batch_size", 8), label="Batch size", precision=0, minimum=1)
-                    grad_accum = gr.Number(1, label="Gradient accumulation", precision=0, minimum=1)
-                    max_length = gr.Number(512, label="Max tokens per example", precision=0, minimum=16)
+                    batch_size = gr.Number(initial.get("batch_size", field_default(TrainingConfig, "batch_size")),
+                                           label="Batch size", precision=0, minimum=1,
+                                           info=field_help(TrainingConfig, "batch_size"))
+                    grad_accum = gr.Number(field_default(TrainingConfig, "grad_accum"), label="Gradient accumulation",
+                                           precision=0, minimum=1, info=field_help(TrainingConfig, "grad_accum"))
+                    max_length = gr.Number(field_default(TrainingConfig, "max_length"), label="Max tokens per example",
+                                           precision=0, minimum=16, info=field_help(TrainingConfig, "max_length"))
                 with gr.Row():
-                    scheduler = gr.Dropdown(["cosine", "linear", "constant"], value=initial.get("scheduler", "cosine"),
-                                            label="Schedule")
-                    warmup_ratio = gr.Number(0.05, label="Warmup share", minimum=0, maximum=0.99)
-                    seed = gr.Number(42, label="Seed", precision=0)
-                gradient_checkpointing = gr.Checkbox(False, label="Gradient checkpointing (less memory, ~30% slower)")
+                    scheduler = gr.Dropdown(list(SCHEDULERS), label="Schedule",
+                                            value=initial.get("scheduler", field_default(TrainingConfig, "scheduler")),
+                                            info=field_help(TrainingConfig, "scheduler"))
+                    warmup_ratio = gr.Number(field_default(TrainingConfig, "warmup_ratio"), label="Warmup share",
+                                             minimum=0, maximum=0.99, info=field_help(TrainingConfig, "warmup_ratio"))
+                    seed = gr.Number(field_default(TrainingConfig, "seed"), label="Seed", precision=0,
+                                     info=field_help(TrainingConfig, "seed"))
+                gradient_checkpointing = gr.Checkbox(field_default(TrainingConfig, "gradient_checkpointing"),
+                                                     label="Gradient checkpointing",
+                                                     info=field_help(TrainingConfig, "gradient_checkpointing"))
                 base_model = gr.Textbox("", label="Base model (empty = the bundled SmolLM2-135M-Instruct)",
                                         info="the Arena compares runs of its own base model")
             with gr.Row():

@@ -187,3 +187,21 @@ def test_upload_train_and_refuse_a_second_start(live_app, live_workspace, tmp_pa
     assert "ta-completed" in done and "step 2/2" in done and "width:100.0%" in done
     with pytest.raises(Exception, match=r"learning_rate: must be in \(0, 1\), got 5"):
         client.predict(param_0=str(stored), param_7=5, api_name="/train_start")
+
+
+def test_training_settings_take_their_help_and_defaults_from_the_config_dataclass(tmp_path):
+    """The form's settings read TrainingConfig's field metadata, as the CLI's flags do: one text, one default."""
+    import gradio as gr
+
+    from core.training import TrainingConfig
+    from ui.common import field_default, field_help
+
+    with gr.Blocks():
+        create_train_tab(Engine(tmp_path / "ws", confined=True))
+        blocks = gr.context.Context.root_block.blocks.values()
+    by_label = {getattr(block, "label", None): block for block in blocks}
+    for label, name in (("Gradient accumulation", "grad_accum"), ("Max tokens per example", "max_length"),
+                        ("Warmup share", "warmup_ratio"), ("Seed", "seed")):
+        widget = by_label[label]
+        assert widget.info == field_help(TrainingConfig, name) != ""
+        assert widget.value == field_default(TrainingConfig, name)
