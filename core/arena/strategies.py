@@ -22,6 +22,7 @@ from core.arena.prompting import (
 )
 from core.data import Example
 from core.errors import ConfigError
+from core.registry import Registry
 from core.text import short_name
 
 Messages = list[dict[str, str]]
@@ -100,14 +101,8 @@ class Strategy:
     uses_shots: bool = False
 
 
-STRATEGIES: dict[str, Strategy] = {}
-
-
-def register_strategy(strategy: Strategy) -> Strategy:
-    if strategy.name in STRATEGIES:
-        raise ConfigError(f"strategy {strategy.name} is registered twice")
-    STRATEGIES[strategy.name] = strategy
-    return strategy
+STRATEGIES: Registry[Strategy] = Registry("strategy")
+register_strategy = STRATEGIES.register
 
 
 for _strategy in (

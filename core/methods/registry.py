@@ -37,6 +37,7 @@ from core.methods.configs import (
     PTuningConfig,
     QLoraConfig,
 )
+from core.registry import Registry
 from core.runs import FULL_FORMAT, PARTIAL_FORMAT, PEFT_FORMAT, SAVE_FORMATS, SaveFormat
 
 logger = logging.getLogger(__name__)
@@ -84,23 +85,14 @@ class Method:
                 for f in fields(self.config_class)]
 
 
-METHODS: dict[str, Method] = {}
+METHODS: Registry[Method] = Registry("method")
+get_method = METHODS.lookup
 
 
 def register_method(method: Method) -> Method:
-    if method.name in METHODS:
-        raise ValueError(f"method {method.name} is registered twice")
     if method.save_format not in SAVE_FORMATS:
         raise ValueError(f"method {method.name}: unknown save format {method.save_format!r}")
-    METHODS[method.name] = method
-    return method
-
-
-def get_method(name: str) -> Method:
-    try:
-        return METHODS[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"method: unknown method {name!r}; choose one of {', '.join(METHODS)}") from None
+    return METHODS.register(method)
 
 
 for _method in (

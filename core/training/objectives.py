@@ -11,7 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from core.errors import ConfigError
+from core.data import encode_for_training
+from core.registry import Registry
 
 if TYPE_CHECKING:
     import torch
@@ -129,30 +130,12 @@ def _sft_loss(model: Any, batch: dict[str, torch.Tensor], fast: bool) -> torch.T
     return answer_loss(model, batch) if fast else model(**batch).loss
 
 
-def _sft_encode(tokenizer: Any, example: Any, system: str | None, max_length: int) -> Any:
-    from core.data import encode_for_training
-
-    return encode_for_training(tokenizer, example, system, max_length)
-
-
-OBJECTIVES: dict[str, Objective] = {}
-
-
-def register_objective(objective: Objective) -> Objective:
-    if objective.name in OBJECTIVES:
-        raise ValueError(f"objective {objective.name} is registered twice")
-    OBJECTIVES[objective.name] = objective
-    return objective
-
-
-def get_objective(name: str) -> Objective:
-    try:
-        return OBJECTIVES[name]
-    except (KeyError, TypeError):
-        raise ConfigError(f"objective: unknown objective {name!r}; choose one of {', '.join(OBJECTIVES)}") from None
+OBJECTIVES: Registry[Objective] = Registry("objective")
+register_objective = OBJECTIVES.register
+get_objective = OBJECTIVES.lookup
 
 
 register_objective(Objective(
     "sft", "Instruction tuning: next-token cross-entropy on the answer tokens (the prompt is masked).",
-    _sft_encode, collate, _sft_loss, loss_tokens, supports_answer_only_head,
+    encode_for_training, collate, _sft_loss, loss_tokens, supports_answer_only_head,
 ))
