@@ -19,6 +19,7 @@ import numpy as np
 
 from core.errors import TuneArenaError
 from core.io import recover_folder
+from retrieval.chunking import ChunkSpan
 
 FORMAT = 1
 INDEX_TYPES = ("flat", "hnsw", "ivf")
@@ -26,18 +27,10 @@ FILES = ("index.faiss", "chunks.jsonl", "manifest.json")
 
 
 @dataclass(frozen=True)
-class Chunk:
-    """A stored chunk. ``id`` is its FAISS id; ``hash`` identifies the exact text that was embedded."""
+class Chunk(ChunkSpan):
+    """A stored chunk: a ChunkSpan with its FAISS ``id`` and the ``hash`` of the exact text that was embedded."""
 
     id: int
-    doc_id: str
-    source: str
-    title: str
-    headings: tuple[str, ...]
-    start: int
-    end: int
-    text: str
-    n_tokens: int
     hash: str
 
     def to_dict(self) -> dict[str, Any]:

@@ -371,8 +371,7 @@ class KnowledgeBase:
                 for span in spans:
                     text_hash = hashes[position]
                     position += 1
-                    chunk = Chunk(self.next_id, span.doc_id, span.source, span.title, span.headings, span.start,
-                                  span.end, span.text, span.n_tokens, text_hash)
+                    chunk = Chunk(**vars(span), id=self.next_id, hash=text_hash)
                     self.next_id += 1
                     ids.append(chunk.id)
                     add_ids.append(chunk.id)

@@ -17,6 +17,7 @@ from core.cli.arena import COMMANDS as ARENA_COMMANDS
 from core.cli.common import CliError, Command, Result
 from core.cli.knowledge import COMMANDS as KNOWLEDGE_COMMANDS
 from core.cli.training import COMMANDS as TRAINING_COMMANDS
+from core.engine import Engine
 from core.errors import TuneArenaError
 
 COMMANDS: tuple[Command, ...] = (*TRAINING_COMMANDS, *KNOWLEDGE_COMMANDS, *ARENA_COMMANDS)
@@ -60,8 +61,6 @@ def _first_line(err: BaseException) -> str:
 def run(args: argparse.Namespace) -> Result:
     """Run the parsed command on one unconfined Engine (workspace: ``$TUNE_ARENA_WORKSPACE``), made when the
     command first asks for it."""
-    from core.engine import Engine
-
     return args.command.run(args, functools.cache(Engine))
 
 

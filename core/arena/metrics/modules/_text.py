@@ -9,6 +9,16 @@ import unicodedata
 from collections.abc import Sequence
 from typing import Any
 
+SQUAD_CITATION = """\
+@inproceedings{rajpurkar-etal-2016-squad,
+    title = "{SQ}u{AD}: 100,000+ Questions for Machine Comprehension of Text",
+    author = "Rajpurkar, Pranav and Zhang, Jian and Lopyrev, Konstantin and Liang, Percy",
+    booktitle = "Proceedings of the 2016 Conference on Empirical Methods in Natural Language Processing",
+    year = "2016",
+    url = "https://aclanthology.org/D16-1264",
+    pages = "2383--2392",
+}
+"""
 ARTICLES = re.compile(r"\b(a|an|the)\b")
 ASCII_PUNCTUATION = frozenset(string.punctuation)
 

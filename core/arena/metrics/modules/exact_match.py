@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import evaluate
 
-from ._text import mean_or_all, normalize_answer, string_pair_info
+from ._text import SQUAD_CITATION, mean_or_all, normalize_answer, string_pair_info
 
 _DESCRIPTION = """\
 Exact match after normalisation: both texts are lowercased, punctuation (ASCII and Unicode) and the articles
@@ -15,16 +15,7 @@ a/an/the are removed and whitespace is collapsed (the SQuAD v1.1 answer normalis
 normalised texts are equal, else 0. The aggregate is the fraction of examples that match (0..1).
 """
 
-_CITATION = """\
-@inproceedings{rajpurkar-etal-2016-squad,
-    title = "{SQ}u{AD}: 100,000+ Questions for Machine Comprehension of Text",
-    author = "Rajpurkar, Pranav and Zhang, Jian and Lopyrev, Konstantin and Liang, Percy",
-    booktitle = "Proceedings of the 2016 Conference on Empirical Methods in Natural Language Processing",
-    year = "2016",
-    url = "https://aclanthology.org/D16-1264",
-    pages = "2383--2392",
-}
-"""
+_CITATION = SQUAD_CITATION  # the answer normalisation and the metric come from SQuAD v1.1
 
 _KWARGS_DESCRIPTION = """
 Args:

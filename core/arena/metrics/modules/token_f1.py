@@ -9,7 +9,7 @@ from collections import Counter
 
 import evaluate
 
-from ._text import answer_tokens, mean_or_all, string_pair_info
+from ._text import SQUAD_CITATION, answer_tokens, mean_or_all, string_pair_info
 
 _DESCRIPTION = """\
 Token F1 as in SQuAD: both texts are normalised (lowercased, punctuation and the articles a/an/the removed,
@@ -18,16 +18,7 @@ whitespace collapsed) and split on whitespace; precision is the share of predict
 (0..1). When either side has no tokens, F1 is 1 if both are empty, else 0. The aggregate is the mean over examples.
 """
 
-_CITATION = """\
-@inproceedings{rajpurkar-etal-2016-squad,
-    title = "{SQ}u{AD}: 100,000+ Questions for Machine Comprehension of Text",
-    author = "Rajpurkar, Pranav and Zhang, Jian and Lopyrev, Konstantin and Liang, Percy",
-    booktitle = "Proceedings of the 2016 Conference on Empirical Methods in Natural Language Processing",
-    year = "2016",
-    url = "https://aclanthology.org/D16-1264",
-    pages = "2383--2392",
-}
-"""
+_CITATION = SQUAD_CITATION  # the answer normalisation and the metric come from SQuAD v1.1
 
 _KWARGS_DESCRIPTION = """
 Args:
