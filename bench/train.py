@@ -291,11 +291,11 @@ def run_ours(s: Settings, train_file: Path, work: Path) -> Outcome:
 def _train_timed(trainer: Any, timer: _StepTimer, adapter: Path) -> tuple[int, tuple[float, float]]:
     """Train a transformers/TRL trainer with its steps timed and its tokens counted; save its adapter. Returns the
     peak RSS in bytes and the 1-minute load average before and after."""
-    from core.training import _PeakMemory
+    from core.training.memory import PeakMemory
 
     timer.counter, handle = _count_tokens(trainer.model)
     load_before = os.getloadavg()[0]
-    with _PeakMemory("cpu") as memory:
+    with PeakMemory("cpu") as memory:
         trainer.train()
     handle.remove()
     trainer.model.save_pretrained(str(adapter))
