@@ -99,7 +99,13 @@ class FakeKB:
 
 
 class FakeEncoder:
-    """A sentence-transformers-like encode(): bag of letters, unit length (similar texts -> similar vectors)."""
+    """A sentence-transformers-like encode(): bag of letters, unit length (similar texts -> similar vectors). Also
+    what retrieval's SentenceTransformerEmbedder reads (the engine's ``embedder()`` wraps it)."""
+
+    max_seq_length = 128
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return 26
 
     def encode(self, sentences: list[str], *, normalize_embeddings: bool = True, **_: Any) -> np.ndarray:
         vectors = np.zeros((len(sentences), 26), dtype=np.float32)

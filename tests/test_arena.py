@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 from arena_helpers import (
     PROMPTS,
@@ -19,7 +20,15 @@ from arena_helpers import (
     trained_runs,
 )
 
-from core.arena import ArenaConfig, ArenaContext, parse_variants, run_examples, run_query
+from core.arena import (
+    DEFAULT_VARIANTS,
+    STRATEGIES,
+    ArenaConfig,
+    ArenaContext,
+    parse_variants,
+    run_examples,
+    run_query,
+)
 from core.arena.prompting import RAG_INSTRUCTION
 from core.cli import main
 from core.data import Example
@@ -172,6 +181,145 @@ def test_single_query_streams_growing_text_per_variant(host):
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# finetuned_few_shot: a run's weights with worked examples
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_finetuned_few_shot_sends_the_runs_adapter_with_the_few_shot_prompt():
+    host = EchoHost(lambda prompt, adapter: f"answer of {adapter}")
+    config = ArenaConfig(variants=["zero_shot", "few_shot", "finetuned_few_shot"], adapters=["runs/a"], few_shot_k=2,
+                         few_shot_selection="fixed")
+    row = run_examples(EXAMPLES[:1], config, ArenaContext(host=host, pool=POOL, adapter_keys={"runs/a": "key-a"}),
+                       score=False)[0]
+    zero, few, both = row
+    assert (both.variant, both.strategy, both.adapter) == ("finetuned_few_shot", "finetuned_few_shot", "runs/a")
+    assert both.prompt == few.prompt != zero.prompt and both.shots == few.shots == ["p1", "p3"]
+    assert "Question 1?" in both.prompt and "Answer 3." in both.prompt
+    assert (zero.answer, few.answer, both.answer) == ("answer of None", "answer of None", "answer of key-a")
+    [(prompts, adapters)] = host.calls  # one generate: the adapter row beside the base rows (the host batches)
+    assert sorted(zip(adapters, prompts, strict=True), key=str) == sorted(
+        [(None, zero.prompt), (None, few.prompt), ("key-a", both.prompt)], key=str)
+
+
+def test_finetuned_few_shot_generates_with_the_run_in_the_base_batch(host, runs):
+    config = full_config(runs, variants=["few_shot", "finetuned_few_shot"])
+    table = run_examples(EXAMPLES, config, full_context(host, runs), score=False)
+    tuned = load_trained_model(runs["lora_a"], device="cpu", dtype="fp32")
+    for few, both in table:
+        assert both.prompt == few.prompt and both.shots == few.shots == ["p1", "p3"]
+        assert both.available and both.new_tokens == GEN.max_new_tokens
+        assert both.answer == generate_batch(tuned.model, tuned.tokenizer, [both.prompt], GEN)[0].text
+    assert max(r.batch_size for row in table for r in row) > 3  # LoRA rows mix with the base rows
+
+
+def test_finetuned_few_shot_expands_to_one_variant_per_run(host, runs):
+    lora, prompt = runs["lora_a"], runs["prompt_tuning"]
+    keys = {lora: host.add(lora).key, prompt: host.add(prompt).key}
+    config = ArenaConfig(variants=["few_shot", "finetuned_few_shot"], adapters=[lora, prompt], few_shot_k=1,
+                         few_shot_selection="fixed", generation=GEN)
+    row = run_examples(EXAMPLES[:1], config, ArenaContext(host=host, pool=POOL, adapter_keys=keys), score=False)[0]
+    assert [r.variant for r in row] == ["few_shot", "finetuned_few_shot@lora_a", "finetuned_few_shot@prompt_tuning"]
+    assert [r.adapter for r in row] == [None, lora, prompt]
+    assert row[1].prompt == row[2].prompt == row[0].prompt
+    loaded = load_trained_model(prompt, device="cpu", dtype="fp32")
+    assert row[2].answer == generate_batch(loaded.model, loaded.tokenizer, [row[2].prompt], GEN)[0].text
+    assert row[2].batch_size == 1  # prompt tuning: a batch of its own
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# nearest_answer: the most similar pool example's answer, no model
+# --------------------------------------------------------------------------------------------------------------------
+
+NEAR_POOL = [
+    Example(instruction="How big is the water tank?", output="A 5.5 litre tank.", task="qa", uid="tank"),
+    Example(instruction="Which light do the pods need?", output="Full-spectrum LED light.", task="qa", uid="light"),
+    Example(instruction="Classify the message.", input="My parcel is late.", output="shipping",
+            task="classification", uid="parcel"),
+]
+NEAR_EXAMPLES = [
+    Example(instruction="How big is the tank?", output="A 5.5 litre tank.", task="qa", uid="q1"),
+    Example(instruction="What light do pods need?", output="LED light.", task="qa", uid="q2"),
+    Example(instruction="Classify the message.", input="Where is my order?", output="shipping",
+            task="classification", uid="c1"),
+]
+
+
+def test_nearest_answer_copies_the_nearest_pool_answer_and_never_generates(scorer):
+    host = EchoHost(lambda prompt, adapter: "generated")
+    context = ArenaContext(host=host, pool=NEAR_POOL, scorer=scorer)
+    table = run_examples(NEAR_EXAMPLES, ArenaConfig(variants=["zero_shot", "nearest_answer"]), context)
+    [(prompts, adapters)] = host.calls
+    assert len(prompts) == 3 and adapters == [None] * 3  # the zero_shot rows only
+    assert [row[1].answer for row in table] == ["A 5.5 litre tank.", "Full-spectrum LED light.", "shipping"]
+    assert [row[1].shots for row in table] == [["tank"], ["light"], ["parcel"]]  # by word overlap, its task first
+    for zero, near in table:
+        assert zero.answer == "generated" and zero.prompt
+        assert near.available and near.error is None and near.variant == near.strategy == "nearest_answer"
+        assert (near.prompt, near.prompt_tokens, near.new_tokens, near.batch_size) == ("", 0, 0, 0)
+        assert near.generate_s is None and 0 < near.latency_s < 1
+        assert len(near.notes) == 1 and near.notes[0].startswith(f"copied the answer of pool example {near.shots[0]} "
+                                                                 "(word overlap similarity ")
+        assert near.metrics  # scored like every other variant
+    assert [row[1].metrics["exact_match"] for row in table] == [1.0, 0.0, 1.0]
+    assert table[2][1].metrics["accuracy"] == 1.0
+
+    alone = run_examples(NEAR_EXAMPLES, ArenaConfig(variants=["nearest_answer"]), context)
+    assert len(host.calls) == 1  # nothing more went to generate
+    assert [row[0].answer for row in alone] == [row[1].answer for row in table]
+
+
+def test_nearest_answer_uses_the_pool_vectors_when_there_are_some():
+    asked: list[list[str]] = []
+
+    def embed(texts):
+        asked.append(list(texts))
+        return np.array([[1.0, 0.0]] * len(texts))
+
+    vectors = np.array([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])  # "light" points the query's way, "tank" does not
+    context = ArenaContext(host=EchoHost(lambda prompt, adapter: "x"), pool=NEAR_POOL, embed=embed,
+                           pool_vectors=vectors)
+    [[near]] = run_examples(NEAR_EXAMPLES[:1], ArenaConfig(variants=["nearest_answer"]), context, score=False)
+    assert near.answer == "Full-spectrum LED light." and near.shots == ["light"]
+    assert near.notes == ["copied the answer of pool example light (embedding similarity 1.000)"]
+    assert asked == [["How big is the tank?"]]  # the query only: the pool's vectors are cached
+    assert context.host.calls == []
+
+
+def test_nearest_answer_never_copies_the_example_itself_and_streams_its_answer():
+    seen: dict[int, list[str]] = {}
+    itself = Example(instruction="How big is the water tank?", output="A 5.5 litre tank.", task="qa", uid="tank")
+    host = EchoHost(lambda prompt, adapter: "x")
+    config = ArenaConfig(variants=["nearest_answer"])
+    [[near]] = run_examples([itself], config, ArenaContext(host=host, pool=NEAR_POOL), score=False,
+                            on_text=lambda number, variant, text: seen.setdefault(variant, []).append(text))
+    assert near.shots == ["light"] and seen == {0: ["Full-spectrum LED light."]}
+
+    [[alone]] = run_examples([itself], config, ArenaContext(host=host, pool=NEAR_POOL[:1]), score=False)
+    assert not alone.available and alone.error.startswith("no pool example to copy an answer from")
+    assert alone.answer == "" and alone.latency_s is None
+
+
+def test_nearest_answer_is_unavailable_without_a_pool_while_others_answer():
+    host = EchoHost(lambda prompt, adapter: "generated")
+    row = run_examples(NEAR_EXAMPLES[:1], ArenaConfig(variants=["zero_shot", "nearest_answer"]),
+                       ArenaContext(host=host), score=False)[0]
+    assert row[0].available and row[0].answer == "generated"
+    assert not row[1].available and row[1].answer == "" and row[1].metrics == {}
+    assert row[1].error == "no pool examples to copy an answer from (the few-shot pool file is empty or missing)"
+
+
+def test_nearest_answer_needs_no_room_for_generation():
+    host = EchoHost(lambda prompt, adapter: "x", window=16)
+    config = ArenaConfig(variants=["nearest_answer"], generation=GenerationConfig(max_new_tokens=64))
+    [[near]] = run_examples(NEAR_EXAMPLES[:1], config, ArenaContext(host=host, pool=NEAR_POOL), score=False)
+    assert near.answer == "A 5.5 litre tank."
+    with pytest.raises(ValueError, match="^max_new_tokens: "):  # a generating variant still needs the room
+        run_examples(NEAR_EXAMPLES[:1], ArenaConfig(variants=["zero_shot", "nearest_answer"],
+                                                    generation=GenerationConfig(max_new_tokens=64)),
+                     ArenaContext(host=host, pool=NEAR_POOL), score=False)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Unavailable variants
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -313,11 +461,30 @@ def test_parse_variants_expands_one_variant_per_adapter():
 def test_strategy_at_run_names_a_run():
     specs = parse_variants(["finetuned@runs/x", "finetuned"], ["runs/y"])
     assert [(s.name, s.adapter) for s in specs] == [("finetuned@runs/x", "runs/x"), ("finetuned", "runs/y")]
+    specs = parse_variants(["finetuned_few_shot@runs/x", "finetuned_few_shot", "nearest_answer"], ["runs/y"])
+    assert [(s.name, s.strategy, s.adapter) for s in specs] == [
+        ("finetuned_few_shot@runs/x", "finetuned_few_shot", "runs/x"),
+        ("finetuned_few_shot", "finetuned_few_shot", "runs/y"), ("nearest_answer", "nearest_answer", None)]
+    specs = parse_variants(["finetuned_few_shot", "finetuned_rag"], ["runs/a", "runs/b"])
+    assert [s.name for s in specs] == ["finetuned_few_shot@a", "finetuned_few_shot@b", "finetuned_rag@a",
+                                       "finetuned_rag@b"]
+
+
+def test_the_default_variants_are_the_cli_contracts_five_and_every_strategy_can_be_chosen():
+    assert DEFAULT_VARIANTS == ("zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag")
+    assert ArenaConfig().variants == list(DEFAULT_VARIANTS)
+    assert list(STRATEGIES) == [*DEFAULT_VARIANTS, "finetuned_few_shot", "nearest_answer"]
+    both, near = STRATEGIES["finetuned_few_shot"], STRATEGIES["nearest_answer"]
+    assert both.uses_adapter and both.uses_shots and both.generates and both.build is STRATEGIES["few_shot"].build
+    assert not (near.uses_adapter or near.uses_shots or near.uses_retrieval) and near.uses_nearest
+    assert not near.generates and all(STRATEGIES[name].generates for name in DEFAULT_VARIANTS)
 
 
 @pytest.mark.parametrize(("names", "adapters", "message"), [
     (["best"], [], "unknown variant 'best'"),
     (["rag@runs/x"], [], "rag takes no adapter"),
+    (["nearest_answer@runs/x"], [], "nearest_answer takes no adapter"),
+    (["finetuned_few_shot@a", "finetuned_few_shot"], ["runs/a", "runs/b"], "finetuned_few_shot@a is listed twice"),
     (["rag", "rag"], [], "rag is listed twice"),
     (["finetuned@a", "finetuned"], ["runs/a", "runs/b"], "finetuned@a is listed twice"),
     ([], [], "none chosen"),
@@ -436,3 +603,54 @@ def test_arena_cli_json_shape_with_the_tiny_model(workspace, talkative_dir, tmp_
     assert not rows["finetuned"]["available"] and "no fine-tuned run" in rows["finetuned"]["error"]
     assert all(row["metrics"] == {} for row in (rows["rag"], rows["finetuned"]))
     assert fake_embedder  # the similarity metric asked for the embedding model
+
+
+def pool_file(tmp_path: Path) -> Path:
+    path = tmp_path / "pool.jsonl"
+    path.write_text("".join(json.dumps({"instruction": example.instruction, "input": example.input,
+                                        "output": example.output, "task": example.task, "id": example.uid}) + "\n"
+                            for example in NEAR_POOL))
+    return path
+
+
+def test_arena_cli_nearest_answer_json(workspace, talkative_dir, tmp_path, capsys, fake_embedder, monkeypatch):
+    from core.inference import AdapterHost
+
+    def no_generate(*args, **kwargs):
+        raise AssertionError("nearest_answer must not generate")
+
+    monkeypatch.setattr(AdapterHost, "generate", no_generate)
+    argv = ["arena", "--query", "How big is the tank?", "--reference", "A 5.5 litre tank.", "--model",
+            str(talkative_dir), "--variants", "nearest_answer", "--few-shot", str(pool_file(tmp_path)), "--json"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1  # exactly one JSON document
+    [row] = json.loads(out)["results"]
+    assert row["variant"] == "nearest_answer" and row["available"] and row["answer"] == "A 5.5 litre tank."
+    assert (row["prompt"], row["new_tokens"], row["prompt_tokens"], row["retrieved"]) == ("", 0, 0, [])
+    assert row["latency_s"] is not None and row["latency_s"] < 1 and row["shots"] == ["tank"]
+    assert row["notes"][0].startswith("copied the answer of pool example tank (embedding similarity ")
+    assert row["metrics"]["exact_match"] == 1.0 and row["metrics"]["rougeL"] == pytest.approx(1.0)
+
+
+def test_eval_cli_runs_the_new_variants(workspace, talkative_dir, runs, tmp_path, capsys, fake_embedder):
+    data = tmp_path / "test.jsonl"
+    data.write_text("".join(json.dumps({"instruction": example.instruction, "input": example.input,
+                                        "output": example.output, "task": example.task, "id": example.uid}) + "\n"
+                            for example in NEAR_EXAMPLES[:2]))
+    argv = ["eval", "--data", str(data), "--model", str(talkative_dir), "--variants",
+            "nearest_answer,finetuned_few_shot", "--adapter", runs["lora_a"], "--few-shot", str(pool_file(tmp_path)),
+            "--shots", "1", "--out", str(tmp_path / "out"), "--max-new-tokens", "2", "--json"]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert list(result["summary"]) == ["nearest_answer", "finetuned_few_shot"] and result["n"] == 2
+    assert result["summary"]["nearest_answer"]["exact_match"] == 0.5
+    assert result["summary"]["nearest_answer"]["new_tokens"] == 0
+    assert result["summary"]["finetuned_few_shot"]["new_tokens"] <= 2
+
+
+def test_arena_help_lists_every_variant(capsys):
+    assert main(["arena", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "zero_shot, few_shot, rag, finetuned, finetuned_rag (the default); also finetuned_few_shot, " \
+           "nearest_answer" in text

@@ -4,6 +4,7 @@ answers (hand-computed means), label sets, and `python -m core eval` in-process 
 from __future__ import annotations
 
 import csv
+import html
 import json
 from pathlib import Path
 
@@ -145,8 +146,12 @@ def test_run_eval_reports_progress(evaluated):
 
 def test_run_eval_writes_every_file(evaluated):
     result, out, _ = evaluated
-    assert sorted(p.name for p in out.iterdir()) == ["chart.png", "examples.csv", "report.md", "results.json",
-                                                     "summary.csv"]
+    assert sorted(p.name for p in out.iterdir()) == ["chart.png", "examples.csv", "report.html", "report.md",
+                                                     "results.json", "summary.csv"]
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved) >= {"comparisons", "verdict", "slices", "cost", "provenance"}
+    page = (out / "report.html").read_text()
+    assert saved["verdict"] and all(html.escape(verdict["sentence"]) in page for verdict in saved["verdict"].values())
     assert (out / "chart.png").read_bytes().startswith(b"\x89PNG\r\n\x1a\n")
 
     with open(out / "examples.csv", newline="", encoding="utf-8") as handle:

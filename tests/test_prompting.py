@@ -1,4 +1,5 @@
-"""Prompt builders (pure functions): zero-shot, few-shot, RAG layouts, passage fitting, shot selection, label sets."""
+"""Prompt builders (pure functions): zero-shot, few-shot, RAG layouts, passage fitting, shot selection, the nearest
+pool example, label sets."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from core.arena.prompting import (
     fit_passages,
     format_passages,
     label_set,
+    nearest_example,
     query_example,
     rag_messages,
     select_shots,
@@ -201,6 +203,34 @@ def test_similar_needs_an_embedder_and_selection_is_checked():
         select_shots(POOL, QUERY, 2, selection="similar")
     with pytest.raises(ValueError, match="^few_shot_selection: .*'best'"):
         select_shots(POOL, QUERY, 2, selection="best")
+
+
+def test_nearest_example_by_embedding_same_task_never_itself():
+    calls = []
+    embed = _embed_by_number(calls)
+    nearest = nearest_example(POOL, QUERY, embed=embed, pool_vectors=embed([p.user_text for p in POOL]))
+    assert nearest.example.uid == "p5" and nearest.by == "embedding"  # qa: 5 is nearest to 4.6
+    assert nearest.score == pytest.approx(np.cos(0.04), abs=1e-6)
+    assert calls[-1] == ["How big is the tank?"]  # the pool's vectors were given: only the query is embedded
+    itself = Example(instruction="Question 5?", task="qa", uid="p5")
+    assert nearest_example(POOL, itself, embed=_embed_by_number([])).example.uid == "p3"
+
+
+def test_nearest_example_by_word_overlap_without_an_embedder():
+    pool = [Example(instruction="What colour is the light?", output="White.", uid="light"),
+            Example(instruction="How big is the water tank?", output="5.5 litres.", uid="tank"),
+            Example(instruction="How big is the tank of the Orbit 3?", output="5.5 l.", uid="orbit")]
+    nearest = nearest_example(pool, QUERY)
+    assert (nearest.example.uid, nearest.by) == ("tank", "word overlap")  # 5 of 5 words, of 6 and of 8
+    assert nearest.score == pytest.approx(5 / np.sqrt(5 * 6))
+    unrelated = nearest_example(pool, Example(instruction="Zzz?"))
+    assert (unrelated.example.uid, unrelated.score) == ("light", 0.0)  # equal scores: the earliest
+
+
+def test_nearest_example_without_candidates_is_none():
+    assert nearest_example([], QUERY) is None
+    only_query = [Example(instruction="How big is the tank?", output="x", uid="q"), Example(instruction="No?")]
+    assert nearest_example(only_query, QUERY) is None
 
 
 # --------------------------------------------------------------------------------------------------------------------

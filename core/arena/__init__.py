@@ -13,6 +13,7 @@ from core.arena.strategies import (
     PromptRequest,
     Strategy,
     VariantSpec,
+    VariantUnavailableError,
     parse_variants,
     register_strategy,
 )
@@ -20,6 +21,6 @@ from core.arena.strategies import (
 __all__ = [
     "ALL_TASKS", "CLASSIFICATION_TASK", "DEFAULT_VARIANTS", "HEADLINE", "STRATEGIES", "ArenaConfig", "ArenaContext",
     "ArenaResult", "EvalResult", "Passage", "Prompt", "PromptRequest", "Scorer", "Strategy", "VariantResult",
-    "VariantSpec", "load_eval", "new_eval_id", "parse_variants", "register_strategy", "run_eval", "run_examples",
-    "run_query",
+    "VariantSpec", "VariantUnavailableError", "load_eval", "new_eval_id", "parse_variants", "register_strategy",
+    "run_eval", "run_examples", "run_query",
 ]

@@ -1,7 +1,9 @@
 """Batch evaluation: chosen variants over a test set, per-example rows and a per-variant, per-task summary with
-95% bootstrap intervals, saved under ``<workspace>/evals/<eval-id>/``:
+95% bootstrap intervals, then the evidence (core.arena.evidence: paired comparisons, the verdict per task,
+knowledge/behaviour slices, cost, provenance), saved under ``<workspace>/evals/<eval-id>/``:
 
-    results.json   config, summary and every row (answers, prompts' token counts, metrics)
+    results.json   config, summary, evidence and every row (answers, prompts' token counts, metrics, slice)
+    report.html    the self-contained evidence report (core.arena.report)
     examples.csv   one row per (example, variant)
     summary.csv    variant, task, metric, mean, low, high, n
     report.md      the summary tables and the chart
@@ -22,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.arena.evidence import evidence
 from core.arena.metrics import CLASSIFICATION_TASK, bootstrap_ci
+from core.arena.report import render_html
 from core.arena.runner import ArenaConfig, ArenaContext, VariantResult, run_examples, score_results
 from core.charts import save_chart
 from core.data import Example
@@ -44,6 +48,7 @@ class EvalResult:
     wall_s: float = 0.0
     generate_s: float = 0.0
     metrics_s: float = 0.0
+    evidence: dict[str, Any] = field(default_factory=dict)  # comparisons, verdict, slices, cost, provenance
 
     def means(self, task: str = ALL_TASKS) -> dict[str, dict[str, float | None]]:
         """variant -> metric -> mean over ``task`` (the CLI contract's ``summary``)."""
@@ -53,7 +58,9 @@ class EvalResult:
     def contract(self) -> dict[str, Any]:
         return {"eval_dir": self.eval_dir, "summary": self.means(), "n": self.n, "by_task": self.summary,
                 "wall_s": round(self.wall_s, 2), "generate_s": round(self.generate_s, 2),
-                "metrics_s": round(self.metrics_s, 2)}
+                "metrics_s": round(self.metrics_s, 2),
+                **{key: self.evidence.get(key) for key in ("comparisons", "verdict", "slices", "cost")},
+                "report": str(Path(self.eval_dir) / "report.html")}
 
 
 def new_eval_id(data: str | Path) -> str:
@@ -101,8 +108,10 @@ def run_eval(
     *,
     data_path: str = "",
     on_progress: Callable[[str, int, int], None] | None = None,
+    source_in_index: Callable[[str], bool] | None = None,
 ) -> EvalResult:
-    """Run every variant over ``examples`` (batched across examples), score, summarise and save to ``out_dir``."""
+    """Run every variant over ``examples`` (batched across examples), score, summarise, weigh the evidence and save
+    to ``out_dir``. ``source_in_index(source)``: whether a document is in the knowledge base (the slice rule)."""
     if not examples:
         raise ConfigError("data: no examples to evaluate")
     start = time.perf_counter()
@@ -115,9 +124,11 @@ def run_eval(
     metrics_s = time.perf_counter() - metrics_start
     rows = [_row(example, result) for example, results in zip(examples, table, strict=True) for result in results]
     summary = summarise(rows, seed=config.seed)
+    found = evidence(examples, table, rows, config, context, data_path=data_path, source_in_index=source_in_index)
     variants = [result.variant for result in table[0]]
     result = EvalResult(eval_dir=str(out_dir), n=len(examples), variants=variants, summary=summary, rows=rows,
-                        wall_s=time.perf_counter() - start, generate_s=generate_s, metrics_s=metrics_s)
+                        wall_s=time.perf_counter() - start, generate_s=generate_s, metrics_s=metrics_s,
+                        evidence=found)
     save_eval(result, config, Path(out_dir), data_path=data_path)
     logger.info("evaluated %d examples x %d variants in %.1f s (metrics %.1f s) -> %s", len(examples),
                 len(variants), result.wall_s, metrics_s, out_dir)
@@ -140,8 +151,10 @@ def _row(example: Example, result: VariantResult) -> dict[str, Any]:
 
 def save_eval(result: EvalResult, config: ArenaConfig, out: Path, *, data_path: str = "") -> None:
     writable_folder(out)
-    write_json(out / "results.json", {"data": data_path, "config": config.to_dict(), **result.contract(),
-                                      "rows": result.rows})
+    saved = {"data": data_path, "config": config.to_dict(), **result.contract(),
+             "provenance": result.evidence.get("provenance"), "rows": result.rows}
+    write_json(out / "results.json", saved)
+    write_atomic(out / "report.html", render_html(saved))
     metric_names = sorted({metric for row in result.rows for metric in (row.get("metrics") or {})})
     columns = ["id", "task", "variant", "adapter", "available", "error", "answer", "reference", "generate_s",
                "new_tokens", "prompt_tokens", *metric_names]

@@ -7,8 +7,10 @@ on (``core.data.build_messages``). Rendering to a string goes through the model'
 
 from __future__ import annotations
 
+import math
 import random
 import re
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -124,11 +126,7 @@ def select_shots(
         raise ConfigError(f"few_shot_selection: must be one of {', '.join(SHOT_SELECTIONS)}, got {selection!r}")
     if k <= 0:
         return []
-    candidates = [index for index, shot in enumerate(pool)
-                  if shot.output is not None and not _same_example(shot, example)]
-    if example.task:
-        same_task = [index for index in candidates if pool[index].task == example.task]
-        candidates = same_task or candidates
+    candidates = _candidates(pool, example)
     if not candidates:
         return []
     if selection == "fixed" or (selection == "random" and len(candidates) <= k):
@@ -144,6 +142,62 @@ def select_shots(
         order = np.argsort(-scores, kind="stable")[:k]
         chosen = [candidates[i] for i in order][::-1]  # most similar last, right before the query
     return [pool[index] for index in chosen]
+
+
+@dataclass(frozen=True)
+class Neighbour:
+    """The pool example most like a query. ``score``: cosine in [-1, 1] (word counts: [0, 1]); ``by``: how it was
+    measured, ``"embedding"`` or ``"word overlap"``."""
+
+    example: Example
+    score: float
+    by: str
+
+
+def nearest_example(
+    pool: Sequence[Example],
+    example: Example,
+    *,
+    embed: Callable[[list[str]], np.ndarray] | None = None,
+    pool_vectors: np.ndarray | None = None,
+) -> Neighbour | None:
+    """The most similar example with an answer from ``pool`` (never the example itself, its task first, the earliest
+    on ties), by embedding cosine when ``embed`` is given (``pool_vectors``: the pool's unit vectors, (n, d), as
+    ``select_shots`` takes them), else by the cosine of word counts. None when the pool has no candidate."""
+    candidates = _candidates(pool, example)
+    if not candidates:
+        return None
+    if embed is not None:
+        vectors = pool_vectors if pool_vectors is not None else embed([pool[i].user_text for i in range(len(pool))])
+        scores = vectors[candidates] @ embed([example.user_text])[0]  # (len(candidates),)
+        by = "embedding"
+    else:
+        query = _word_counts(example.user_text)
+        scores = np.array([_cosine(query, _word_counts(pool[index].user_text)) for index in candidates])
+        by = "word overlap"
+    best = int(np.argmax(scores))  # the first of equal scores
+    return Neighbour(pool[candidates[best]], float(scores[best]), by)
+
+
+def _word_counts(text: str) -> Counter[str]:
+    return Counter(re.findall(r"\w+", text.lower()))
+
+
+def _cosine(a: Counter[str], b: Counter[str]) -> float:
+    dot = sum(count * b[word] for word, count in a.items())
+    norms = math.sqrt(sum(v * v for v in a.values())) * math.sqrt(sum(v * v for v in b.values()))
+    return dot / norms if norms else 0.0
+
+
+def _candidates(pool: Sequence[Example], example: Example) -> list[int]:
+    """Indices of the pool examples with answers, never ``example`` itself; only those of its task when it has one
+    and the pool has any."""
+    candidates = [index for index, shot in enumerate(pool)
+                  if shot.output is not None and not _same_example(shot, example)]
+    if example.task:
+        same_task = [index for index in candidates if pool[index].task == example.task]
+        candidates = same_task or candidates
+    return candidates
 
 
 def _same_example(a: Example, b: Example) -> bool:

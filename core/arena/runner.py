@@ -1,9 +1,11 @@
 """The arena: one query (or a whole test set) through named variants of one base model, side by side, scored.
 
-A variant is a strategy (zero_shot, few_shot, rag, finetuned, finetuned_rag) plus, for the fine-tuned ones, an
-adapter run. All variants of all queries go to ``AdapterHost.generate`` together, which batches every row that can
-share the base model (base rows and LoRA adapters) and gives the other adapters batches of their own.
-A variant that cannot run (no index, no adapter) comes back ``available=False`` with the reason; the rest still run.
+A variant is a strategy (zero_shot, few_shot, rag, finetuned, finetuned_rag, finetuned_few_shot, nearest_answer)
+plus, for the fine-tuned ones, an adapter run. All variants of all queries go to ``AdapterHost.generate`` together,
+which batches every row that can share the base model (base rows and LoRA adapters) and gives the other adapters
+batches of their own; a strategy that does not generate (``nearest_answer``) answers without the model.
+A variant that cannot run (no index, no adapter, no pool) comes back ``available=False`` with the reason; the rest
+still run.
 """
 
 
@@ -18,13 +20,31 @@ from typing import Any
 import numpy as np
 
 from core.arena.metrics import CLASSIFICATION_TASK, Scorer
-from core.arena.prompting import SHOT_SELECTIONS, Passage, PromptTooLongError, label_set, select_shots
-from core.arena.strategies import DEFAULT_VARIANTS, STRATEGIES, PromptRequest, VariantSpec, parse_variants
+from core.arena.prompting import (
+    SHOT_SELECTIONS,
+    Neighbour,
+    Passage,
+    PromptTooLongError,
+    label_set,
+    nearest_example,
+    select_shots,
+)
+from core.arena.strategies import (
+    DEFAULT_VARIANTS,
+    STRATEGIES,
+    PromptRequest,
+    VariantSpec,
+    VariantUnavailableError,
+    parse_variants,
+)
 from core.data import Example
 from core.errors import ConfigError
 from core.inference import AdapterHost, GenerationConfig
 
 logger = logging.getLogger(__name__)
+
+VARIANTS_HELP = (f"{', '.join(DEFAULT_VARIANTS)} (the default); also "
+                 f"{', '.join(name for name in STRATEGIES if name not in DEFAULT_VARIANTS)}; strategy@RUN names a run")
 
 
 @dataclass
@@ -32,7 +52,7 @@ class ArenaConfig:
     """What the arena runs and how. Field errors name the field."""
 
     variants: list[str] = field(default_factory=lambda: list(DEFAULT_VARIANTS),
-                                metadata={"help": "zero_shot, few_shot, rag, finetuned, finetuned_rag (strategy@RUN)"})
+                                metadata={"help": VARIANTS_HELP})
     adapters: list[str] = field(default_factory=list, metadata={"help": "run folders or ids for the fine-tuned ones"})
     index: str | None = field(default=None, metadata={"help": "knowledge base folder (or workspace index name)"})
     few_shot_pool: str | None = field(default=None, metadata={"help": "examples file (default: the demo train set)"})
@@ -149,6 +169,8 @@ def _unavailable_reason(spec: VariantSpec, context: ArenaContext) -> str | None:
         return context.index_error or "no knowledge base chosen (build one, or pass --index DIR)"
     if strategy.uses_shots and not context.pool:
         return "no few-shot examples (the pool file is empty or missing)"
+    if strategy.uses_nearest and not context.pool:
+        return "no pool examples to copy an answer from (the few-shot pool file is empty or missing)"
     return None
 
 
@@ -172,13 +194,15 @@ def run_examples(
     host = context.host
     window = host.context_window()
     budget = window - config.generation.max_new_tokens
-    if budget < 1:
+    if budget < 1 and any(STRATEGIES[spec.strategy].generates for spec in specs):
         raise ConfigError(f"max_new_tokens: {config.generation.max_new_tokens} leaves no room for a prompt in the "
                          f"model's {window}-token context window; use less than {window}")
     room = f"the model's {window}-token context window with {config.generation.max_new_tokens} tokens for the answer"
     table: list[list[VariantResult]] = []
     requests: list[tuple[int, int, str, str | None]] = []  # (example, variant, prompt, adapter key)
     needs_retrieval = any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs)
+    needs_shots = any(STRATEGIES[spec.strategy].uses_shots for spec in specs)
+    needs_nearest = any(STRATEGIES[spec.strategy].uses_nearest for spec in specs)
     for number, example in enumerate(examples):
         passages: list[Passage] = []
         retrieval_s = 0.0
@@ -191,9 +215,15 @@ def run_examples(
             if on_progress:
                 on_progress("retrieve", number + 1, len(examples))
         shots: list[Example] = []
-        if any(STRATEGIES[spec.strategy].uses_shots for spec in specs) and context.pool:
+        if needs_shots and context.pool:
             shots = select_shots(context.pool, example, config.few_shot_k, selection=config.few_shot_selection,
                                  seed=config.seed, embed=context.embed, pool_vectors=context.pool_vectors)
+        nearest: Neighbour | None = None
+        nearest_s = 0.0
+        if needs_nearest and context.pool:
+            began = time.perf_counter()
+            nearest = nearest_example(context.pool, example, embed=context.embed, pool_vectors=context.pool_vectors)
+            nearest_s = time.perf_counter() - began
         row: list[VariantResult] = []
         for index, spec in enumerate(specs):
             result = VariantResult(spec.name, spec.strategy, spec.adapter)
@@ -203,23 +233,32 @@ def run_examples(
                 result.available, result.error = False, reason
                 continue
             strategy = STRATEGIES[spec.strategy]
+            began = time.perf_counter()
             request = PromptRequest(example, config.system_prompt, lambda messages: host.count_tokens(
-                host.render(messages)), budget, room, passages, shots)
+                host.render(messages)), budget, room, passages, shots, nearest)
             try:
                 built = strategy.build(request)
-                prompt = host.render(built.messages)
-                tokens = host.count_tokens(prompt)
-                if tokens > budget:
-                    raise PromptTooLongError(f"the prompt is {tokens} tokens, over the {budget} that fit {room}; "
-                                             "shorten the query or lower max_new_tokens")
-            except PromptTooLongError as err:
+                if strategy.generates:
+                    prompt = host.render(built.messages)
+                    tokens = host.count_tokens(prompt)
+                    if tokens > budget:
+                        raise PromptTooLongError(f"the prompt is {tokens} tokens, over the {budget} that fit {room}; "
+                                                 "shorten the query or lower max_new_tokens")
+            except (PromptTooLongError, VariantUnavailableError) as err:
                 result.available, result.error = False, str(err)
                 continue
             result.notes += built.notes
             result.retrieved, result.shots = built.retrieved, built.shots
-            result.prompt, result.prompt_tokens = prompt, tokens
             if strategy.uses_retrieval:
                 result.retrieval_s = retrieval_s
+            if not strategy.generates:  # its answer is in hand: no prompt, no tokens, nothing sent to the model
+                result.answer = built.answer or ""
+                result.latency_s = (time.perf_counter() - began + (nearest_s if strategy.uses_nearest else 0.0)
+                                    + (retrieval_s if strategy.uses_retrieval else 0.0))
+                if on_text:
+                    on_text(number, index, result.answer)
+                continue
+            result.prompt, result.prompt_tokens = prompt, tokens
             adapter_key = context.adapter_keys.get(spec.adapter) if spec.adapter else None
             requests.append((number, index, prompt, adapter_key))
         table.append(row)

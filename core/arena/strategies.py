@@ -1,9 +1,11 @@
 """Arena strategies: how a variant turns an example into a prompt. Each registered strategy owns its facts (needs an
-adapter, retrieval, worked examples) and builds its own messages; the runner only asks it.
+adapter, retrieval, worked examples, the pool's nearest example; generates or not) and builds its own messages; the
+runner only asks it.
 
 Add a strategy: write a ``build(request) -> Prompt`` function (or reuse one: ``finetuned`` builds what ``zero_shot``
 builds, on the run's weights) and call ``register_strategy``. A variant is a strategy plus, for the ones that use an
-adapter, a run (``strategy@RUN``).
+adapter, a run (``strategy@RUN``). A strategy that does not generate (``generates=False``, e.g. ``nearest_answer``)
+puts its answer in ``Prompt.answer``; the runner never sends it to the model.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from core.arena.prompting import (
+    Neighbour,
     Passage,
     PromptTooLongError,
     few_shot_messages,
@@ -21,11 +24,15 @@ from core.arena.prompting import (
     zero_shot_messages,
 )
 from core.data import Example
-from core.errors import ConfigError
+from core.errors import ConfigError, TuneArenaError
 from core.registry import Registry
 from core.text import short_name
 
 Messages = list[dict[str, str]]
+
+
+class VariantUnavailableError(TuneArenaError):
+    """A variant that cannot answer this example (the runner shows it unavailable with this message)."""
 
 
 @dataclass(frozen=True)
@@ -41,16 +48,19 @@ class PromptRequest:
     room: str
     passages: Sequence[Passage] = ()
     shots: Sequence[Example] = ()
+    nearest: Neighbour | None = None  # the pool's most similar example, for the strategies that use it
 
 
 @dataclass
 class Prompt:
-    """A strategy's prompt: the messages, what it cut to fit (``notes``), and what it put in."""
+    """A strategy's prompt: the messages, what it cut to fit or where its answer came from (``notes``), and what it
+    put in. ``answer``: the answer itself, for a strategy that does not generate (its messages stay empty)."""
 
     messages: Messages
     notes: list[str] = field(default_factory=list)
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     shots: list[str] = field(default_factory=list)
+    answer: str | None = None
 
 
 def build_zero_shot(request: PromptRequest) -> Prompt:
@@ -90,8 +100,26 @@ def build_with_shots(request: PromptRequest) -> Prompt:
     return Prompt(few_shot_messages(request.example, fitted, request.system), notes, shots=[s.uid for s in fitted])
 
 
+def build_nearest_answer(request: PromptRequest) -> Prompt:
+    """No prompt and no model: the answer of the pool example most like the query, copied as it is."""
+    nearest = request.nearest
+    if nearest is None or nearest.example.output is None:
+        raise VariantUnavailableError("no pool example to copy an answer from (every one is this example itself or "
+                                      "has no answer)")
+    shot = nearest.example
+    name = shot.uid or repr(shot.instruction[:40])
+    return Prompt([], [f"copied the answer of pool example {name} ({nearest.by} similarity {nearest.score:.3f})"],
+                  shots=[shot.uid] if shot.uid else [], answer=shot.output)
+
+
 @dataclass(frozen=True)
 class Strategy:
+    """A named way to answer. ``uses_adapter``: runs on a trained run's weights (``strategy@RUN``);
+    ``uses_retrieval``: gets the knowledge base's top-k passages; ``uses_shots``: gets k worked examples from the
+    few-shot pool (``few_shot_k``, ``few_shot_selection``); ``uses_nearest``: gets the pool's single most similar
+    example (by embedding, else by word overlap, whatever the selection); ``generates``: False for a strategy whose
+    ``Prompt.answer`` is the answer (nothing goes to the model)."""
+
     name: str
     title: str
     description: str
@@ -99,6 +127,12 @@ class Strategy:
     uses_adapter: bool = False
     uses_retrieval: bool = False
     uses_shots: bool = False
+    uses_nearest: bool = False
+    generates: bool = True
+
+    def __post_init__(self) -> None:
+        if self.uses_adapter and not self.generates:
+            raise ValueError(f"strategy {self.name}: an adapter is of no use to a strategy that does not generate")
 
 
 STRATEGIES: Registry[Strategy] = Registry("strategy")
@@ -114,10 +148,15 @@ for _strategy in (
     Strategy("finetuned", "Fine-tuned", "a trained run's weights, query only", build_zero_shot, uses_adapter=True),
     Strategy("finetuned_rag", "Fine-tuned + RAG", "the trained weights and the retrieved passages",
              build_with_passages, uses_adapter=True, uses_retrieval=True),
+    Strategy("finetuned_few_shot", "Fine-tuned + few-shot", "the trained weights and k worked examples",
+             build_with_shots, uses_adapter=True, uses_shots=True),
+    Strategy("nearest_answer", "Nearest answer", "no model: the answer of the most similar pool example, copied",
+             build_nearest_answer, uses_nearest=True, generates=False),
 ):
     register_strategy(_strategy)
 
-DEFAULT_VARIANTS = tuple(STRATEGIES)
+# What runs when no variants are named (the CLI contract's five); every registered strategy can be chosen.
+DEFAULT_VARIANTS: tuple[str, ...] = ("zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag")
 
 
 @dataclass(frozen=True)
@@ -130,8 +169,9 @@ class VariantSpec:
 
 
 def parse_variants(names: Sequence[str], adapters: Sequence[str] = ()) -> list[VariantSpec]:
-    """Variant names -> specs. ``finetuned`` / ``finetuned_rag`` use the adapter when one is given, or expand to
-    one variant per adapter (``finetuned@<run>``) when several are; ``strategy@RUN`` names a run explicitly."""
+    """Variant names -> specs. The strategies that use an adapter (``finetuned``, ``finetuned_rag``,
+    ``finetuned_few_shot``) use the adapter when one is given, or expand to one variant per adapter
+    (``finetuned@<run>``) when several are; ``strategy@RUN`` names a run explicitly."""
     specs: list[VariantSpec] = []
     for raw in names:
         name = raw.strip()

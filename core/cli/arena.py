@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 
 from core.arena import ArenaConfig
 from core.arena.prompting import SHOT_SELECTIONS
@@ -10,6 +11,8 @@ from core.cli.common import Command, EngineFactory, Result, StageProgress
 from core.cli.options import Option, add_options, field_names, option_values
 from core.data import demo_path
 from core.inference import DECODERS, GenerationConfig
+
+logger = logging.getLogger(__name__)
 
 ARENA_OPTIONS = (
     Option("variants", separator=",", metavar="a,b,...", note="comma-separated"),
@@ -84,6 +87,9 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for the results (default: a new folder under the workspace's evals/)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
     parser.add_argument("--tasks", help="comma-separated task names to keep (e.g. qa,classification)")
+    parser.add_argument("--report", choices=("html",), help="also name the self-contained evidence report "
+                        "(report.html in the evaluation folder: verdicts, pair table, slices, cost, every answer, "
+                        "provenance; always written)")
     _variant_arguments(parser, max_new_tokens=64)
 
 
@@ -93,7 +99,10 @@ def cmd_eval(args: argparse.Namespace, engine: EngineFactory) -> Result:
     config = arena_config(args)
     result = engine().evaluate(data, config, out=args.out, limit=args.limit, tasks=tasks, model=args.model,
                                on_progress=StageProgress())
-    return result.contract()
+    contract = result.contract()
+    if args.report:
+        logger.info("report: %s", contract["report"])
+    return contract
 
 
 def _human_eval(result: Result) -> None:
@@ -102,6 +111,9 @@ def _human_eval(result: Result) -> None:
         shown = ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()
                           if v is not None and k not in ("generate_s", "new_tokens"))
         print(f"{variant}: {shown}")
+    for verdict in (result.get("verdict") or {}).values():
+        print(f"verdict: {verdict['sentence']}")
+    print(f"report: {result['report']}")
 
 
 COMMANDS = (

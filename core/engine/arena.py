@@ -4,6 +4,7 @@ everything a set of variants needs (ArenaContext), one query side by side, and a
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -23,9 +24,12 @@ from core.errors import AdapterError, ConfigError
 from core.inference import AdapterHost, AdapterInfo
 from core.limits import child_folder, max_eval_rows, writable_folder
 from core.models import default_base_model
+from retrieval.evaluation import source_matches
 
 if TYPE_CHECKING:
     from core.engine.engine import Engine
+
+logger = logging.getLogger(__name__)
 
 
 class ArenaMixin:
@@ -104,12 +108,21 @@ class ArenaMixin:
                     context.knowledge_base = self.knowledge_base(config.index)
                 except (ValueError, OSError) as err:
                     context.index_error = f"knowledge base unavailable: {err}"
-        if any(STRATEGIES[spec.strategy].uses_shots for spec in specs) and config.few_shot_k > 0:
+        shots = any(STRATEGIES[spec.strategy].uses_shots for spec in specs) and config.few_shot_k > 0
+        nearest = any(STRATEGIES[spec.strategy].uses_nearest for spec in specs)
+        if shots or nearest:
+            similar = shots and config.few_shot_selection == "similar"  # the embedding model is required
             try:
-                similar = config.few_shot_selection == "similar"
                 context.pool, context.pool_vectors = self.few_shot_pool(config.few_shot_pool, with_vectors=similar)
             except (ValueError, OSError) as err:
                 raise ConfigError(f"few_shot_pool: {err}") from None
+            if nearest and not similar and context.pool:  # nearest_answer: embeddings when they load, else words
+                try:
+                    context.pool, context.pool_vectors = self.few_shot_pool(config.few_shot_pool)
+                    similar = True
+                except (ValueError, OSError) as err:
+                    logger.warning("nearest_answer: no embedding model (%s); the pool is matched by word overlap",
+                                   err)
             if similar:
                 embedder = self.embedder()
                 context.embed = lambda texts: embedder.embed(texts)
@@ -188,4 +201,8 @@ class ArenaMixin:
         folder = folder or self.workspace.evals / new_eval_id(data)
         writable_folder(folder.parent)  # a place that cannot take the results is refused before any model loads
         context = self.arena_context(config, model=model)
-        return run_eval(examples, config, context, folder, data_path=str(data), on_progress=on_progress)
+        kb = context.knowledge_base
+        in_index = None if kb is None else (  # the slice rule: is a row's source document in the knowledge base?
+            lambda source: any(source_matches(document, source) for document in kb.documents))
+        return run_eval(examples, config, context, folder, data_path=str(data), on_progress=on_progress,
+                        source_in_index=in_index)

@@ -14,7 +14,7 @@ from core.data import load_examples
 from core.engine.arena import ArenaMixin
 from core.engine.jobs import TrainingJobs
 from core.engine.knowledge import DEMO_INDEX, KnowledgeMixin
-from core.engine.runs import DEMO_RUN, RunsMixin
+from core.engine.runs import DEMO_EVAL, DEMO_RUN, RunsMixin
 from core.engine.uploads import store_upload
 from core.engine.workspace import Workspace
 from core.errors import ConfigError
@@ -33,7 +33,7 @@ from core.training import list_presets, load_preset
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DEMO_INDEX", "DEMO_RUN", "Engine"]
+__all__ = ["DEMO_EVAL", "DEMO_INDEX", "DEMO_RUN", "Engine"]
 
 
 class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):

@@ -13,7 +13,7 @@ from core.engine.catalogue import catalogue, run_details
 from core.engine.jobs import JobState
 from core.errors import ConfigError, NameRuleError, RunStateError
 from core.inference import merge_and_export, merge_refusal
-from core.io import atomic_folder
+from core.io import atomic_folder, read_json, write_json
 from core.methods.artifacts import check_run_weights
 from core.runs import Run, RunStore
 from core.training import TrainingConfig, TrainResult, resume, train
@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
+DEMO_EVAL = "demo-eval"  # evals/demo-eval: the shipped demo evaluation (assets/demo/eval-demo)
 
 
 class RunsMixin:
@@ -50,6 +51,25 @@ class RunsMixin:
         with atomic_folder(target, replace=lambda folder: not (folder / "config.json").is_file()) as staging:
             shutil.copytree(demo_path("run-quick-lora"), staging, dirs_exist_ok=True)
         logger.info("installed the demo adapter run at %s", target)
+        return target
+
+    def install_demo_eval(self: Engine) -> Path | None:
+        """The shipped demo evaluation (assets/demo/eval-demo, made by the command in its README) as
+        ``evals/demo-eval``, copied there once, so the Evaluate tab opens on a verdict before anything runs.
+        None when this checkout ships none."""
+        source = demo_path("eval-demo")
+        target = self.workspace.evals / DEMO_EVAL
+        if (target / "results.json").is_file() or not (source / "results.json").is_file():
+            return target if (target / "results.json").is_file() else None
+        with atomic_folder(target, replace=lambda folder: not (folder / "results.json").is_file()) as staging:
+            for name in ("report.html", "summary.csv", "examples.csv", "chart.png", "report.md"):
+                if (source / name).is_file():
+                    shutil.copy2(source / name, staging / name)
+            saved = read_json(source / "results.json")
+            saved.update(eval_dir=str(target), report=str(target / "report.html"))  # where it now lives
+            write_json(staging / "results.json", saved)
+            shutil.copystat(source / "results.json", staging / "results.json")  # the date it was made
+        logger.info("installed the demo evaluation at %s", target)
         return target
 
     def resolve_run(self: Engine, run: str | Path) -> Path:

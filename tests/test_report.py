@@ -1,0 +1,102 @@
+"""report.html: one self-contained page per evaluation, with and without the verdict keys, every user text escaped."""
+
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+from verdict_helpers import HOSTILE, SENTENCES, saved_eval
+
+from core.arena.report import NO_VERDICT, fmt_ci, fmt_p, render_html, verdict_cards
+
+URL = re.compile(r"https?://", re.IGNORECASE)
+
+
+def _outside_escaped(page: str, *texts: str) -> str:
+    """``page`` with the escaped forms of ``texts`` cut out: what is left was written by the report itself."""
+    for text in texts:
+        page = page.replace(html.escape(text), "")
+    return page
+
+
+def test_report_with_the_verdict_keys():
+    saved = saved_eval()
+    page = render_html(saved)
+    assert page.startswith("<!DOCTYPE html>") and page.rstrip().endswith("</html>")
+    for sentence in SENTENCES.values():
+        assert html.escape(sentence) in page
+    # the sentence comes first in its card, then the numbers
+    qa_card = page[page.index(html.escape(SENTENCES["qa"])):]
+    assert qa_card.index("Winner <b>few_shot</b> rougeL 0.700 · runner-up <b>finetuned</b> 0.500") > 0
+    assert "Margin +0.200 [+0.080, +0.330] (95% CI), p 0.004, Holm-adjusted p 0.012" in qa_card
+    assert "Against zero-shot +0.500 [+0.400, +0.600], Holm-adjusted p 0.001" in page
+    assert "Copying baseline <b>nearest_answer</b> 0.300: beaten by the winner" in page
+    assert "Cheapest equivalent: <b>few_shot</b> (the winner itself: nothing cheaper is as good)" in page
+    assert "ta-verdict-win" in page and "tie: no significant difference" in page
+    for section in ("Knowledge vs behaviour", "Cost per variant", "Paired comparisons", "Every example", "Settings",
+                    "Provenance"):
+        assert f"<h2>{section}</h2>" in page
+    assert "questions answered from the corpus (qa)" in page and "knowledge rougeL" in page
+    assert "5m 12s" in page and "922K" in page and "9.8 MB" in page  # cost, formatted
+    assert "mcnemar" in page and "permutation" in page
+    assert "ab" * 32 in page and "torch 2.13.0" in page and "python -m core eval --data assets/demo/test.jsonl" in page
+    assert "demo-quick-lora" in page and "<details class='ta-rep-example'>" in page
+    assert page.count("<details class='ta-rep-example'>") == 6  # one collapsible block per example
+    assert "src='data:image/png;base64," in page  # the chart, inline
+
+
+def test_report_escapes_user_text_and_links_to_nothing():
+    saved = saved_eval()
+    saved["provenance"]["data"] = "uploads/<img src=x onerror=alert(1)>.jsonl"
+    page = render_html(saved)
+    assert "<script>" not in page and "onerror=alert(1)>" not in page
+    assert html.escape(HOSTILE) in page  # the answer, shown as text
+    assert "What is &lt;b&gt;E15&lt;/b&gt;? &lt;/details&gt;&lt;script&gt;" in page
+    assert not URL.search(_outside_escaped(page, HOSTILE))  # the only URL is the model's answer, escaped
+    assert "<link" not in page and "<script" not in page and " src='http" not in page
+
+
+def test_report_of_an_old_evaluation_without_the_new_keys():
+    page = render_html(saved_eval(with_verdict=False))
+    assert html.escape(NO_VERDICT) in page
+    assert "<h2>Cost per variant</h2>" not in page and "<h2>Paired comparisons</h2>" not in page
+    assert "<h2>Scores</h2>" in page and "<h2>Every example</h2>" in page
+    assert "No provenance recorded" in page and not URL.search(_outside_escaped(page, HOSTILE))
+    # the bare minimum: no rows, no summary
+    assert html.escape(NO_VERDICT) in render_html({})
+
+
+def test_verdict_cards_and_formatters():
+    saved = saved_eval()
+    assert verdict_cards(saved, ["qa"]).count("class='ta-verdict ") == 1
+    assert NO_VERDICT in html.unescape(verdict_cards({"verdict": {"qa": "broken"}}))
+    thin = {"verdict": {"qa": {"status": "thin", "sentence": "<i>close</i>", "winner": None, "ci": None}}}
+    card = verdict_cards(thin)
+    assert "thin: too few rows to call" in card and "&lt;i&gt;close&lt;/i&gt;" in card and "Winner" not in card
+    assert fmt_p(0.0004) == "< 0.001" and fmt_p(0.0123) == "0.012" and fmt_p(None) == "—"
+    assert fmt_ci([-0.1, 0.25]) == "[-0.100, +0.250]" and fmt_ci(None) == "" and fmt_ci([1]) == ""
+
+
+def test_report_renders_what_the_verdict_module_returns():
+    """The keys as core.arena.verdict computes them (not hand-written): every card and table renders."""
+    judge = pytest.importorskip("core.arena.verdict")
+    rows = []
+    for number in range(12):
+        for variant, score in (("zero_shot", 0.1), ("few_shot", 0.6), ("finetuned", 0.58), ("nearest_answer", 0.3)):
+            for task, metric in (("qa", "rougeL"), ("classification", "accuracy")):
+                value = float(score > 0.5 and number % 4 != 0) if metric == "accuracy" else score + number / 100
+                rows.append({"id": f"{task}{number}", "task": task, "variant": variant, "available": True,
+                             "metrics": {metric: value}, "prompt_tokens": 50, "latency_s": 0.2, "new_tokens": 5,
+                             "slice": "knowledge" if task == "qa" else "behaviour", "answer": "a",
+                             "reference": "r", "instruction": "q"})
+    comparisons = judge.compare(rows)
+    cost = judge.cost_table(rows, {"finetuned": {"wall_s": 30.0, "trainable_params": 1000}})
+    saved = {"rows": rows, "comparisons": comparisons, "cost": cost, "slices": judge.slices(rows, n_resamples=50),
+             "verdict": judge.verdict(rows, comparisons, cost), "n": 24}
+    page = render_html(saved)
+    for verdict in saved["verdict"].values():
+        assert html.escape(verdict["sentence"]) in page
+    assert page.count("class='ta-verdict ta-verdict-") == 2
+    assert "<h2>Knowledge vs behaviour</h2>" in page and "<h2>Paired comparisons</h2>" in page
+    assert "Copying baseline <b>nearest_answer</b>" in page and "30 s" in page
