@@ -19,6 +19,7 @@ from core.engine import Engine  # noqa: E402
 from core.engine.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from ui import arena, evaluate, knowledge, runs, train  # noqa: E402
 from ui.common import index_choices, run_choices  # noqa: E402
+from ui.verdict import arena_verdict  # noqa: E402
 
 TITLE = "Tune Arena"
 QUEUE_SIZE = 64  # queued requests (all events together) before Gradio answers "queue is full"
@@ -32,6 +33,11 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
     engine = engine or Engine()
     engine.confined = True
     engine.install_demo_run()  # the shipped demo adapter, so the Arena shows fine-tuned variants at once
+    try:  # the shipped evaluation, so the Evaluate tab opens on its verdict without a click
+        engine.install_demo_eval()
+    except OSError as err:  # the app works without it
+        logger.warning("demo evaluation not installed: %s", err)
+    engine.install_demo_eval()  # the shipped demo evaluation, so the Evaluate tab opens on its verdict
     with gr.Blocks(title=TITLE) as demo:
         gr.Markdown(f"# {TITLE}\nPrompting, RAG or fine-tuning? Compare them on your task, side by side.")
         with gr.Tabs():
@@ -52,6 +58,9 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
             if len(pickers) == 2:
                 tab.select(lambda: (gr.update(choices=run_choices(engine)), gr.update(choices=index_choices(engine))),
                            None, pickers, queue=False)
+        # an evaluation saved in the Evaluate tab shows up under the Arena's cards when the Arena is opened again
+        arena_tab.select(lambda task: arena_verdict(engine, task), [arena_parts["task"]], [arena_parts["verdict"]],
+                         queue=False, api_visibility="private")
     return demo
 
 

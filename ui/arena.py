@@ -1,4 +1,5 @@
-"""Arena tab: one query through the chosen variants, answers streamed side by side as cards, scored.
+"""Arena tab: one query through the chosen variants, answers streamed side by side as cards, scored; under them the
+verdict of the latest saved evaluation for the query's task (ui.verdict), when there is one.
 
 Layout and wiring only: widget values -> ArenaConfig -> ``engine.arena`` (run in a worker thread so answers can be
 streamed), result -> HTML cards.
@@ -19,6 +20,7 @@ from core.data import demo_path, load_examples
 from core.engine import DEMO_RUN, Engine
 from core.inference import GenerationConfig
 from ui.common import DEMO_INDEX, field_default, field_help, index_choices, run_choices
+from ui.verdict import arena_verdict
 
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
          ("accuracy", "accuracy"))
@@ -91,7 +93,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
                                  elem_id="arena-input")
             pick = gr.Dropdown(examples, label="…or pick a demo test question", value=None, elem_id="arena-pick")
         with gr.Column(scale=2):
-            variants = gr.CheckboxGroup(list(DEFAULT_VARIANTS), value=list(DEFAULT_VARIANTS), label="Variants",
+            variants = gr.CheckboxGroup(list(STRATEGIES), value=list(DEFAULT_VARIANTS), label="Variants",
                                         info=" · ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values()),
                                         elem_id="arena-variants")
             adapter = gr.Dropdown(runs, value=demo_run, label="Fine-tuned run(s)", multiselect=True,
@@ -119,6 +121,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
             run = gr.Button("Run the arena", variant="primary", elem_id="arena-run")
     status = gr.Markdown(elem_id="arena-status")
     cards = gr.HTML(elem_id="arena-cards")
+    verdict = gr.HTML(arena_verdict(engine, first.task), elem_id="arena-verdict")  # the latest eval's, for the task
 
     def on_pick(number: int | None):
         if number is None:
@@ -126,8 +129,9 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
         row = load_examples(demo_path("test.jsonl")).examples[int(number)]
         return row.instruction, row.output or "", row.input, row.task or ""
 
-    def refresh():
-        return gr.update(choices=run_choices(engine)), gr.update(choices=index_choices(engine))
+    def refresh(task_name: str | None = None):
+        return (gr.update(choices=run_choices(engine)), gr.update(choices=index_choices(engine)),
+                arena_verdict(engine, task_name))
 
     def on_run(query_text, reference_text, task_name, input_text, chosen, runs, index_choice, k_shots, k_rag,
                tokens, temp, nucleus=1.0, penalty=1.0, stop_text="", model="") -> Iterator[tuple[str, str]]:
@@ -196,9 +200,11 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
     # one queue group for the button and Enter: at most two Arena requests run at once, the rest wait their turn
     run.click(on_run, inputs, [status, cards], api_name="arena", concurrency_limit=2, concurrency_id="arena")
     query.submit(on_run, inputs, [status, cards], concurrency_limit=2, concurrency_id="arena")
-    refresh_lists.click(refresh, None, [adapter, index], queue=False)
-    return {"query": query, "reference": reference, "variants": variants, "adapter": adapter, "index": index,
-            "run": run, "cards": cards, "status": status}
+    refresh_lists.click(refresh, [task], [adapter, index, verdict], queue=False)
+    task.change(lambda task_name: arena_verdict(engine, task_name), [task], [verdict], queue=False,
+                api_visibility="private")
+    return {"query": query, "reference": reference, "task": task, "variants": variants, "adapter": adapter,
+            "index": index, "run": run, "cards": cards, "status": status, "verdict": verdict}
 
 
 CSS = """

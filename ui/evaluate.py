@@ -1,17 +1,16 @@
 """Evaluate tab: the chosen variants over a whole test set, scored, summarised with 95% intervals and saved.
 
 Layout and wiring only: widget values -> ArenaConfig -> ``engine.evaluate`` (its progress callback feeds the
-progress bar) -> the saved ``results.json`` -> summary table, chart, per-example drill-down and downloads.
-A past evaluation reopens into the same views. The formatting functions are pure (dicts in, strings/tables out).
+progress bar) -> the saved ``results.json`` -> the verdict per task, the slice and cost tables, the summary table,
+chart, paired comparisons, per-example drill-down and downloads (report.html among them). A past evaluation reopens
+into the same views; on first launch the demo evaluation is open. The formatting lives in ui.eval_views and
+ui.verdict (pure: dicts in, strings/tables out).
 """
 
 from __future__ import annotations
 
 import functools
-import html
 import logging
-import shutil
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,26 +19,33 @@ import gradio as gr
 import pandas as pd
 
 from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, parse_variants
-from core.arena.evals import ALL_TASKS, HEADLINE, load_eval
-from core.arena.metrics import CLASSIFICATION_TASK
+from core.arena.evals import load_eval
 from core.data import Dataset, demo_path, load_examples
 from core.engine import Engine
 from core.engine.uploads import KINDS, list_uploads
 from core.inference import GenerationConfig
 from core.text import one_line
 from ui.common import DEMO_INDEX, field_default, field_help, index_choices, run_choices
+from ui.eval_views import (
+    SUMMARY_HEADERS,
+    download_paths,
+    example_choices,
+    examples_table,
+    format_interval,
+    lead_line,
+    render_example,
+    servable,
+    status_line,
+    summary_table,
+)
+from ui.verdict import CSS as VERDICT_CSS
+from ui.verdict import comparisons_html, demo_eval_folder, details_html, report_file, verdict_html
 
 logger = logging.getLogger(__name__)
 
-DOWNLOADS = ("examples.csv", "summary.csv", "results.json", "report.md")
-METRIC_LABELS = {"rougeL": "ROUGE-L", "bleu": "BLEU", "token_f1": "F1", "contains": "contains",
-                 "similarity": "similarity", "accuracy": "accuracy"}
-LEAD_METRICS = ("rougeL", "token_f1", "accuracy")  # the first one measured names the leader in the status line
 STAGES = {"retrieve": "Retrieving passages", "generate": "Generating answers", "load": "Reading the demo corpus",
           "chunk": "Chunking the demo corpus", "embed": "Embedding the demo corpus", "index": "Building the index",
           "save": "Saving the index"}
-NONE = "—"
-SUMMARY_HEADERS = ["task", "variant", "n", *(METRIC_LABELS[m] for m in HEADLINE if m in METRIC_LABELS), "s / answer"]
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -114,198 +120,6 @@ def plan_text(path: str | None, tasks: Sequence[str] | None, limit: float | None
     return count_plan(rows, count, int(max_new_tokens))
 
 
-# --------------------------------------------------------------------------------------------------------------------
-# Formatting a saved evaluation (results.json as a dict)
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def format_interval(stats: dict[str, Any] | None, digits: int = 3) -> str:
-    """``mean [low, high]`` of a summary cell; a dash when the metric does not apply."""
-    if not stats or stats.get("mean") is None:
-        return NONE
-    mean = f"{stats['mean']:.{digits}f}"
-    if stats.get("low") is None or stats.get("high") is None:
-        return mean
-    return f"{mean} [{stats['low']:.{digits}f}, {stats['high']:.{digits}f}]"
-
-
-def variants_of(saved: dict[str, Any]) -> list[str]:
-    """Variant names in the order they ran (from the rows, so unavailable variants are kept)."""
-    names = list(dict.fromkeys(row["variant"] for row in saved.get("rows", [])))
-    return names or list(saved.get("by_task") or {})
-
-
-def _tasks(by_task: dict[str, dict[str, Any]]) -> list[str]:
-    found = {task for tasks in by_task.values() for task in tasks}
-    return sorted(found, key=lambda task: (task != ALL_TASKS, task))  # "all" first
-
-
-def summary_table(saved: dict[str, Any], digits: int = 2) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows): one row per task x variant ("all" first), a column per headline metric measured anywhere,
-    each cell ``mean [95% interval]`` to ``digits`` places; ``n`` answers scored; seconds per answer. A variant
-    that never ran keeps a row saying why."""
-    by_task: dict[str, dict[str, dict[str, dict[str, Any]]]] = saved.get("by_task") or {}
-    metrics = [m for m in HEADLINE if any(m in stats for tasks in by_task.values() for stats in tasks.values())]
-    headers = ["task", "variant", "n", *(METRIC_LABELS.get(m, m) for m in metrics), "s / answer"]
-    errors = {row["variant"]: row.get("error") for row in saved.get("rows", []) if not row.get("available", True)}
-    rows: list[list[str]] = []
-    for task in _tasks(by_task) or [ALL_TASKS]:
-        for variant in variants_of(saved):
-            stats = by_task.get(variant, {}).get(task)
-            if stats is None:
-                if task == ALL_TASKS:
-                    why = errors.get(variant) or "no answers"
-                    rows.append([task, variant, "0", *(NONE for _ in metrics), f"unavailable: {why}"])
-                continue
-            n = (stats.get("new_tokens") or {}).get("n") or max((s.get("n") or 0 for s in stats.values()), default=0)
-            seconds = (stats.get("generate_s") or {}).get("mean")
-            rows.append([task, variant, str(n), *(format_interval(stats.get(m), digits) for m in metrics),
-                         f"{seconds:.2f}" if seconds is not None else NONE])
-    return headers, rows
-
-
-def lead_line(saved: dict[str, Any]) -> str:
-    """Which variant leads on the first headline metric measured, and whether its interval clears the runner-up."""
-    overall = {variant: tasks.get(ALL_TASKS, {}) for variant, tasks in (saved.get("by_task") or {}).items()}
-    for metric in LEAD_METRICS:
-        ranked = sorted(((stats[metric], variant) for variant, stats in overall.items()
-                         if (stats.get(metric) or {}).get("mean") is not None),
-                        key=lambda item: -item[0]["mean"])
-        if not ranked:
-            continue
-        best, leader = ranked[0]
-        label = METRIC_LABELS.get(metric, metric)
-        text = f"Best {label}: **{leader}** {best['mean']:.3f}"
-        if len(ranked) > 1:
-            second, runner = ranked[1]
-            clear = best.get("low") is not None and second.get("high") is not None and best["low"] > second["high"]
-            text += (f", ahead of {runner} ({second['mean']:.3f}) " +
-                     ("beyond the 95% intervals" if clear else "but within the 95% intervals (more rows would tell)"))
-        return text + "."
-    return "No scores: no variant answered."
-
-
-def status_line(saved: dict[str, Any], folder: str | Path) -> str:
-    variants = variants_of(saved)
-    data = Path(str(saved.get("data") or "?")).name
-    wall = saved.get("wall_s")
-    took = f" in {wall:.0f} s" if isinstance(wall, int | float) else ""
-    return (f"**{Path(folder).name}**: {saved.get('n', '?')} rows of `{data}` × {len(variants)} variants{took}. "
-            f"{lead_line(saved)}")
-
-
-def _rows_by_example(rows: Sequence[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
-    grouped: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        grouped.setdefault(str(row.get("id")), []).append(row)
-    return grouped
-
-
-def example_choices(rows: Sequence[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(label, example id) per example, in test-set order: ``id · task · instruction``."""
-    choices = []
-    for uid, group in _rows_by_example(rows).items():
-        first = group[0]
-        text = " ".join(str(first.get("instruction") or "").split())
-        text = text if len(text) <= 80 else text[:79] + "…"
-        choices.append((f"{uid} · {first.get('task') or 'default'} · {text}", uid))
-    return choices
-
-
-def headline_metric(task: str | None) -> str:
-    """The one per-example score shown in the overview: accuracy for classification, ROUGE-L otherwise."""
-    return "accuracy" if task == CLASSIFICATION_TASK else "rougeL"
-
-
-def examples_table(saved: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
-    """(headers, rows): one row per example with each variant's headline score (accuracy or ROUGE-L)."""
-    variants = variants_of(saved)
-    headers = ["id", "task", "score", "instruction", *variants]
-    rows = []
-    for uid, group in _rows_by_example(saved.get("rows", [])).items():
-        first = group[0]
-        metric = headline_metric(first.get("task"))
-        by_variant = {row["variant"]: row for row in group}
-        cells = []
-        for variant in variants:
-            value = (by_variant.get(variant, {}).get("metrics") or {}).get(metric)
-            cells.append(f"{value:.2f}" if value is not None else NONE)
-        text = " ".join(str(first.get("instruction") or "").split())
-        rows.append([uid, first.get("task") or "default", METRIC_LABELS[metric],
-                     text if len(text) <= 90 else text[:89] + "…", *cells])
-    return headers, rows
-
-
-def _chip(label: str, value: float | None, best: bool) -> str:
-    if value is None:
-        return ""
-    star = " ta-best" if best else ""
-    return f"<span class='ta-chip ta-score{star}'>{html.escape(label)} {value:.2f}</span>"
-
-
-def render_example(rows: Sequence[dict[str, Any]], uid: str | None) -> str:
-    """The example ``uid``: its question, input and reference, then every variant's answer beside its scores (the
-    best of each metric highlighted). Every text is HTML-escaped."""
-    group = _rows_by_example(rows).get(str(uid)) if uid is not None else None
-    if not group:
-        return "<p class='ta-why'>Pick an example to see every variant's answer.</p>"
-    first = group[0]
-    best: dict[str, float] = {}
-    for metric in METRIC_LABELS:
-        values = [(row.get("metrics") or {}).get(metric) for row in group if row.get("available", True)]
-        values = [v for v in values if v is not None]
-        if len(values) > 1 and max(values) > min(values):
-            best[metric] = max(values)
-    parts = ["<div class='ta-eval-example'>",
-             f"<p><span class='ta-chip'>{html.escape(str(first.get('task') or 'default'))}</span> "
-             f"<code>{html.escape(str(uid))}</code></p>",
-             f"<p><b>Question</b><br><span class='ta-eval-text'>{html.escape(str(first.get('instruction') or ''))}"
-             "</span></p>"]
-    if first.get("input"):
-        parts.append(f"<details open><summary><b>Input</b></summary><div class='ta-eval-text'>"
-                     f"{html.escape(str(first['input']))}</div></details>")
-    parts.append(f"<p><b>Reference</b><br><span class='ta-eval-text ta-eval-reference'>"
-                 f"{html.escape(str(first.get('reference') or ''))}</span></p>")
-    parts.append("<table class='ta-eval-table'><thead><tr><th>Variant</th><th>Answer</th><th>Scores</th></tr>"
-                 "</thead><tbody>")
-    for row in group:
-        name = html.escape(str(row["variant"]))
-        if not row.get("available", True):
-            parts.append(f"<tr class='ta-off'><td><b>{name}</b></td><td colspan='2'><i>Unavailable: "
-                         f"{html.escape(str(row.get('error') or ''))}</i></td></tr>")
-            continue
-        metrics = row.get("metrics") or {}
-        chips = "".join(_chip(label, metrics.get(metric), metric in best and metrics.get(metric) is not None
-                              and metrics[metric] >= best[metric] - 1e-9)
-                        for metric, label in METRIC_LABELS.items())
-        seconds = row.get("generate_s")
-        facts = f"{row.get('new_tokens', 0)} tokens" + (f", {seconds:.1f} s" if seconds is not None else "")
-        sources = sorted({str(source).rsplit("/", 1)[-1] for source in row.get("sources") or []})
-        found = f"<div class='ta-eval-meta'>sources: {html.escape(', '.join(sources))}</div>" if sources else ""
-        parts.append(f"<tr><td><b>{name}</b><div class='ta-eval-meta'>{facts}</div></td>"
-                     f"<td><div class='ta-eval-text'>{html.escape(str(row.get('answer') or ''))}</div>{found}</td>"
-                     f"<td>{chips or NONE}</td></tr>")
-    parts.append("</tbody></table></div>")
-    return "".join(parts)
-
-
-def download_paths(folder: str | Path) -> list[str]:
-    """The evaluation's files that exist, in DOWNLOADS order, at paths Gradio may serve."""
-    return [_servable(Path(folder) / name) for name in DOWNLOADS if (Path(folder) / name).is_file()]
-
-
-def _servable(path: Path) -> str:
-    """Gradio serves only files under the working directory, the temp directory or launch(allowed_paths=...): a
-    workspace elsewhere (``$TUNE_ARENA_WORKSPACE=~/work``) has its files copied to a temp folder first."""
-    resolved = path.resolve()
-    roots = (Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve())
-    if any(resolved.is_relative_to(root) for root in roots):
-        return str(resolved)
-    copy = Path(tempfile.mkdtemp(prefix="tune-arena-eval-")) / path.name
-    shutil.copyfile(resolved, copy)
-    return str(copy)
-
-
 def past_choices(engine: Engine) -> list[tuple[str, str]]:
     """(label, folder) of the saved evaluations, newest first."""
     choices = []
@@ -327,6 +141,24 @@ def build_config(variants: Sequence[str] | None, adapters: Sequence[str] | None,
     return ArenaConfig(variants=list(variants), adapters=list(adapters or []), index=index or None,
                        few_shot_k=int(few_shot_k), rag_k=int(rag_k),
                        generation=GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=0.0))
+
+
+def result_views(saved: dict[str, Any], folder: str | Path) -> dict[str, Any]:
+    """The values the result widgets show for a saved evaluation: status, verdict cards, slice and cost tables,
+    summary and overview (DataFrames), chart, downloads, comparisons, example choices, the first example's drill-down
+    and report.html (rendered into ``folder`` first when missing; None when it cannot be)."""
+    headers, rows = summary_table(saved)
+    example_headers, example_rows = examples_table(saved)
+    choices = example_choices(saved.get("rows", []))
+    first = choices[0][1] if choices else None
+    chart_path = Path(folder) / "chart.png"
+    report = report_file(folder, saved)
+    return {"status": status_line(saved, folder), "verdict": verdict_html(saved), "details": details_html(saved),
+            "summary": pd.DataFrame(rows, columns=headers),
+            "chart": servable(chart_path) if chart_path.is_file() else None, "downloads": download_paths(folder),
+            "report": servable(report) if report is not None else None, "comparisons": comparisons_html(saved),
+            "overview": pd.DataFrame(example_rows, columns=example_headers), "choices": choices, "pick": first,
+            "drill": render_example(saved.get("rows", []), first)}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -358,7 +190,7 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
             limit = gr.Number(20, precision=0, minimum=1, label="Rows to evaluate (first N after the task filter; "
                               "empty = all)", elem_id="eval-limit")
         with gr.Column(scale=2):
-            variants = gr.CheckboxGroup(list(DEFAULT_VARIANTS), value=default_variants, label="Variants",
+            variants = gr.CheckboxGroup(list(STRATEGIES), value=default_variants, label="Variants",
                                         info=" · ".join(f"{s.name}: {s.description}" for s in STRATEGIES.values()),
                                         elem_id="eval-variants")
             adapter = gr.Dropdown(runs, value=[runs[0][1]] if runs else [], label="Fine-tuned run(s)",
@@ -378,36 +210,48 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
             plan = gr.Markdown(plan_text(default_data, [], 20, default_variants, [runs[0][1]] if runs else [], 64),
                                elem_id="eval-plan")
             run = gr.Button("Evaluate", variant="primary", elem_id="eval-run")
+    opened = demo_eval_folder(engine)  # first launch: the shipped evaluation, verdict and all, without a click
+    try:
+        first_saved = load_eval(opened) if opened else None
+    except (ValueError, OSError) as err:
+        logger.warning("could not open the demo evaluation: %s", one_line(err))
+        first_saved = None
+    start = result_views(first_saved, opened) if first_saved is not None and opened else {}
     with gr.Row():
-        past = gr.Dropdown(past_choices(engine), value=None, label="Past evaluations (pick one to reopen)",
-                           allow_custom_value=True, scale=4, elem_id="eval-past")
+        past = gr.Dropdown(past_choices(engine), value=str(opened) if start else None,
+                           label="Past evaluations (pick one to reopen)", allow_custom_value=True, scale=4,
+                           elem_id="eval-past")
         refresh_past = gr.Button("Refresh", size="sm", scale=0, elem_id="eval-past-refresh")
-    status = gr.Markdown(elem_id="eval-status")
-    summary = gr.Dataframe(pd.DataFrame(columns=SUMMARY_HEADERS), interactive=False, wrap=True, pinned_columns=2,
-                           label="Summary: mean [95% bootstrap interval] per task and variant (n = answers scored)",
-                           elem_id="eval-summary")
+    with gr.Row(equal_height=True):
+        status = gr.Markdown(start.get("status", ""), elem_id="eval-status")
+        report = gr.DownloadButton("Download the report (HTML)", value=start.get("report"), size="sm", scale=0,
+                                   min_width=220, interactive=start.get("report") is not None, elem_id="eval-report")
+    verdict = gr.HTML(start.get("verdict", ""), elem_id="eval-verdict")
+    details = gr.HTML(start.get("details", ""), elem_id="eval-details")
+    summary = gr.Dataframe(start.get("summary", pd.DataFrame(columns=SUMMARY_HEADERS)), interactive=False, wrap=True,
+                           pinned_columns=2, elem_id="eval-summary",
+                           label="Summary: mean [95% bootstrap interval] per task and variant (n = answers scored)")
     with gr.Row():
-        chart = gr.Image(label="Scores by variant (all tasks)", type="filepath", interactive=False, scale=3,
-                         elem_id="eval-chart")
-        downloads = gr.File(label="Downloads", file_count="multiple", interactive=False, scale=2,
-                            elem_id="eval-downloads")
+        chart = gr.Image(start.get("chart"), label="Scores by variant (all tasks)", type="filepath",
+                         interactive=False, scale=3, elem_id="eval-chart")
+        downloads = gr.File(start.get("downloads"), label="Downloads", file_count="multiple", interactive=False,
+                            scale=2, elem_id="eval-downloads")
+    with gr.Accordion("Paired comparisons: difference, 95% interval, p and Holm-adjusted p", open=False):
+        comparisons = gr.HTML(start.get("comparisons", ""), elem_id="eval-comparisons")
     with gr.Accordion("All examples: each variant's headline score (select a row to open it)", open=False):
-        overview = gr.Dataframe(pd.DataFrame(columns=["id", "task", "score", "instruction"]), interactive=False,
-                                wrap=True, elem_id="eval-examples")
-    pick = gr.Dropdown([], label="Example: every variant's answer beside the reference", elem_id="eval-pick")
-    drill = gr.HTML(render_example([], None), elem_id="eval-drill")
-    shown = gr.State(None)  # the results.json on display
+        overview = gr.Dataframe(start.get("overview", pd.DataFrame(columns=["id", "task", "score", "instruction"])),
+                                interactive=False, wrap=True, elem_id="eval-examples")
+    pick = gr.Dropdown(start.get("choices", []), value=start.get("pick"), elem_id="eval-pick",
+                       label="Example: every variant's answer beside the reference")
+    drill = gr.HTML(start.get("drill", render_example([], None)), elem_id="eval-drill")
+    shown = gr.State(first_saved if start else None)  # the results.json on display
 
     def views(saved: dict[str, Any], folder: str | Path) -> tuple:
-        headers, rows = summary_table(saved)
-        example_headers, example_rows = examples_table(saved)
-        choices = example_choices(saved.get("rows", []))
-        first = choices[0][1] if choices else None
-        chart_path = Path(folder) / "chart.png"
-        return (status_line(saved, folder), pd.DataFrame(rows, columns=headers),
-                _servable(chart_path) if chart_path.is_file() else None,
-                pd.DataFrame(example_rows, columns=example_headers), gr.update(choices=choices, value=first),
-                render_example(saved.get("rows", []), first), download_paths(folder), saved)
+        found = result_views(saved, folder)
+        return (found["status"], gr.update(value=found["report"], interactive=found["report"] is not None),
+                found["verdict"], found["details"], found["summary"], found["chart"], found["downloads"],
+                found["comparisons"], found["overview"], gr.update(choices=found["choices"], value=found["pick"]),
+                found["drill"], saved)
 
     def on_data(path: str | None):
         try:
@@ -486,7 +330,7 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
             return gr.update()
         return choices[row][1]
 
-    result_views = [status, summary, chart, overview, pick, drill, downloads, shown]
+    outputs = [status, report, verdict, details, summary, chart, downloads, comparisons, overview, pick, drill, shown]
     data.change(on_data, [data], [data_info, tasks], queue=False)
     upload.upload(on_upload, [upload], [data, upload])
     plan_inputs = [data, tasks, limit, variants, adapter, max_new_tokens]
@@ -494,14 +338,15 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
         component.change(plan_text, plan_inputs, [plan], queue=False, api_visibility="private")
     refresh_lists.click(refresh, None, [data, adapter, index], queue=False)
     run.click(on_run, [data, tasks, limit, variants, adapter, index, shots, rag_k, max_new_tokens],
-              [*result_views, past], api_name="evaluate", concurrency_limit=1)
-    past.input(on_open, [past], result_views, api_name="open_eval")
+              [*outputs, past], api_name="evaluate", concurrency_limit=1)
+    past.input(on_open, [past], outputs, api_name="open_eval")
     refresh_past.click(lambda: gr.update(choices=past_choices(engine)), None, [past], queue=False)
     pick.change(on_pick, [pick, shown], [drill], queue=False, api_visibility="private")
     overview.select(on_select, [shown], [pick], queue=False, api_visibility="private")
     return {"data": data, "upload": upload, "tasks": tasks, "limit": limit, "variants": variants, "adapter": adapter,
-            "index": index, "run": run, "status": status, "summary": summary, "chart": chart, "pick": pick,
-            "drill": drill, "downloads": downloads, "past": past}
+            "index": index, "run": run, "status": status, "verdict": verdict, "details": details, "report": report,
+            "summary": summary, "chart": chart, "comparisons": comparisons, "pick": pick, "drill": drill,
+            "downloads": downloads, "past": past}
 
 
 def _demo_choice(choices: Sequence[tuple[str, str]]) -> str | None:
@@ -531,8 +376,10 @@ CSS = """
 .ta-eval-text {white-space: pre-wrap;}
 .ta-eval-reference {font-weight: 600;}
 .ta-eval-meta {font-size: 0.85em; opacity: 0.8;}
-"""
+.ta-eval-details {display: inline-block; vertical-align: top; margin-right: 24px;}
+.ta-eval-details h4 {margin: 8px 0 2px 0;}
+""" + VERDICT_CSS
 
 __all__ = ["CSS", "build_config", "count_plan", "create_evaluate_tab", "dataset_choices", "describe_test_set",
            "download_paths", "example_choices", "examples_table", "format_interval", "lead_line", "past_choices",
-           "plan_text", "render_example", "status_line", "store_test_set", "summary_table"]
+           "plan_text", "render_example", "result_views", "status_line", "store_test_set", "summary_table"]

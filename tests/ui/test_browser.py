@@ -1,12 +1,16 @@
 """End to end in Debian's Chromium: the Arena answers with every variant, a training run starts, its loss chart
-updates, and it stops. Screenshots of every tab go to tests/artifacts/ (git-ignored) for a person to look at."""
+updates, and it stops; on first launch the Evaluate tab shows the demo evaluation's verdict and its report.html
+opens. Screenshots of every tab go to tests/artifacts/ (git-ignored) for a person to look at."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
+from app_helpers import served_app
+from verdict_helpers import install_eval
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -75,6 +79,54 @@ def test_arena_then_training_in_chromium(live_app, live_workspace):
                 page.wait_for_timeout(1500)
                 page.screenshot(path=str(ARTIFACTS / f"{number}-{name.lower().replace(' ', '-')}.png"),
                                 full_page=True)
+        finally:
+            browser.close()
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+def test_first_launch_shows_the_demo_verdict_and_its_report_in_chromium(bundled_home, tmp_path):
+    """A fresh workspace: the Evaluate tab opens on the demo evaluation's verdict without any other click, and its
+    report.html, downloaded through the app, opens in Chromium with the same verdict."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.data import demo_path
+
+    assert CHROMIUM.exists(), "Debian's chromium is missing: `make browser` installs it (apt-get install chromium)"
+    ARTIFACTS.mkdir(exist_ok=True)
+    workspace = tmp_path / "workspace"
+    if not (demo_path("eval-demo") / "results.json").is_file():  # no shipped demo evaluation: one built here
+        install_eval(workspace, "demo-eval")
+    with served_app(bundled_home, workspace, tmp_path / "app.log") as url, sync_playwright() as playwright:
+        saved = json.loads((workspace / "evals" / "demo-eval" / "results.json").read_text(encoding="utf-8"))
+        sentences = [verdict["sentence"] for verdict in saved["verdict"].values()]
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000}, accept_downloads=True)
+            page.goto(url)
+            # the Arena (first tab, a qa question) shows the latest evaluation's qa verdict under its cards
+            expect(page.locator("#arena-verdict .ta-verdict-sentence")).to_have_text(saved["verdict"]["qa"]["sentence"])
+            page.get_by_role("tab", name="Evaluate").click()
+            shown = page.locator("#eval-verdict .ta-verdict-sentence")
+            expect(shown).to_have_count(len(sentences), timeout=60_000)
+            expect(shown.first).to_have_text(sentences[0])
+            expect(page.locator("#eval-status")).to_contain_text("demo-eval")
+            page.screenshot(path=str(ARTIFACTS / "7-evaluate-first-launch.png"), full_page=True)
+
+            with page.expect_download() as download:  # through the app's file route
+                page.locator("#eval-report").click()
+            assert download.value.suggested_filename == "report.html"
+            report = tmp_path / "downloaded" / "report.html"  # Playwright keeps a download under a random name
+            download.value.save_as(report)
+            assert report.read_bytes() == (workspace / "evals" / "demo-eval" / "report.html").read_bytes()
+            page.goto(report.as_uri())
+            expect(page.locator(".ta-verdict-sentence")).to_have_count(len(sentences))
+            expect(page.locator(".ta-verdict-sentence").first).to_have_text(sentences[0])
+            chart = page.locator("img.ta-rep-chart")
+            expect(chart).to_be_visible()
+            assert chart.evaluate("image => image.naturalWidth") > 0  # the inline PNG decodes
+            assert not re.search(r"<(script|link)\b", page.content())
+            page.screenshot(path=str(ARTIFACTS / "8-report-html.png"), full_page=True)
         finally:
             browser.close()
 

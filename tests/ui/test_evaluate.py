@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 from pathlib import Path
@@ -214,8 +215,8 @@ def test_evaluate_through_gradio_client(live_app):
 
     client = Client(live_app, verbose=False)
     data = str(demo_path("test.jsonl"))
-    status, summary, chart, overview, pick, drill, downloads, past = client.predict(
-        data, [], 2, ["zero_shot", "rag"], [], "demo", 3, 3, 8, api_name="/evaluate")
+    status, report, verdict, details, summary, chart, downloads, comparisons, overview, pick, drill, past = \
+        client.predict(data, [], 2, ["zero_shot", "rag"], [], "demo", 3, 3, 8, api_name="/evaluate")
     assert re.match(r"\*\*\d{8}-\d{6}-test-[0-9a-f]{4}\*\*: 2 rows of `test.jsonl` × 2 variants", status)
 
     table = [dict(zip(summary["headers"], row, strict=True)) for row in summary["data"]]
@@ -226,7 +227,11 @@ def test_evaluate_through_gradio_client(live_app):
 
     assert Path(chart).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     files = {Path(path).name: Path(path) for path in downloads}
-    assert set(files) == {"examples.csv", "summary.csv", "results.json", "report.md"}
+    assert set(files) == {"examples.csv", "summary.csv", "results.json", "report.md", "report.html"}
+    assert "class='ta-verdict" in verdict  # the cards, or the line saying this evaluation has none
+    report = report.get("value", report) if isinstance(report, dict) else report  # a gr.update comes as a dict
+    report = Path(report["path"] if isinstance(report, dict) else report)
+    assert report.name == "report.html" and report.read_text(encoding="utf-8").startswith("<!DOCTYPE")
     assert all(path.stat().st_size > 0 for path in files.values())
     with open(files["examples.csv"], newline="", encoding="utf-8") as handle:
         examples = list(csv.DictReader(handle))
@@ -244,9 +249,110 @@ def test_evaluate_through_gradio_client(live_app):
 
     assert Path(past["value"]).name in status and past["value"] in [value for _, value in past["choices"]]
     reopened = client.predict(past["value"], api_name="/open_eval")
-    assert reopened[0] == status and reopened[1]["data"] == summary["data"]
+    assert reopened[0] == status and reopened[4]["data"] == summary["data"] and reopened[2] == verdict
 
     with pytest.raises(Exception, match="Choose at least one variant"):
         client.predict(data, [], 2, [], [], "demo", 3, 3, 8, api_name="/evaluate")
     with pytest.raises(Exception, match="is not on offer"):
         client.predict("/etc/passwd", [], 2, ["zero_shot"], [], "demo", 3, 3, 8, api_name="/evaluate")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The verdict: cards, slice and cost tables, report.html, and the demo evaluation open on first launch
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _handler(blocks, api_name: str):
+    return next(fn.fn for fn in blocks.fns.values() if fn.api_name == api_name)
+
+
+def test_result_views_show_the_verdict_and_write_report_html(tmp_path):
+    from verdict_helpers import SENTENCES, install_eval
+
+    from core.arena.evals import load_eval
+    from ui.evaluate import result_views
+
+    folder = install_eval(tmp_path / "ws")
+    found = result_views(load_eval(folder), folder)
+    assert all(html.escape(sentence) in found["verdict"] for sentence in SENTENCES.values())
+    assert found["verdict"].index(html.escape(SENTENCES["qa"])) < found["verdict"].index("Winner <b>few_shot</b>")
+    assert "tie: no significant difference" in found["verdict"] and "winner (significant)" in found["verdict"]
+    assert "<h4>Knowledge vs behaviour</h4>" in found["details"] and "<h4>Cost per variant</h4>" in found["details"]
+    assert "mcnemar" in found["comparisons"] and "&lt;script&gt;" in found["drill"]
+    report = Path(found["report"])
+    assert report.name == "report.html" and report == (folder / "report.html").resolve()
+    assert html.escape(SENTENCES["classification"]) in report.read_text(encoding="utf-8")
+    assert str(report) in found["downloads"]
+    assert found["status"].startswith(f"**{folder.name}**: 6 rows of `test.jsonl` × 3 variants")
+    assert "Best ROUGE-L" not in found["status"]  # the verdict says who leads, by a paired test
+
+    report.write_text("the lead's own report", encoding="utf-8")  # an existing report.html is left as it is
+    assert Path(result_views(load_eval(folder), folder)["report"]).read_text() == "the lead's own report"
+
+    old = install_eval(tmp_path / "ws", "old-eval", with_verdict=False)
+    found = result_views(load_eval(old), old)
+    assert "No verdict in this evaluation" in found["verdict"] and found["details"] == ""
+    assert "Best ROUGE-L: **few_shot**" in found["status"]
+    assert "No paired comparisons" in found["comparisons"]
+    assert "No verdict in this evaluation" in (old / "report.html").read_text(encoding="utf-8")
+
+
+def test_report_file_when_the_folder_cannot_take_it(tmp_path, monkeypatch):
+    from verdict_helpers import install_eval
+
+    import ui.verdict
+    from ui.verdict import report_file
+
+    folder = install_eval(tmp_path / "ws")
+
+    def refuse(path, data, **_):
+        raise PermissionError(f"{path}: read-only file system")
+
+    monkeypatch.setattr(ui.verdict, "write_atomic", refuse)
+    assert report_file(folder) is None  # the evaluation still shows, without its report
+    monkeypatch.undo()
+    assert report_file(folder) == folder / "report.html" and (folder / "report.html").is_file()
+    assert report_file(tmp_path / "nowhere") is None  # no results.json to render it from
+
+
+def test_the_tab_opens_on_the_demo_evaluation_and_reopens_past_ones(tmp_path):
+    import gradio as gr
+    from verdict_helpers import SENTENCES, install_eval
+
+    from core.arena import DEFAULT_VARIANTS, STRATEGIES
+    from core.engine import Engine
+    from ui.evaluate import create_evaluate_tab
+
+    workspace = tmp_path / "ws"
+    demo = install_eval(workspace, "demo-eval")
+    old = install_eval(workspace, "20240101-000000-test-abcd", with_verdict=False)
+    engine = Engine(workspace, confined=True)
+    with gr.Blocks() as blocks:
+        parts = create_evaluate_tab(engine)
+    assert engine.models.loaded() == []
+    assert html.escape(SENTENCES["qa"]) in parts["verdict"].value  # shown without any click
+    assert parts["past"].value == str(demo) and parts["pick"].value == "q0"
+    assert "Cost per variant" in parts["details"].value and "Winner" in parts["verdict"].value
+    assert Path(parts["report"].value["path"] if isinstance(parts["report"].value, dict)
+                else parts["report"].value).name == "report.html"
+    assert (demo / "report.html").is_file()
+    assert [value for value, *_ in parts["variants"].choices] == list(STRATEGIES)
+    assert parts["variants"].value == [name for name in DEFAULT_VARIANTS if not STRATEGIES[name].uses_adapter]
+
+    opened = _handler(blocks, "open_eval")(str(old))
+    status, report, verdict, details, *_ = opened
+    assert status.startswith(f"**{old.name}**") and "No verdict in this evaluation" in verdict and details == ""
+    assert report["value"].endswith("report.html") and report["interactive"] is True
+    with pytest.raises(gr.Error, match="No saved evaluation"):
+        _handler(blocks, "open_eval")(str(tmp_path / "elsewhere"))
+
+
+def test_without_the_demo_evaluation_the_tab_opens_empty(tmp_path):
+    import gradio as gr
+
+    from core.engine import Engine
+    from ui.evaluate import create_evaluate_tab
+
+    with gr.Blocks():
+        parts = create_evaluate_tab(Engine(tmp_path / "ws"))
+    assert parts["verdict"].value == "" and parts["past"].value is None and parts["report"].value is None

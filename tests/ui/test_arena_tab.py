@@ -1,0 +1,125 @@
+"""Arena tab: the latest saved evaluation's verdict under the cards (pure helpers and the handlers, no browser), and
+every registered variant on offer with the defaults ticked."""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+
+from verdict_helpers import SENTENCES, install_eval
+
+from ui.verdict import arena_verdict, latest_verdict, latest_verdict_html
+
+
+def _row(name: str, tasks: list[str], **extra) -> dict:
+    return {"name": name, "folder": f"/ws/evals/{name}", "n": 10, "by_task": {"zero_shot": dict.fromkeys(tasks, {})},
+            **extra}
+
+
+def test_latest_verdict_takes_the_newest_evaluation_with_a_verdict_for_the_task():
+    verdicts = {"/ws/evals/new": {"verdict": {"qa": {"sentence": "new qa"}}},
+                "/ws/evals/older": {"verdict": {"qa": {"sentence": "older qa"},
+                                                "classification": {"sentence": "older classification"}}},
+                "/ws/evals/no-verdict": {}}
+    evals = [_row("no-verdict", ["qa", "classification"]), _row("new", ["qa"]), _row("broken", [], error="bad"),
+             _row("older", ["qa", "classification"])]
+    load = verdicts.__getitem__
+    row, verdict = latest_verdict(evals, "qa", load)
+    assert row["name"] == "new" and verdict["sentence"] == "new qa"
+    row, verdict = latest_verdict(evals, "classification", load)
+    assert row["name"] == "older" and verdict["sentence"] == "older classification"
+    assert latest_verdict(evals, "summarization", load) is None
+    assert latest_verdict(evals, "", load) is None and latest_verdict(evals, None, load) is None
+
+    def unreadable(folder: str) -> dict:
+        if folder.endswith("/new"):
+            raise OSError("gone")
+        return verdicts[folder]
+
+    assert latest_verdict(evals, "qa", unreadable)[0]["name"] == "older"  # one unreadable file is skipped
+
+
+def test_latest_verdict_html_names_the_evaluation_and_escapes():
+    row = _row("<b>e1</b>", ["qa"])
+    text = latest_verdict_html((row, {"sentence": "few_shot <wins>", "status": "win", "winner": "few_shot",
+                                      "winner_mean": 0.5}), "qa")
+    assert "Latest evaluation (<b>&lt;b&gt;e1&lt;/b&gt;</b>, 10 rows) for this task:" in text
+    assert "few_shot &lt;wins&gt;" in text and "<wins>" not in text and "Winner <b>few_shot</b>" in text
+    assert latest_verdict_html(None, "qa") == ""
+
+
+def test_arena_verdict_reads_the_workspace_newest_first(tmp_path):
+    from core.engine import Engine
+
+    workspace = tmp_path / "ws"
+    engine = Engine(workspace, confined=True)
+    assert arena_verdict(engine, "qa") == ""  # no evaluation yet
+    demo = install_eval(workspace, "demo-eval")
+    text = arena_verdict(engine, "qa")
+    assert "Latest evaluation (<b>demo-eval</b>, 6 rows)" in text and html.escape(SENTENCES["qa"]) in text
+    assert html.escape(SENTENCES["classification"]) not in text  # only the query's task
+    assert arena_verdict(engine, "summarization") == "" and arena_verdict(engine, None) == ""
+
+    newer = install_eval(workspace, "20250101-000000-test-abcd")  # sorts below demo-eval by name, written later
+    saved = json.loads((newer / "results.json").read_text())
+    saved["verdict"]["qa"]["sentence"] = "The newer evaluation says rag."
+    (newer / "results.json").write_text(json.dumps(saved))
+    os.utime(demo / "results.json", (1_000_000_000, 1_000_000_000))
+    assert "The newer evaluation says rag." in arena_verdict(engine, "qa")
+
+
+def _fn_writing(blocks, component):
+    return next(fn.fn for fn in blocks.fns.values() if fn.outputs == [component])
+
+
+def test_the_tab_shows_the_verdict_for_the_query_task_and_offers_every_variant(tmp_path):
+    import gradio as gr
+
+    from core.arena import DEFAULT_VARIANTS, STRATEGIES
+    from core.engine import Engine
+    from ui.arena import create_arena_tab
+
+    workspace = tmp_path / "ws"
+    install_eval(workspace, "demo-eval")
+    engine = Engine(workspace, confined=True)
+    with gr.Blocks() as blocks:
+        parts = create_arena_tab(engine)
+    assert engine.models.loaded() == []
+    assert [value for value, *_ in parts["variants"].choices] == list(STRATEGIES)
+    assert parts["variants"].value == list(DEFAULT_VARIANTS)
+    assert parts["task"].value == "qa"  # the first demo question
+    assert html.escape(SENTENCES["qa"]) in parts["verdict"].value
+    on_task = _fn_writing(blocks, parts["verdict"])
+    assert html.escape(SENTENCES["classification"]) in on_task("classification")
+    assert on_task("summarization") == "" and on_task("") == ""
+
+
+def test_the_tab_without_evaluations_shows_no_verdict(tmp_path):
+    import gradio as gr
+
+    from core.engine import Engine
+    from ui.arena import create_arena_tab
+
+    with gr.Blocks():
+        parts = create_arena_tab(Engine(tmp_path / "ws"))
+    assert parts["verdict"].value == ""
+
+
+def test_a_linked_evaluation_folder_is_not_read(tmp_path):
+    from core.engine import Engine
+
+    workspace = tmp_path / "ws"
+    outside = install_eval(tmp_path / "elsewhere", "demo-eval")
+    (workspace / "evals").mkdir(parents=True)
+    (workspace / "evals" / "demo-eval").symlink_to(outside, target_is_directory=True)  # leads out of the workspace
+    engine = Engine(workspace, confined=True)
+    assert arena_verdict(engine, "qa") == ""
+
+    import gradio as gr
+
+    from ui.evaluate import create_evaluate_tab
+
+    with gr.Blocks():
+        parts = create_evaluate_tab(engine)
+    assert parts["verdict"].value == "" and not (outside / "report.html").exists()
