@@ -64,3 +64,47 @@ def test_forgetting_probe_is_a_qa_set_of_forty_or_more():
     probe = load_examples(demo_path("forgetting_probe.jsonl"))
     assert probe.shape == "qa" and len(probe) >= 40
     assert all(ex.output and len(ex.output.split()) <= 4 for ex in probe)
+
+
+# ---- the shipped demo evaluation (assets/demo/eval-demo) ------------------------------------------------------------
+
+
+def _demo_eval() -> dict:
+    import json
+
+    return json.loads((demo_path("eval-demo") / "results.json").read_text(encoding="utf-8"))
+
+
+def test_the_demo_verdict_is_what_its_own_rows_say():
+    """The shipped verdict is computed from the shipped rows (never written by hand): recomputing the comparisons
+    and the verdict from them gives the same sentences, and the report carries each one."""
+    import html
+
+    from core.arena.verdict import compare, verdict
+
+    saved = _demo_eval()
+    rows = saved["rows"]
+    assert saved["n"] == len(load_examples(demo_path("test.jsonl")).examples)
+    assert {row["variant"] for row in rows} == {"zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag",
+                                               "finetuned_few_shot", "nearest_answer"}
+    again = verdict(rows, compare(rows, seed=saved["config"]["seed"]), saved["cost"])
+    assert {task: v["sentence"] for task, v in again.items()} == {t: v["sentence"] for t, v in saved["verdict"].items()}
+    assert set(saved["verdict"]) == TASKS
+    report = (demo_path("eval-demo") / "report.html").read_text(encoding="utf-8")
+    assert all(html.escape(v["sentence"]) in report for v in saved["verdict"].values())
+    assert saved["provenance"]["command"].startswith("python -m core eval --data assets/demo/test.jsonl")
+    assert "/tmp/" not in saved["provenance"]["command"]
+
+
+def test_install_demo_eval_copies_it_once_where_the_evaluate_tab_finds_it(tmp_path):
+    from core.engine import DEMO_EVAL, Engine
+
+    engine = Engine(tmp_path / "ws")
+    folder = engine.install_demo_eval()
+    assert folder == engine.workspace.evals / DEMO_EVAL
+    installed = __import__("json").loads((folder / "results.json").read_text())
+    assert installed["eval_dir"] == str(folder) and installed["report"] == str(folder / "report.html")
+    assert installed["verdict"] == _demo_eval()["verdict"] and (folder / "report.html").is_file()
+    (folder / "note.txt").write_text("kept")
+    assert engine.install_demo_eval() == folder and (folder / "note.txt").read_text() == "kept"  # once only
+    assert [row["name"] for row in engine.list_evals()] == [DEMO_EVAL]
