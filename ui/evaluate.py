@@ -332,7 +332,7 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
 
     outputs = [status, report, verdict, details, summary, chart, downloads, comparisons, overview, pick, drill, shown]
     data.change(on_data, [data], [data_info, tasks], queue=False)
-    upload.upload(on_upload, [upload], [data, upload])
+    upload.upload(on_upload, [upload], [data, upload], api_name="eval_upload")
     plan_inputs = [data, tasks, limit, variants, adapter, max_new_tokens]
     for component in plan_inputs:
         component.change(plan_text, plan_inputs, [plan], queue=False, api_visibility="private")

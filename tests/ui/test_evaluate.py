@@ -356,3 +356,37 @@ def test_without_the_demo_evaluation_the_tab_opens_empty(tmp_path):
     with gr.Blocks():
         parts = create_evaluate_tab(Engine(tmp_path / "ws"))
     assert parts["verdict"].value == "" and parts["past"].value is None and parts["report"].value is None
+
+
+@pytest.mark.integration
+def test_a_users_own_test_set_gets_its_verdict(live_app, tmp_path):
+    """As a new user would: a test set made here (12 ticket classification rows), uploaded in the Evaluate tab,
+    evaluated with zero-shot, few-shot and the copying baseline; the tab shows the classification verdict and
+    results.json holds it with the paired McNemar comparison behind it."""
+    from gradio_client import Client, handle_file
+
+    texts = {"billing": ["I was charged twice for my Orbit order.", "My invoice shows the wrong VAT number.",
+                         "Please refund the extra shipping fee I paid.", "The card payment failed but money left.",
+                         "Can I change the plan I am billed for?", "Why did my subscription price go up?"],
+             "technical": ["The pump makes a rattling noise.", "My Hub shows E22 after a router change.",
+                           "The lights stay off in the morning.", "The app cannot find my garden.",
+                           "Water is not reaching the top tray.", "The sensor reads zero all the time."]}
+    rows = [{"task": "classification", "instruction": "Classify the message. Categories: billing, technical.",
+             "input": text, "output": label} for label, items in texts.items() for text in items]
+    made = tmp_path / "my tickets.jsonl"
+    made.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+
+    client = Client(live_app, verbose=False)
+    stored, _ = client.predict(handle_file(str(made)), api_name="/eval_upload")
+    stored = stored.get("value", stored) if isinstance(stored, dict) else stored  # the picker's gr.update
+    assert Path(stored).name == "my_tickets.jsonl"
+    status, _, verdict, details, *_, past = client.predict(
+        stored, [], 12, ["zero_shot", "few_shot", "nearest_answer"], [], "demo", 3, 3, 8, api_name="/evaluate")
+    assert "12 rows of `my_tickets.jsonl`" in status
+    saved = json.loads((Path(past["value"]) / "results.json").read_text(encoding="utf-8"))
+    card = saved["verdict"]["classification"]
+    assert card["metric"] == "accuracy" and card["n"] == 12 and card["status"] in ("win", "tie")
+    assert html.escape(card["sentence"]) in verdict and card["sentence"].startswith("classification: ")
+    pair = next(c for c in saved["comparisons"] if {c["a"], c["b"]} == {"zero_shot", "nearest_answer"})
+    assert pair["test"] == "mcnemar" and pair["n"] == 12
+    assert "Cost per variant" in details and saved["provenance"]["data_sha256"]
