@@ -830,7 +830,7 @@ def test_dataset_preview_and_uploads_show_one_line_and_store_nothing_bad(bad_dat
             assert valid
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            handlers["on_upload"](str(path))  # Evaluate's upload: a warning, not an exception
+            handlers["eval_upload"](str(path))  # Evaluate's upload: a warning, not an exception
         shown = [str(w.message) for w in caught if str(w.message).startswith(path.name)]
         assert bool(shown) != valid and all(one_line(message) for message in shown), shown
         for stored in engine.workspace.uploads.rglob("upload*"):

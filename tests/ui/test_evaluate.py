@@ -359,7 +359,7 @@ def test_without_the_demo_evaluation_the_tab_opens_empty(tmp_path):
 
 
 @pytest.mark.integration
-def test_a_users_own_test_set_gets_its_verdict(live_app, tmp_path):
+def test_a_users_own_test_set_gets_its_verdict(bundled_home, tmp_path):
     """As a new user would: a test set made here (12 ticket classification rows), uploaded in the Evaluate tab,
     evaluated with zero-shot, few-shot and the copying baseline; the tab shows the classification verdict and
     results.json holds it with the paired McNemar comparison behind it."""
@@ -376,17 +376,24 @@ def test_a_users_own_test_set_gets_its_verdict(live_app, tmp_path):
     made = tmp_path / "my tickets.jsonl"
     made.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
-    client = Client(live_app, verbose=False)
-    stored, _ = client.predict(handle_file(str(made)), api_name="/eval_upload")
-    stored = stored.get("value", stored) if isinstance(stored, dict) else stored  # the picker's gr.update
-    assert Path(stored).name == "my_tickets.jsonl"
-    status, _, verdict, details, *_, past = client.predict(
-        stored, [], 12, ["zero_shot", "few_shot", "nearest_answer"], [], "demo", 3, 3, 8, api_name="/evaluate")
-    assert "12 rows of `my_tickets.jsonl`" in status
-    saved = json.loads((Path(past["value"]) / "results.json").read_text(encoding="utf-8"))
+    from app_helpers import served_app
+
+    with served_app(bundled_home, tmp_path / "workspace", tmp_path / "app.log") as url:  # its own uploads folder
+        saved, verdict, details = _evaluate_own_set(Client(url, verbose=False), handle_file(str(made)))
     card = saved["verdict"]["classification"]
     assert card["metric"] == "accuracy" and card["n"] == 12 and card["status"] in ("win", "tie")
     assert html.escape(card["sentence"]) in verdict and card["sentence"].startswith("classification: ")
     pair = next(c for c in saved["comparisons"] if {c["a"], c["b"]} == {"zero_shot", "nearest_answer"})
     assert pair["test"] == "mcnemar" and pair["n"] == 12
     assert "Cost per variant" in details and saved["provenance"]["data_sha256"]
+
+
+def _evaluate_own_set(client, upload) -> tuple[dict, str, str]:
+    """Upload a test set in the Evaluate tab and evaluate it: (results.json, the verdict cards, the tables)."""
+    stored, _ = client.predict(upload, api_name="/eval_upload")
+    stored = stored.get("value", stored) if isinstance(stored, dict) else stored  # the picker's gr.update
+    assert Path(stored).name == "my_tickets.jsonl"
+    status, _, verdict, details, *_, past = client.predict(
+        stored, [], 12, ["zero_shot", "few_shot", "nearest_answer"], [], "demo", 3, 3, 8, api_name="/evaluate")
+    assert "12 rows of `my_tickets.jsonl`" in status
+    return json.loads((Path(past["value"]) / "results.json").read_text(encoding="utf-8")), verdict, details
