@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.arena import (
     STRATEGIES,
@@ -26,16 +25,13 @@ from core.limits import child_folder, max_eval_rows, writable_folder
 from core.models import default_base_model
 from retrieval.evaluation import source_matches
 
-if TYPE_CHECKING:
-    from core.engine.engine import Engine
-
 logger = logging.getLogger(__name__)
 
 
 class ArenaMixin:
     """Arena and evaluation of an Engine (see core.engine.engine.Engine for the state it holds)."""
 
-    def host(self: Engine, model: str | None = None) -> AdapterHost:
+    def host(self, model: str | None = None) -> AdapterHost:
         """The inference owner of the shared base model ``model`` (all generation on it goes through here)."""
         key = model or default_base_model()
         loaded = self.base_model(model)
@@ -44,14 +40,14 @@ class ArenaMixin:
                 self._hosts[key] = AdapterHost(loaded)
             return self._hosts[key]
 
-    def scorer(self: Engine):
+    def scorer(self):
         """The shared metrics Scorer (evaluate modules load on first use)."""
         with self._lock:
             if self._scorer is None:
                 self._scorer = Scorer()
             return self._scorer
 
-    def few_shot_pool(self: Engine, path: str | Path | None = None, *, with_vectors: bool = True,
+    def few_shot_pool(self, path: str | Path | None = None, *, with_vectors: bool = True,
                       ) -> tuple[list[Example], object]:
         """Examples with answers from ``path`` (default: the demo train set) and, when ``with_vectors``, their unit
         embedding vectors (n, d) for similarity selection. Cached per file."""
@@ -66,7 +62,7 @@ class ArenaMixin:
             self._pools[path] = cached
         return cached
 
-    def add_adapter(self: Engine, run: str | Path, *, model: str | None = None) -> AdapterInfo:
+    def add_adapter(self, run: str | Path, *, model: str | None = None) -> AdapterInfo:
         """A run's weights ready on the shared base model ``model``, after ``checked_run``. Weights that do not fit
         the base model (another architecture or size) give an AdapterError naming the run folder."""
         folder = self.checked_run(run)
@@ -83,7 +79,7 @@ class ArenaMixin:
             raise AdapterError(f"adapter: {folder}: cannot be applied to base model {host.base.resolved.name} "
                                f"({reason})") from None
 
-    def arena_context(self: Engine, config: ArenaConfig, *, model: str | None = None, strict_adapters: bool = True,
+    def arena_context(self, config: ArenaConfig, *, model: str | None = None, strict_adapters: bool = True,
                       similarity: bool = True) -> ArenaContext:
         """Everything the variants of ``config`` need; parts that cannot load carry their reason instead."""
         specs = config.specs()
@@ -140,7 +136,7 @@ class ArenaMixin:
             context.similarity_embedder = self.models.embedder()
         return context
 
-    def arena(self: Engine, query: str, config: ArenaConfig | None = None, *, reference: str | None = None,
+    def arena(self, query: str, config: ArenaConfig | None = None, *, reference: str | None = None,
               task: str | None = None, input_text: str = "", model: str | None = None,
               on_text=None) -> ArenaResult:
         """One query through every variant of ``config``, side by side and scored against ``reference``."""
@@ -151,14 +147,14 @@ class ArenaMixin:
         return run_query(query, config, context, reference=reference, task=task, input_text=input_text,
                          on_text=on_text)
 
-    def eval_dir(self: Engine, out: str | Path) -> Path:
+    def eval_dir(self, out: str | Path) -> Path:
         """Where an evaluation is saved: ``out`` as given (the CLI's ``--out DIR``), or, for a confined engine, a
         plain name (or a folder) of the workspace's evals/ only."""
         if self.confined:
             return child_folder(self.workspace.evals, out, "eval")
         return Path(out).expanduser()
 
-    def list_evals(self: Engine) -> list[dict]:
+    def list_evals(self) -> list[dict]:
         """Saved evaluations under evals/, newest first: folder, data, n, variants, adapters, summary means."""
         rows = []
         for folder in sorted(self.workspace.evals.iterdir(), reverse=True):
@@ -177,7 +173,7 @@ class ArenaMixin:
                          "wall_s": saved.get("wall_s")})
         return rows
 
-    def evaluate(self: Engine, data: str | Path, config: ArenaConfig | None = None, *, out: str | Path | None = None,
+    def evaluate(self, data: str | Path, config: ArenaConfig | None = None, *, out: str | Path | None = None,
                  limit: int | None = None, tasks: list[str] | None = None, model: str | None = None,
                  on_progress=None) -> EvalResult:
         """Run ``config``'s variants over a test file; saved under ``out`` (default: a new folder in evals/; see

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.data import demo_path
 from core.errors import ConfigError
@@ -27,24 +26,22 @@ from retrieval import (
 DEMO_INDEX = "demo"  # indexes/demo: the demo corpus, built on first use
 
 
-if TYPE_CHECKING:
-    from core.engine.engine import Engine
 
 
 class KnowledgeMixin:
     """Knowledge bases of an Engine (see core.engine.engine.Engine for the state it holds)."""
 
-    def embedder(self: Engine, name: str | None = None) -> SentenceTransformerEmbedder:
+    def embedder(self, name: str | None = None) -> SentenceTransformerEmbedder:
         """The shared embedding model (default: bundled all-MiniLM-L6-v2) as a retrieval Embedder."""
         name = name or default_embedding_model()
         return SentenceTransformerEmbedder(self.models.embedder(name), name)
 
-    def index_dir(self: Engine, name: str) -> Path:
+    def index_dir(self, name: str) -> Path:
         """``<workspace>/indexes/<name>`` for a plain index name; ValueError for anything else (``../x``, ``/etc``,
         ``a/b``, ``.hidden``, NUL, empty, over 128 characters): a name never leads out of indexes/."""
         return self.workspace.indexes / check_name(name, "index")
 
-    def resolve_index(self: Engine, index: str | Path) -> Path:
+    def resolve_index(self, index: str | Path) -> Path:
         """The folder of ``index``: a plain name is ``indexes/<name>``; a path (with a slash, or ``.``/``..``) is
         taken as given, except by a confined engine, which accepts only folders of its indexes/."""
         text = str(index)
@@ -54,14 +51,14 @@ class KnowledgeMixin:
             return Path(text).expanduser()
         return self.index_dir(text)
 
-    def document_roots(self: Engine) -> list[Path]:
+    def document_roots(self) -> list[Path]:
         """Where a confined engine reads documents from: the workspace, the bundled demo corpus and the folders in
         ``$TUNE_ARENA_DOC_ROOTS`` (separated by ``os.pathsep``; what the person running the app chooses to share)."""
         extra = [Path(part).expanduser() for part in os.environ.get("TUNE_ARENA_DOC_ROOTS", "").split(os.pathsep)
                  if part.strip()]
         return [self.workspace.root, demo_path("corpus"), *extra]
 
-    def check_sources(self: Engine, paths: Iterable[str | Path]) -> list[Path]:
+    def check_sources(self, paths: Iterable[str | Path]) -> list[Path]:
         """The document paths, each (after symlinks and ``..``) inside ``document_roots`` when the engine is confined:
         a remote user of the app cannot index (and then read back) files elsewhere on the server."""
         paths = [Path(path).expanduser() for path in paths]
@@ -75,7 +72,7 @@ class KnowledgeMixin:
                                  "workspace and the demo corpus; more with TUNE_ARENA_DOC_ROOTS): upload the files")
         return paths
 
-    def build_index(self: Engine, paths: Iterable[str | Path], out: str | Path, *, embedding_model: str | None = None,
+    def build_index(self, paths: Iterable[str | Path], out: str | Path, *, embedding_model: str | None = None,
                     **kwargs) -> BuildResult:
         """Build or update an index (``kwargs``: index_config, chunking, text_column, rebuild, on_progress)."""
         folder = self.resolve_index(out)
@@ -88,7 +85,7 @@ class KnowledgeMixin:
             self._knowledge_bases.pop(str(folder.resolve()), None)
         return result
 
-    def ensure_demo_index(self: Engine, on_progress=None) -> Path:
+    def ensure_demo_index(self, on_progress=None) -> Path:
         """The demo corpus's index at ``indexes/demo``, built once (about 15 s on 2 cores) if it is not there."""
         folder = self.workspace.indexes / DEMO_INDEX
         with self._demo_lock:
@@ -96,7 +93,7 @@ class KnowledgeMixin:
                 self.build_index([str(demo_path("corpus"))], folder, on_progress=on_progress)
         return folder
 
-    def knowledge_base(self: Engine, name_or_path: str | Path) -> KnowledgeBase:
+    def knowledge_base(self, name_or_path: str | Path) -> KnowledgeBase:
         """A loaded index, cached until its manifest changes on disk (an index is never re-read per query). The
         embedding model named in its manifest loads only once the index files have been read and checked."""
         folder = self.resolve_index(name_or_path)
@@ -112,13 +109,13 @@ class KnowledgeMixin:
             self._knowledge_bases[key] = (stamp, kb)
         return kb
 
-    def search(self: Engine, index: str | Path, query: str, k: int = 5, *, mmr_lambda: float | None = None,
+    def search(self, index: str | Path, query: str, k: int = 5, *, mmr_lambda: float | None = None,
                hybrid: bool = True) -> list[SearchHit]:
         """The top ``k`` chunks of ``index`` (a name, or unconfined a folder) for ``query``: hybrid (dense + BM25)
         unless ``hybrid`` is False; ``mmr_lambda`` (0..1) diversifies (see retrieval.KnowledgeBase.search)."""
         return self.knowledge_base(index).search(query, k, mmr_lambda=mmr_lambda, hybrid=hybrid)
 
-    def evaluate_retrieval(self: Engine, index: str | Path, data: str | Path, *, k: int = 3,
+    def evaluate_retrieval(self, index: str | Path, data: str | Path, *, k: int = 3,
                            mmr_lambda: float | None = None, hybrid: bool = True,
                            on_progress: Callable[[int, int], None] | None = None) -> RetrievalReport:
         """hit@1..k and MRR@k of ``index`` over the rows of ``data`` that name a source document (JSONL with a
@@ -128,7 +125,7 @@ class KnowledgeMixin:
         return evaluate_retrieval(self.knowledge_base(index), cases, k=k, mmr_lambda=mmr_lambda, hybrid=hybrid,
                                   on_progress=on_progress)
 
-    def list_indexes(self: Engine) -> list[dict]:
+    def list_indexes(self) -> list[dict]:
         """Stats of every index folder under the workspace's indexes/."""
         rows = []
         for folder in sorted(self.workspace.indexes.iterdir()):

@@ -6,7 +6,6 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from core.data import demo_path
 from core.engine.catalogue import catalogue, run_details
@@ -18,9 +17,6 @@ from core.methods.artifacts import check_run_weights
 from core.runs import Run, RunStore
 from core.training import TrainingConfig, TrainResult, resume, train
 
-if TYPE_CHECKING:
-    from core.engine.engine import Engine
-
 logger = logging.getLogger(__name__)
 
 DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
@@ -30,19 +26,19 @@ DEMO_EVAL = "demo-eval"  # evals/demo-eval: the shipped demo evaluation (assets/
 class RunsMixin:
     """Training runs of an Engine (see core.engine.engine.Engine for the state it holds)."""
 
-    def train(self: Engine, config: TrainingConfig, **kwargs) -> TrainResult:
+    def train(self, config: TrainingConfig, **kwargs) -> TrainResult:
         """Train a new run in this workspace (``kwargs``: run_dir, on_step, on_eval, stop_event; see core.training)."""
         return train(config, runs_root=self.workspace.runs, **kwargs)
 
-    def resume(self: Engine, run: str | Path, **kwargs) -> TrainResult:
+    def resume(self, run: str | Path, **kwargs) -> TrainResult:
         """Continue a stopped or killed run from its latest checkpoint (a run id; unconfined: also a run folder)."""
         return resume(self.find_run(run).path, **kwargs)
 
-    def resume_job(self: Engine, run: str | Path) -> JobState:
+    def resume_job(self, run: str | Path) -> JobState:
         """Continue a run in the background job (the app's Train tab); refused as ``resume`` refuses it."""
         return self.jobs.resume(self.find_run(run).path)
 
-    def install_demo_run(self: Engine) -> Path:
+    def install_demo_run(self) -> Path:
         """The shipped demo adapter as ``runs/demo-quick-lora``, copied there once (core.io.atomic_folder: a copy,
         then one rename; a copy another process finished first is kept)."""
         target = self.workspace.runs / DEMO_RUN
@@ -53,7 +49,7 @@ class RunsMixin:
         logger.info("installed the demo adapter run at %s", target)
         return target
 
-    def install_demo_eval(self: Engine) -> Path | None:
+    def install_demo_eval(self) -> Path | None:
         """The shipped demo evaluation (assets/demo/eval-demo, made by the command in its README) as
         ``evals/demo-eval``, copied there once, so the Evaluate tab opens on a verdict before anything runs.
         None when this checkout ships none."""
@@ -72,7 +68,7 @@ class RunsMixin:
         logger.info("installed the demo evaluation at %s", target)
         return target
 
-    def resolve_run(self: Engine, run: str | Path) -> Path:
+    def resolve_run(self, run: str | Path) -> Path:
         """A run folder: a run id of this workspace, or a run folder path (with a slash) unless the engine is
         confined, which accepts only folders of its own runs/."""
         text = str(run)
@@ -83,14 +79,14 @@ class RunsMixin:
             return path
         return self.runs.get(text).path
 
-    def checked_run(self: Engine, run: str | Path) -> Path:
+    def checked_run(self, run: str | Path) -> Path:
         """``resolve_run``, then the run's weights checked on disk (core.artifacts: safetensors whole, JSON valid,
         no pickle): AdapterError with one line naming the file otherwise. Nothing is loaded."""
         folder = self.resolve_run(run)
         check_run_weights(folder)
         return folder
 
-    def list_runs(self: Engine, runs_root: str | Path | None = None) -> list[dict]:
+    def list_runs(self, runs_root: str | Path | None = None) -> list[dict]:
         """The run catalogue, newest first: one row per run folder (core.engine.catalogue.ROW_KEYS; the CLI's
         ``runs --json`` rows are these), with the scores of the newest evaluation of this workspace that used it.
         A folder that cannot be read gives a row with state ``unreadable`` and its ``error``. ``runs_root`` lists
@@ -105,18 +101,18 @@ class RunsMixin:
             store = RunStore(root)
         return catalogue(store.list(), self.list_evals())
 
-    def run_details(self: Engine, run: str | Path) -> dict:
+    def run_details(self, run: str | Path) -> dict:
         """One run in full (``find_run``'s rules): its catalogue ``row``, ``config``, ``card``, ``files``, loss curves,
         why it cannot be merged (``merge_refusal``, None when it can) and its ``export_dir``. See
         core.engine.catalogue.run_details."""
         found = self.find_run(run)
         return run_details(found, self.list_evals(), self.export_dir(found))
 
-    def training_config(self: Engine, values: dict, *, preset: str | None = None) -> TrainingConfig:
+    def training_config(self, values: dict, *, preset: str | None = None) -> TrainingConfig:
         """A TrainingConfig from a person's choices (``TrainingConfig.build``: preset < values < method settings)."""
         return TrainingConfig.build(values, preset=preset)
 
-    def find_run(self: Engine, run: str | Path) -> Run:
+    def find_run(self, run: str | Path) -> Run:
         """A run of this workspace by id; an unconfined engine also takes a run folder path (anywhere, for the
         CLI's ``--runs DIR``). A confined engine takes only the ids of its own runs/."""
         text = str(run).strip()
@@ -130,7 +126,7 @@ class RunsMixin:
                                 "runs/)")
         return self.runs.get(text)
 
-    def delete_run(self: Engine, run: str | Path) -> str:
+    def delete_run(self, run: str | Path) -> str:
         """Delete a run (``RunStore.delete``: a running run is refused). Returns its id."""
         found = self.find_run(run)
         if self.jobs.snapshot().active and self.jobs.snapshot().run_dir == str(found.path):
@@ -142,11 +138,11 @@ class RunsMixin:
                     host.remove(key)
         return found.run_id
 
-    def export_dir(self: Engine, run: Run) -> Path:
+    def export_dir(self, run: Run) -> Path:
         """Where a merged run goes by default: ``<workspace>/exports/<run id>-merged``."""
         return self.workspace.exports / f"{run.run_id}-merged"
 
-    def merge_run(self: Engine, run: str | Path, out: str | Path | None = None) -> Path:
+    def merge_run(self, run: str | Path, out: str | Path | None = None) -> Path:
         """Merge a LoRA-family (or layer-wise) run into its base model and save a standalone model folder at
         ``out`` (default and, for a confined engine, always: ``export_dir``). Refused, with one line, where
         ``core.inference.merge_refusal`` says so and when the folder is not new or empty."""
