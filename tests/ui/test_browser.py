@@ -51,7 +51,13 @@ def test_arena_then_training_in_chromium(live_app, live_workspace):
             page.get_by_role("tab", name="Train").click()
             expect(page.locator("#train-data-info")).to_contain_text("389 examples")
             page.get_by_text("Training settings").click()  # the accordion with epochs, steps, learning rate…
-            page.locator("#train-max-steps input").fill("40")
+            steps = page.locator("#train-max-steps input")
+            expect(steps).to_be_visible()
+            page.wait_for_timeout(500)  # the accordion has opened and its inputs are bound (a fill before is lost)
+            steps.fill("40")
+            steps.press("Tab")  # Gradio's number input commits its value on blur
+            expect(steps).to_have_value("40")
+            page.wait_for_timeout(300)
             page.locator("#train-start").click()
             progress = page.locator("#train-progress")
             expect(progress).to_contain_text(re.compile(r"step [2-9]\d*/40"), timeout=300_000)
