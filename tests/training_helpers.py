@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from core import training
-from core.training import loop
+from core.training import objectives
 
 ROWS = [
     {"instruction": "What is the capital of France?", "output": "The capital of France is Paris."},
@@ -67,8 +67,8 @@ class Captured:
 def capturing():
     """Patch core.training so that the next run records its initial parameters and its final in-memory model."""
     record: dict[str, Any] = {}
-    original_load = loop.load_training_model
-    original_save = loop.save_trained
+    original_load = objectives.load_training_model
+    original_save = objectives.save_trained
 
     def load_spy(config, total_steps):
         model, loaded, compute = original_load(config, total_steps)
@@ -81,8 +81,8 @@ def capturing():
         return original_save(run, model, tokenizer, save_format)
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(loop, "load_training_model", load_spy)
-        mp.setattr(loop, "save_trained", save_spy)
+        mp.setattr(objectives, "load_training_model", load_spy)
+        mp.setattr(objectives, "save_trained", save_spy)
         yield record
 
 

@@ -15,6 +15,7 @@ from core.cli.options import Option, add_options, field_names, option_values
 from core.data import SHAPES
 from core.methods import METHODS
 from core.training import OBJECTIVES, SCHEDULERS, TrainingConfig, list_presets
+from core.training.config import TEACHER_CONTEXTS
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +53,8 @@ def cmd_methods(args: argparse.Namespace, engine: EngineFactory) -> Result:
 TRAIN_OPTIONS = (
     Option("data", note="required unless --resume"),
     Option("method", note=f"one of {', '.join(METHODS)}"),
-    Option("objective", note=f"one of {', '.join(OBJECTIVES)}"),
+    Option("objective", choices=tuple(OBJECTIVES)),
+    Option("teacher_context", choices=TEACHER_CONTEXTS),
     Option("base_model", "--model"),
     Option("system_prompt", "--system"),
     Option("learning_rate", "--lr"),

@@ -26,10 +26,12 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class BuildContext:
-    """What a builder may need beyond the model: the tokenizer and the planned number of optimizer steps."""
+    """What a builder may need beyond the model: the tokenizer, the planned number of optimizer steps, and the PEFT
+    task type of the model (CAUSAL_LM; SEQ_CLS for a classification head, which then always trains)."""
 
     tokenizer: PreTrainedTokenizerBase
     total_steps: int
+    task_type: str = "CAUSAL_LM"
 
 
 Builder = Callable[["PreTrainedModel", Any, BuildContext], "PreTrainedModel"]
@@ -71,17 +73,17 @@ def build_freeze(model: PreTrainedModel, config: FreezeConfig, ctx: BuildContext
     return model
 
 
-def _task_type():
+def _task_type(ctx: BuildContext):
     from peft import TaskType
 
-    return TaskType.CAUSAL_LM
+    return TaskType(ctx.task_type)
 
 
 def build_lora(model: PreTrainedModel, config: LoraConfig, ctx: BuildContext) -> PreTrainedModel:
     import peft
 
     peft_config = peft.LoraConfig(
-        task_type=_task_type(), r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
+        task_type=_task_type(ctx), r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
         target_modules=config.target_modules, use_dora=config.use_dora, use_rslora=config.use_rslora,
     )
     return peft.get_peft_model(model, peft_config)
@@ -114,7 +116,7 @@ def build_prompt_tuning(model: PreTrainedModel, config: PromptTuningConfig, ctx:
     import peft
     import torch
 
-    peft_config = peft.PromptTuningConfig(task_type=_task_type(), num_virtual_tokens=config.num_virtual_tokens,
+    peft_config = peft.PromptTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
                                           prompt_tuning_init=peft.PromptTuningInit.RANDOM)
     peft_model = peft.get_peft_model(model, peft_config)
     if config.init == "text":
@@ -131,7 +133,7 @@ def build_prompt_tuning(model: PreTrainedModel, config: PromptTuningConfig, ctx:
 def build_prefix_tuning(model: PreTrainedModel, config: PrefixTuningConfig, ctx: BuildContext) -> PreTrainedModel:
     import peft
 
-    peft_config = peft.PrefixTuningConfig(task_type=_task_type(), num_virtual_tokens=config.num_virtual_tokens,
+    peft_config = peft.PrefixTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
                                           prefix_projection=config.prefix_projection,
                                           encoder_hidden_size=config.encoder_hidden_size)
     return peft.get_peft_model(model, peft_config)
@@ -140,7 +142,7 @@ def build_prefix_tuning(model: PreTrainedModel, config: PrefixTuningConfig, ctx:
 def build_p_tuning(model: PreTrainedModel, config: PTuningConfig, ctx: BuildContext) -> PreTrainedModel:
     import peft
 
-    peft_config = peft.PromptEncoderConfig(task_type=_task_type(), num_virtual_tokens=config.num_virtual_tokens,
+    peft_config = peft.PromptEncoderConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
                                            encoder_hidden_size=config.encoder_hidden_size,
                                            encoder_reparameterization_type=config.encoder_type)
     return peft.get_peft_model(model, peft_config)
@@ -149,7 +151,7 @@ def build_p_tuning(model: PreTrainedModel, config: PTuningConfig, ctx: BuildCont
 def build_ia3(model: PreTrainedModel, config: IA3Config, ctx: BuildContext) -> PreTrainedModel:
     import peft
 
-    peft_config = peft.IA3Config(task_type=_task_type(), target_modules=config.target_modules,
+    peft_config = peft.IA3Config(task_type=_task_type(ctx), target_modules=config.target_modules,
                                  feedforward_modules=config.feedforward_modules)
     return peft.get_peft_model(model, peft_config)
 
@@ -168,7 +170,7 @@ def build_adalora(model: PreTrainedModel, config: AdaLoraConfig, ctx: BuildConte
         tinit = 0
         tfinal = min(tfinal, total - 1)
     peft_config = peft.AdaLoraConfig(
-        task_type=_task_type(), init_r=config.init_r, target_r=config.target_r, lora_alpha=config.alpha,
+        task_type=_task_type(ctx), init_r=config.init_r, target_r=config.target_r, lora_alpha=config.alpha,
         lora_dropout=config.dropout, target_modules=config.target_modules, total_step=total, tinit=tinit,
         tfinal=tfinal, deltaT=config.prune_every,
     )

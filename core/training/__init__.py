@@ -2,13 +2,17 @@
 (loop), checkpoints (checkpoint), weight saving (weights) and memory (memory). Entry points: ``train``, ``resume``."""
 
 from core.errors import TrainingOutOfMemoryError
+from core.training import classification, distillation  # noqa: F401  (each registers its objective)
 from core.training.batches import PreparedData, epoch_batches, prepare_data
 from core.training.config import PRESETS_DIR, SCHEDULERS, TrainingConfig, list_presets, load_preset
-from core.training.loop import EvalCallback, StepCallback, TrainResult, load_training_model, resume, train
+from core.training.loop import EvalCallback, StepCallback, TrainResult, resume, train
 from core.training.memory import is_out_of_memory, out_of_memory_message, release_memory
+from core.training.model import load_training_model
 from core.training.objectives import (
     OBJECTIVES,
     Objective,
+    TrainingResources,
+    TrainingSession,
     answer_loss,
     collate,
     evaluate_loss,
@@ -23,5 +27,5 @@ __all__ = [
     "TrainResult", "TrainingConfig", "TrainingOutOfMemoryError", "answer_loss", "collate", "epoch_batches",
     "evaluate_loss", "get_objective", "is_out_of_memory", "list_presets", "load_preset", "load_training_model",
     "loss_tokens", "out_of_memory_message", "prepare_data", "register_objective", "release_memory", "resume",
-    "supports_answer_only_head", "train",
+    "supports_answer_only_head", "train", "TrainingResources", "TrainingSession",
 ]

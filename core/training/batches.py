@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +24,10 @@ class PreparedData:
     val: list[Any]
     sha256: str
     truncated: int
+    info: dict[str, Any] = field(default_factory=dict)  # what the objective read from the data (e.g. its labels)
 
 
-def _file_sha256(*paths: str | None) -> str:
+def file_sha256(*paths: str | None) -> str:
     digest = hashlib.sha256()
     for path in paths:
         if path:
@@ -36,7 +37,11 @@ def _file_sha256(*paths: str | None) -> str:
 
 def prepare_data(config: TrainingConfig, load_tokenizer: Callable[[], Any]) -> PreparedData:
     """Load, split and encode the training and validation examples. ``load_tokenizer`` is called once the data
-    files have been read: a bad file fails before any model loads."""
+    files have been read: a bad file fails before any model loads. An objective that reads its data its own way
+    (``Objective.prepare``) does it instead."""
+    objective = get_objective(config.objective)
+    if objective.prepare is not None:
+        return objective.prepare(config, load_tokenizer)
     train: list[Example] = load_examples(config.data, config.data_shape).examples
     if config.val_data:
         val: list[Example] = load_examples(config.val_data, config.data_shape).examples
@@ -45,14 +50,13 @@ def prepare_data(config: TrainingConfig, load_tokenizer: Callable[[], Any]) -> P
         train, val = splits.train, splits.validation
     else:
         val = []
-    objective = get_objective(config.objective)
     tokenizer = load_tokenizer()
     encode = lambda ex: objective.encode(tokenizer, ex, config.system_prompt, config.max_length)  # noqa: E731
     train_enc = [encode(ex) for ex in train]
     val_enc = [encode(ex) for ex in val[: config.max_eval_examples or len(val)]]
     if not any(e.answer_tokens for e in train_enc):
         raise ConfigError(f"data: {Path(config.data).name} has no answer tokens to learn from")
-    return PreparedData(train_enc, val_enc, _file_sha256(config.data, config.val_data),
+    return PreparedData(train_enc, val_enc, file_sha256(config.data, config.val_data),
                         sum(e.truncated for e in train_enc))
 
 

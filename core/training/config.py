@@ -15,6 +15,7 @@ from core.training.objectives import get_objective
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
 
 SCHEDULERS = ("cosine", "linear", "constant")
+TEACHER_CONTEXTS = ("none", "rag")
 
 
 def _help(text: str, default: Any = None) -> Any:
@@ -27,7 +28,8 @@ class TrainingConfig:
 
     data: str = _help("Training data: .jsonl/.json/.csv in any supported shape", "")
     method: str = _help("Fine-tuning method (see core.methods.METHODS)", "lora")
-    objective: str = _help("What a batch is and what the loss is (see core.training.objectives): sft", "sft")
+    objective: str = _help("What a batch is and what the loss is: sft (instruction tuning), classification (a label "
+                           "head), distillation (a student learns a teacher)", "sft")
     method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "The method's own settings"})
     base_model: str | None = _help("Base model: registry name, hub id or folder (default: SmolLM2-135M-Instruct)")
     val_data: str | None = _help("Validation data; default: hold out val_fraction of data")
@@ -54,6 +56,23 @@ class TrainingConfig:
     gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~30% slower", False)
     device: str | None = _help("cpu, cuda, mps (default: best available)")
     dtype: str | None = _help("fp32, bf16 or fp16 (default: the device policy)")
+    text_column: str | None = _help("Classification: the column holding the text (default: text, else the prompt of "
+                                    "an instruction row)")
+    label_column: str | None = _help("Classification: the column holding the label (default: label, else the answer)")
+    teacher: str | None = _help("Distillation: the teacher, a run (folder or id) or a model")
+    student: str | None = _help("Distillation: a student model sharing the teacher's tokenizer")
+    student_layers: int | None = _help("Distillation: the student keeps N evenly spaced blocks of the teacher, "
+                                       "initialised from its weights")
+    distill_alpha: float = _help("Distillation: weight of the KL term (1 - alpha weighs cross-entropy on answers)", 0.5)
+    distill_temperature: float = _help("Distillation: softmax temperature of teacher and student", 2.0)
+    teacher_context: str = _help("Distillation: none, or rag (the teacher reads retrieved passages, the student only "
+                                 "the question)", "none")
+    index: str | None = _help("Context distillation: the knowledge base the teacher reads (a folder or name)")
+    teacher_top_k: int = _help("Distillation: 0 = teacher logits on the fly; K = its top-K logits cached to disk "
+                               "once", 0)
+    layerwise_lr_decay: float = _help("Full and freeze: each block gets this factor of the learning rate of the block "
+                                      "above it (1 = off)", 1.0)
+    gradual_unfreezing: int = _help("Freeze: unfreeze one more block, from the top, every N steps (0 = off)", 0)
 
     def __post_init__(self) -> None:
         def check(ok: bool, name: str, message: str) -> None:
@@ -61,7 +80,7 @@ class TrainingConfig:
                 raise ConfigError(f"{name}: {message}")
 
         check(isinstance(self.data, str) and bool(self.data.strip()), "data", "no training data file given")
-        get_objective(self.objective)
+        objective = get_objective(self.objective)
         method = get_method(self.method)
         self.method_config = method.make_config(self.method_config).to_dict()
         check(0 <= self.val_fraction < 1, "val_fraction", f"must be in [0, 1), got {self.val_fraction}")
@@ -85,6 +104,19 @@ class TrainingConfig:
             check(isinstance(value, int) and value >= 0, name, f"must be an integer >= 0, got {value!r}")
         check(self.dtype in (None, "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "dtype",
               f"must be fp32, bf16 or fp16, got {self.dtype!r}")
+        check(self.student_layers is None or (isinstance(self.student_layers, int) and self.student_layers >= 1),
+              "student_layers", f"must be an integer >= 1, got {self.student_layers!r}")
+        check(0 <= self.distill_alpha <= 1, "distill_alpha", f"must be in [0, 1], got {self.distill_alpha}")
+        check(self.distill_temperature > 0, "distill_temperature", f"must be > 0, got {self.distill_temperature}")
+        check(self.teacher_context in TEACHER_CONTEXTS, "teacher_context",
+              f"must be one of {', '.join(TEACHER_CONTEXTS)}, got {self.teacher_context!r}")
+        check(isinstance(self.teacher_top_k, int) and self.teacher_top_k >= 0, "teacher_top_k",
+              f"must be an integer >= 0, got {self.teacher_top_k!r}")
+        check(0 < self.layerwise_lr_decay <= 1, "layerwise_lr_decay",
+              f"must be in (0, 1], got {self.layerwise_lr_decay}")
+        check(isinstance(self.gradual_unfreezing, int) and self.gradual_unfreezing >= 0, "gradual_unfreezing",
+              f"must be an integer >= 0, got {self.gradual_unfreezing!r}")
+        objective.validate(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:

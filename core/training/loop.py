@@ -19,24 +19,20 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import ConfigError, RunStateError, TrainingOutOfMemoryError
 from core.io import folder_bytes, remove_folder, write_atomic, write_json
-from core.methods import PEFT_FORMAT, BuildContext, count_parameters, get_method, quantization_config
-from core.models import LoadedModel, load_causal_lm, load_tokenizer, pick_device, pick_dtype
+from core.methods import get_method
+from core.models import load_tokenizer
 from core.runs import Run, RunStore, render_card
 from core.training.batches import PreparedData, epoch_batches, prepare_data
 from core.training.checkpoint import _adalora_allocator, finalize_adalora, load_checkpoint, save_checkpoint
 from core.training.config import TrainingConfig
 from core.training.memory import PeakMemory, is_out_of_memory, out_of_memory_message, release_memory
-from core.training.objectives import autocast, evaluate_loss, get_objective
-from core.training.weights import save_trained
-
-if TYPE_CHECKING:
-    import torch
+from core.training.objectives import TrainingResources, autocast, get_objective
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +64,8 @@ class TrainResult:
     device: str
     dtype: str
     base_model: str = ""
+    objective: str = "sft"
+    extras: dict[str, Any] = field(default_factory=dict)  # the objective's own results (TrainingSession.summary)
 
     @property
     def trainable_percent(self) -> float:
@@ -80,45 +78,19 @@ class TrainResult:
         out = {k: getattr(self, k) for k in keys}
         out.update(state=self.state, steps=self.steps, total_steps=self.total_steps,
                    trainable_percent=round(self.trainable_percent, 4), first_val_loss=self.first_val_loss,
-                   device=self.device, dtype=self.dtype)
+                   device=self.device, dtype=self.dtype, objective=self.objective)
+        out.update(self.extras)
         return out
 
 
-def _compute_dtype(config: TrainingConfig, device: str) -> torch.dtype:
-    return pick_dtype(device, config.dtype)
-
-
-def load_training_model(config: TrainingConfig, total_steps: int) -> tuple[Any, LoadedModel, torch.dtype]:
-    """A fresh copy of the base (never the shared inference model) made trainable by the method's builder.
-
-    The frozen base is stored in the compute dtype (PEFT methods) or fp32 (full, layer-wise: those weights train);
-    QLoRA loads it quantized. Trainable parameters are always fp32.
-    """
-    import torch
-
-    method = get_method(config.method)
-    method_config = method.make_config(config.method_config)
-    device = pick_device(config.device)
-    compute = _compute_dtype(config, device)
-    if config.method == "qlora":
-        loaded = load_causal_lm(config.base_model, device=device, dtype=compute,
-                                quantization_config=quantization_config(method_config, compute))
-    else:
-        store = torch.float32 if method.save_format != PEFT_FORMAT else compute
-        loaded = load_causal_lm(config.base_model, device=device, dtype=store)
-    if loaded.tokenizer.pad_token_id is None:
-        raise ConfigError(f"base_model: {loaded.resolved.name} has no pad or eos token")
-    torch.manual_seed(config.seed)  # adapter initialisation
-    model = method.builder(loaded.model, method_config, BuildContext(loaded.tokenizer, total_steps))
-    for param in model.parameters():
-        if param.requires_grad and param.dtype != torch.float32:
-            param.data = param.data.float()
-    if config.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
-    model.train()
-    return model, loaded, compute
+def _validate(run: Run, session: Any, step: int, on_eval: EvalCallback | None) -> float | None:
+    """One validation pass: its measures go to metrics.jsonl; returns the validation loss (the curve)."""
+    measures = session.evaluate(session.data.val)
+    run.append_metrics({"step": step, **measures})
+    val = measures.get("val_loss")
+    if on_eval:
+        on_eval(step, val)
+    return val
 
 
 def _plan(config: TrainingConfig, n_train: int) -> tuple[int, int, int, int, int]:
@@ -147,16 +119,17 @@ def train(
     on_step: StepCallback | None = None,
     on_eval: EvalCallback | None = None,
     stop_event: threading.Event | None = None,
+    resources: TrainingResources | None = None,
 ) -> TrainResult:
     """Train a new run. ``run_dir`` (a new or empty folder) or a fresh id under ``runs_root`` (default: the
     workspace's runs/). Returns when the run completes, is stopped, or fails (the error is then raised after the
-    run's status is recorded)."""
+    run's status is recorded). ``resources``: what the objective needs from above (a teacher, a retriever)."""
     if run_dir is None and runs_root is None:
         raise ConfigError("out: give the run folder (run_dir) or the runs folder to create it in (runs_root)")
     store = RunStore(runs_root or Path(run_dir).parent)
     data = prepare_data(config, lambda: load_tokenizer(config.base_model))  # bad data or model: before any run folder
     run = store.create({"format": 1, **config.to_dict()}, run_dir)
-    return _run(run, config, None, on_step, on_eval, stop_event, data)
+    return _run(run, config, None, on_step, on_eval, stop_event, data, resources)
 
 
 def resume(
@@ -165,6 +138,7 @@ def resume(
     on_step: StepCallback | None = None,
     on_eval: EvalCallback | None = None,
     stop_event: threading.Event | None = None,
+    resources: TrainingResources | None = None,
 ) -> TrainResult:
     """Continue a run from its latest checkpoint (also after the process was killed): same data order, optimizer,
     scheduler and RNG state, so the steps after the checkpoint repeat what an uninterrupted run would do."""
@@ -174,17 +148,18 @@ def resume(
     config = TrainingConfig.from_dict(values)
     checkpoint = run.latest_checkpoint()
     data = prepare_data(config, lambda: load_tokenizer(config.base_model))
-    return _run(run, config, checkpoint, on_step, on_eval, stop_event, data)
+    return _run(run, config, checkpoint, on_step, on_eval, stop_event, data, resources)
 
 
 def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
-         on_eval: EvalCallback | None, stop_event: threading.Event | None, data: PreparedData) -> TrainResult:
+         on_eval: EvalCallback | None, stop_event: threading.Event | None, data: PreparedData,
+         resources: TrainingResources | None) -> TrainResult:
     import torch
 
     start_wall = time.perf_counter()
     run.set_status("running", step=0)
     try:
-        return _loop(run, config, checkpoint, on_step, on_eval, stop_event, start_wall, data)
+        return _loop(run, config, checkpoint, on_step, on_eval, stop_event, start_wall, data, resources)
     except BaseException as err:  # record the failure (also KeyboardInterrupt), then let it propagate
         if not is_out_of_memory(err):
             message = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -206,21 +181,19 @@ def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: Ste
 
 def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
           on_eval: EvalCallback | None, stop_event: threading.Event | None, start_wall: float,
-          data: PreparedData) -> TrainResult:
+          data: PreparedData, resources: TrainingResources | None) -> TrainResult:
     import torch
 
     method = get_method(config.method)
     random.seed(config.seed)
     torch.manual_seed(config.seed)
-    device = pick_device(config.device)
     micro_per_epoch, total, warmup, eval_every, checkpoint_every = _plan(config, len(data.train))
-    model, loaded, compute = load_training_model(config, total)
-    tokenizer = loaded.tokenizer
-    pad_id = tokenizer.pad_token_id
-    params = [p for p in model.parameters() if p.requires_grad]
-    trainable, total_params = count_parameters(model)
+    objective = get_objective(config.objective)
+    session = objective.session(objective, config, data, total, resources)
+    model, device, compute = session.model, session.device, session.compute
+    trainable, total_params = session.counts()
     lr = config.learning_rate or method.default_lr
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(session.parameter_groups(lr), lr=lr, weight_decay=config.weight_decay)
     scheduler = _scheduler(optimizer, config.scheduler, warmup, total)
     scaler = torch.amp.GradScaler("cuda") if compute == torch.float16 and device.startswith("cuda") else None
     step, tokens_seen, train_s = 0, 0, 0.0
@@ -233,8 +206,8 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
         logger.info("resumed %s at step %d/%d from %s", run.run_id, step, total, checkpoint.name)
     elif run.metrics():
         run.truncate_metrics(0)  # resumed without a checkpoint: start over
-    logger.info("%s: %s on %d examples (%d validation), %d steps, %s/%s, %d trainable of %d params (%.3f%%)",
-                run.run_id, config.method, len(data.train), len(data.val), total, device,
+    logger.info("%s: %s %s on %d examples (%d validation), %d steps, %s/%s, %d trainable of %d params (%.3f%%)",
+                run.run_id, config.objective, config.method, len(data.train), len(data.val), total, device,
                 str(compute).removeprefix("torch."), trainable, total_params, 100 * trainable / total_params)
     if data.truncated:
         logger.warning("%d training examples were longer than max_length=%d and were cut", data.truncated,
@@ -250,37 +223,34 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
         return cache[epoch][index]
 
     allocator = _adalora_allocator(model)
-    objective = get_objective(config.objective)
-    fast_head = config.answer_only_head and objective.fast_path(model)
     val_losses = [row["val_loss"] for row in run.metrics() if "val_loss" in row]
     train_losses = [row["loss"] for row in run.metrics() if "loss" in row]
     state = "completed"
     with PeakMemory(device) as memory:
         if checkpoint is None and data.val:  # the starting point of the validation curve
-            val = evaluate_loss(model, data.val, config.batch_size, pad_id, device, compute, objective)
-            run.append_metrics({"step": 0, "val_loss": val})
+            val = _validate(run, session, 0, on_eval)
             val_losses.append(val)
-            if on_eval:
-                on_eval(0, val)
         while step < total:
             step_start = time.perf_counter()
-            batches = [objective.collate([data.train[i] for i in micro_batch(step * config.grad_accum + k)], pad_id,
-                                         device) for k in range(config.grad_accum)]
-            step_tokens = sum(objective.units(b) for b in batches) or 1
+            session.before_step(step)
+            batches = [session.collate([data.train[i] for i in micro_batch(step * config.grad_accum + k)])
+                       for k in range(config.grad_accum)]
+            step_tokens = sum(session.units(b) for b in batches) or 1
             step_loss = 0.0
             for batch in batches:
-                n = objective.units(batch)
+                n = session.units(batch)
                 if n == 0:
                     continue
                 with autocast(device, compute):
-                    loss = objective.loss(model, batch, fast_head)
+                    loss = session.loss(batch)
                 scaled = loss * (n / step_tokens)  # token-weighted mean over the accumulation window
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 step_loss += float(loss.detach()) * n / step_tokens
                 tokens_seen += int(batch["attention_mask"].sum())
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm or float("inf")))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(session.trainable(),
+                                                             config.max_grad_norm or float("inf")))
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -303,11 +273,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
                 on_step(step, total, step_loss, current_lr, rate, eta)
             stopping = stop_event is not None and stop_event.is_set()
             if data.val and (step % eval_every == 0 or step == total or stopping):
-                val = evaluate_loss(model, data.val, config.batch_size, pad_id, device, compute, objective)
-                run.append_metrics({"step": step, "val_loss": val})
-                val_losses.append(val)
-                if on_eval:
-                    on_eval(step, val)
+                val_losses.append(_validate(run, session, step, on_eval))
             if step % checkpoint_every == 0 or stopping or step == total:
                 save_checkpoint(run, model, optimizer, scheduler, step,
                                 {"tokens_seen": tokens_seen, "train_s": train_s, "total_steps": total,
@@ -319,7 +285,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
                 logger.info("stopped at step %d/%d", step, total)
                 break
     finalize_adalora(model)
-    weights = save_trained(run, model, tokenizer, method.save_format)
+    weights = session.save(run)
     result = TrainResult(
         run_dir=str(run.path), run_id=run.run_id, method=config.method, state=state, steps=step, total_steps=total,
         trainable_params=trainable, total_params=total_params, adapter_bytes=folder_bytes(weights),
@@ -329,7 +295,8 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
         tokens_per_s=round(tokens_seen / train_s, 2) if train_s else 0.0, peak_mem_bytes=int(memory.peak),
         wall_s=round(time.perf_counter() - start_wall, 3), train_examples=len(data.train),
         val_examples=len(data.val), data_sha256=data.sha256, device=device,
-        dtype=str(compute).removeprefix("torch."), base_model=loaded.resolved.name,
+        dtype=str(compute).removeprefix("torch."), base_model=session.base_model_name, objective=config.objective,
+        extras=session.summary(),
     )
     write_json(run.path / "result.json", asdict(result))
     run.set_status(state, step=step, total_steps=total)

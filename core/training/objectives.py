@@ -1,21 +1,36 @@
 """Training objectives: what a batch is and what the loss is, orthogonal to the method (which weights train).
 
 An objective turns examples into encoded rows, rows into a batch, and a batch into a loss with the number of units
-it averages over (the loop weights micro-batches by it). ``sft`` (instruction tuning: next-token cross-entropy on
-answer tokens, the prompt masked) is the one objective today; classification, distillation and preference objectives
-register beside it with ``register_objective``.
+it averages over (the loop weights micro-batches by it). The loop drives one ``TrainingSession`` per run: the
+objective's session class loads what it trains (and anything else it needs, e.g. a frozen teacher), computes the
+loss, evaluates (validation loss and the objective's own measures), saves the weights and reports its extras for
+result.json and the CLI's ``--json``. ``sft`` (instruction tuning: next-token cross-entropy on answer tokens, the
+prompt masked) is the default; other objectives (core.training.classification, core.training.distillation) subclass
+the session and register beside it with ``register_objective``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.data import encode_for_training
+from core.errors import ConfigError
+from core.methods import count_parameters, get_method
+from core.models import pick_device
 from core.registry import Registry
+from core.training.hybrids import before_step, parameter_groups
+from core.training.model import load_training_model
+from core.training.weights import save_trained
 
 if TYPE_CHECKING:
     import torch
+
+    from core.runs import Run
+    from core.training.batches import PreparedData
+    from core.training.config import TrainingConfig
 
 
 def collate(examples: list[Any], pad_id: int, device: str) -> dict[str, torch.Tensor]:
@@ -112,18 +127,111 @@ def evaluate_loss(model: Any, examples: list[Any], batch_size: int, pad_id: int,
 
 
 @dataclass(frozen=True)
+class TrainingResources:
+    """What an objective may need from layers above training, handed in by the engine (core.engine.runs): the
+    teacher of a distillation run, loaded (``load_teacher() -> LoadedModel``, core.inference's loading of any run
+    or model), and the knowledge base's passages for a question (``retrieve(question) -> list of passage texts``)
+    for context distillation. None: not provided."""
+
+    load_teacher: Callable[[], Any] | None = None
+    retrieve: Callable[[str], list[str]] | None = None
+
+
+class TrainingSession:
+    """One run's objective at work: the model it trains and how. The loop calls, in order: ``counts``,
+    ``parameter_groups`` (for AdamW), then per step ``before_step``, ``collate``/``units``/``loss``, ``trainable``
+    (for clipping); ``evaluate`` at each validation pass; ``save`` and ``summary`` at the end. This class is SFT's;
+    other objectives subclass it and override what differs."""
+
+    def __init__(self, objective: Objective, config: TrainingConfig, data: PreparedData, total_steps: int,
+                 resources: TrainingResources | None = None) -> None:
+        self.objective, self.config, self.data, self.total_steps = objective, config, data, total_steps
+        self.resources = resources or TrainingResources()
+        self.device = pick_device(config.device)
+        self.model, self.loaded, self.compute = self.load_model()
+        self.pad_id = self.tokenizer.pad_token_id
+        self.fast = config.answer_only_head and objective.fast_path(self.model)
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def base_model_name(self) -> str:
+        return self.loaded.resolved.name
+
+    def load_model(self) -> tuple[Any, Any, torch.dtype]:
+        """(the model to train, the LoadedModel it came from, the compute dtype)."""
+        return load_training_model(self.config, self.total_steps)
+
+    def counts(self) -> tuple[int, int]:
+        """(trainable, total) parameters of what this run trains and saves."""
+        return count_parameters(self.model)
+
+    def parameter_groups(self, lr: float) -> list[dict[str, Any]]:
+        """AdamW's parameter groups (core.training.hybrids: one group, or learning rates by depth)."""
+        return parameter_groups(self.model, self.config, lr)
+
+    def trainable(self) -> list[Any]:
+        return [p for p in self.model.parameters() if p.requires_grad]
+
+    def before_step(self, step: int) -> None:
+        """Called before optimizer step ``step`` + 1 (gradual unfreezing opens blocks here)."""
+        before_step(self.model, self.config, step)
+
+    def collate(self, rows: list[Any]) -> dict[str, torch.Tensor]:
+        return self.objective.collate(rows, self.pad_id, self.device)
+
+    def units(self, batch: dict[str, torch.Tensor]) -> int:
+        return self.objective.units(batch)
+
+    def loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.objective.loss(self.model, batch, self.fast)
+
+    def evaluate(self, examples: list[Any]) -> dict[str, float | None]:
+        """The validation measures at one pass: ``val_loss`` first (the curve), then the objective's own."""
+        return {"val_loss": evaluate_loss(self.model, examples, self.config.batch_size, self.pad_id, self.device,
+                                          self.compute, self.objective)}
+
+    def save(self, run: Run) -> Path:
+        """The trained weights in the method's save format; returns their folder."""
+        return save_trained(run, self.model, self.tokenizer, get_method(self.config.method).save_format)
+
+    def summary(self) -> dict[str, Any]:
+        """The objective's extras for result.json and ``train --json`` (after ``save``)."""
+        return {}
+
+
+@dataclass(frozen=True)
 class Objective:
     """One training objective. ``encode(tokenizer, example, system, max_length)`` -> an encoded row (with
     ``input_ids`` and ``answer_tokens``); ``collate(rows, pad_id, device)`` -> a batch; ``loss(model, batch, fast)``
-    -> the mean loss over ``units(batch)`` units; ``fast_path(model)``: whether ``loss`` may take its shortcut."""
+    -> the mean loss over ``units(batch)`` units; ``fast_path(model)``: whether ``loss`` may take its shortcut.
+    ``session``: the TrainingSession class a run of it uses. ``prepare(config, load_tokenizer)`` -> PreparedData,
+    where the objective reads its data its own way (None: core.training.batches reads instruction data).
+    ``check(config)``: raises ConfigError naming the field for settings this objective cannot use. ``methods``:
+    the methods it trains with (None: all)."""
 
     name: str
+    title: str
     description: str
     encode: Any
     collate: Any
     loss: Any
     units: Any
     fast_path: Any
+    session: type[TrainingSession] = TrainingSession
+    prepare: Callable[..., Any] | None = None
+    check: Callable[[Any], None] | None = None
+    methods: tuple[str, ...] | None = None
+
+    def validate(self, config: TrainingConfig) -> None:
+        """The objective's rules for ``config`` (called by TrainingConfig): its methods, then its own check."""
+        if self.methods is not None and config.method not in self.methods:
+            raise ConfigError(f"method: the {self.name} objective trains with {', '.join(self.methods)}; "
+                              f"got {config.method!r}")
+        if self.check is not None:
+            self.check(config)
 
 
 def _sft_loss(model: Any, batch: dict[str, torch.Tensor], fast: bool) -> torch.Tensor:
@@ -136,6 +244,7 @@ get_objective = OBJECTIVES.lookup
 
 
 register_objective(Objective(
-    "sft", "Instruction tuning: next-token cross-entropy on the answer tokens (the prompt is masked).",
+    "sft", "Instruction tuning",
+    "Instruction tuning: next-token cross-entropy on the answer tokens (the prompt is masked).",
     encode_for_training, collate, _sft_loss, loss_tokens, supports_answer_only_head,
 ))

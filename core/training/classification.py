@@ -1,0 +1,1 @@
+"""The classification objective (being built: see issue 16)."""

@@ -1,0 +1,1 @@
+"""The distillation objective (being built: see issue 16)."""

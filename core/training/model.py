@@ -1,0 +1,64 @@
+"""The model a run trains: a fresh copy of the base (never the shared inference model) made trainable by the
+method's builder, in the dtypes the device policy picks."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from core.errors import ConfigError
+from core.methods import PEFT_FORMAT, BuildContext, get_method, quantization_config
+from core.models import LoadedModel, load_causal_lm, pick_device, pick_dtype
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.training.config import TrainingConfig
+
+
+def compute_dtype(config: TrainingConfig, device: str) -> torch.dtype:
+    return pick_dtype(device, config.dtype)
+
+
+def make_trainable(model: Any, config: TrainingConfig, tokenizer: Any, total_steps: int, *,
+                   task_type: str = "CAUSAL_LM") -> Any:
+    """The method's builder over ``model`` (PEFT ``task_type``: CAUSAL_LM, or SEQ_CLS for a classification head);
+    trainable weights in fp32; gradient checkpointing when asked."""
+    import torch
+
+    method = get_method(config.method)
+    torch.manual_seed(config.seed)  # adapter initialisation
+    context = BuildContext(tokenizer, total_steps, task_type)
+    model = method.builder(model, method.make_config(config.method_config), context)
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(model, "enable_input_require_grads"):
+            model.enable_input_require_grads()
+    model.train()
+    return model
+
+
+def load_training_model(config: TrainingConfig, total_steps: int) -> tuple[Any, LoadedModel, torch.dtype]:
+    """A fresh copy of the base made trainable by the method's builder.
+
+    The frozen base is stored in the compute dtype (PEFT methods) or fp32 (full, layer-wise: those weights train);
+    QLoRA loads it quantized. Trainable parameters are always fp32.
+    """
+    import torch
+
+    method = get_method(config.method)
+    method_config = method.make_config(config.method_config)
+    device = pick_device(config.device)
+    compute = compute_dtype(config, device)
+    if config.method == "qlora":
+        loaded = load_causal_lm(config.base_model, device=device, dtype=compute,
+                                quantization_config=quantization_config(method_config, compute))
+    else:
+        store = torch.float32 if method.save_format != PEFT_FORMAT else compute
+        loaded = load_causal_lm(config.base_model, device=device, dtype=store)
+    if loaded.tokenizer.pad_token_id is None:
+        raise ConfigError(f"base_model: {loaded.resolved.name} has no pad or eos token")
+    model = make_trainable(loaded.model, config, loaded.tokenizer, total_steps)
+    return model, loaded, compute
