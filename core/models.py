@@ -137,9 +137,12 @@ def _folder_gguf(folder: Path) -> Path | None:
 
 
 def resolve_base_model(name: str | None = None) -> ResolvedModel:
-    """Resolve a registry name, local folder, ``.gguf`` file or hub id. Raises ModelNotFoundError."""
+    """Resolve a registry name, local folder, ``.gguf`` file or hub id. Raises ModelNotFoundError.
+
+    The embedding registry's names resolve too (its bundled copy first): a classification head trains on the
+    bundled encoder by name (``--model all-MiniLM-L6-v2``), offline."""
     name = name or default_base_model()
-    spec = BASE_MODELS.get(name)
+    spec = BASE_MODELS.get(name) or EMBEDDING_MODELS.get(name)
     if spec is not None:
         bundled = package_path(spec.package, spec.package_file) if spec.package else None
         if bundled is not None:
@@ -368,6 +371,35 @@ def load_causal_lm(
         tokenizer.pad_token = tokenizer.eos_token
     if quantization_config is None:
         model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, resolved, device, torch_dtype, time.perf_counter() - start)
+
+
+def load_sequence_classifier(
+    name: str | None, labels: list[str], *, device: str | None = None, dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
+    """A base model (decoder or encoder) with a fresh classification head over ``labels`` (index = class id), and
+    its tokenizer, in eval mode. Encoders (BERT) put the head on the pooled [CLS] state; decoders on the last
+    non-pad token, so the pad id is written into the model config. Raises ModelNotFoundError."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    start = time.perf_counter()
+    resolved = resolve_base_model(name)
+    location = loadable_location(resolved)
+    device = pick_device(device)
+    torch_dtype = dtype if dtype is not None and not isinstance(dtype, str) else pick_dtype(device, dtype)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        model = AutoModelForSequenceClassification.from_pretrained(
+            location, dtype=torch_dtype, num_labels=len(labels), id2label=dict(enumerate(labels)),
+            label2id={label: i for i, label in enumerate(labels)}, pad_token_id=tokenizer.pad_token_id)
+    except OSError as err:
+        if resolved.kind == "hub":
+            raise ModelNotFoundError(_not_found_message(resolved)) from err
+        raise ModelNotFoundError(f"model folder {location} could not be loaded: {_first_line(err)}") from err
+    model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, resolved, device, torch_dtype, time.perf_counter() - start)
 

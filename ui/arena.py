@@ -20,6 +20,7 @@ from core.data import demo_path, load_examples
 from core.engine import DEMO_RUN, Engine
 from core.inference import GenerationConfig
 from ui.common import DEMO_INDEX, field_default, field_help, index_choices, run_choices
+from ui.eval_views import probabilities_html
 from ui.verdict import arena_verdict
 
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
@@ -41,7 +42,8 @@ def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None 
     chips = []
     if result.get("latency_s") is not None:
         chips.append(f"<span class='ta-chip'>{result['latency_s']:.1f} s</span>")
-        chips.append(f"<span class='ta-chip'>{result.get('new_tokens', 0)} tokens</span>")
+        chips.append("<span class='ta-chip'>label</span>" if result.get("probabilities") else
+                     f"<span class='ta-chip'>{result.get('new_tokens', 0)} tokens</span>")
     for key, label in CHIPS:
         value = (result.get("metrics") or {}).get(key)
         if value is None:
@@ -53,6 +55,7 @@ def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None 
         f"{html.escape(' '.join(passage['text'].split())[:300])}</li>" for passage in result.get("retrieved", []))
     parts = [f"<div class='ta-card'><h3>{title}</h3>",
              f"<div class='ta-answer'>{html.escape(answer) or '<i>…</i>'}</div>",
+             probabilities_html(result.get("probabilities")),
              f"<div class='ta-chips'>{''.join(chips)}</div>"]
     parts += [f"<p class='ta-why'>{html.escape(note)}</p>" for note in result.get("notes") or []]
     if retrieved:

@@ -140,6 +140,17 @@ def examples_table(saved: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
     return headers, rows
 
 
+def probabilities_html(probabilities: dict[str, float] | None, top: int = 3) -> str:
+    """A classification run's most likely classes as small bars (``label 93%``), or "" for a generated answer."""
+    if not probabilities:
+        return ""
+    ranked = sorted(probabilities.items(), key=lambda pair: -pair[1])[:top]
+    bars = "".join(f"<li><span class='ta-prob-label'>{html.escape(str(label))}</span> "
+                   f"<meter min='0' max='1' value='{p:.4f}'></meter> {100 * p:.0f}%</li>" for label, p in ranked)
+    return (f"<ul class='ta-probs' style='list-style:none;margin:4px 0;padding:0' "
+            f"title='class probabilities of the classification head'>{bars}</ul>")
+
+
 def _chip(label: str, value: float | None, best: bool) -> str:
     if value is None:
         return ""
@@ -183,11 +194,13 @@ def render_example(rows: Sequence[dict[str, Any]], uid: str | None) -> str:
                               and metrics[metric] >= best[metric] - 1e-9)
                         for metric, label in METRIC_LABELS.items())
         seconds = row.get("generate_s")
-        facts = f"{row.get('new_tokens', 0)} tokens" + (f", {seconds:.1f} s" if seconds is not None else "")
+        facts = ("label" if row.get("probabilities") else f"{row.get('new_tokens', 0)} tokens") + (
+            f", {seconds:.1f} s" if seconds is not None else "")
         sources = sorted({str(source).rsplit("/", 1)[-1] for source in row.get("sources") or []})
         found = f"<div class='ta-eval-meta'>sources: {html.escape(', '.join(sources))}</div>" if sources else ""
         parts.append(f"<tr><td><b>{name}</b><div class='ta-eval-meta'>{facts}</div></td>"
-                     f"<td><div class='ta-eval-text'>{html.escape(str(row.get('answer') or ''))}</div>{found}</td>"
+                     f"<td><div class='ta-eval-text'>{html.escape(str(row.get('answer') or ''))}</div>"
+                     f"{probabilities_html(row.get('probabilities'))}{found}</td>"
                      f"<td>{chips or NONE}</td></tr>")
     parts.append("</tbody></table></div>")
     return "".join(parts)

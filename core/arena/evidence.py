@@ -67,9 +67,11 @@ def run_results(context: ArenaContext, results: Sequence[VariantResult]) -> dict
     for result in results:
         key = context.adapter_keys.get(result.adapter) if result.adapter else None
         info = getattr(context.host, "adapters", {}).get(key) if key else None
-        if info is not None:
+        classifier = context.classifiers.get(result.adapter) if result.adapter else None  # a classification run
+        run_dir = info.run_dir if info is not None else (classifier.run_dir if classifier is not None else None)
+        if run_dir is not None:
             try:
-                runs[result.variant] = {**(Run(Path(info.run_dir)).result or {}), "run_id": Path(info.run_dir).name}
+                runs[result.variant] = {**(Run(Path(run_dir)).result or {}), "run_id": Path(run_dir).name}
             except (OSError, ValueError):  # a run folder that went bad since it was loaded: no cost shown
                 continue
     return runs

@@ -5,7 +5,8 @@ plus, for the fine-tuned ones, an adapter run. All variants of all queries go to
 which batches every row that can share the base model (base rows and LoRA adapters) and gives the other adapters
 batches of their own; a strategy that does not generate (``nearest_answer``) answers without the model.
 A variant that cannot run (no index, no adapter, no pool) comes back ``available=False`` with the reason; the rest
-still run.
+still run. A classification run (core.inference.classifier) answers a ``finetuned`` variant with its label and the
+class probabilities, without generating: its rows are classified in batches before generation starts.
 """
 
 
@@ -39,7 +40,8 @@ from core.arena.strategies import (
 )
 from core.data import Example
 from core.errors import ConfigError
-from core.inference import AdapterHost, GenerationConfig
+from core.inference import AdapterHost, Classifier, GenerationConfig
+from core.text import short_name
 
 logger = logging.getLogger(__name__)
 
@@ -108,6 +110,7 @@ class ArenaContext:
     similarity_embedder: Any = None  # a sentence-transformers model for the similarity metric
     adapter_keys: dict[str, str] = field(default_factory=dict)  # adapter as given -> host key
     adapter_errors: dict[str, str] = field(default_factory=dict)
+    classifiers: dict[str, Classifier] = field(default_factory=dict)  # adapter as given -> a classification run
 
 
 @dataclass
@@ -134,6 +137,7 @@ class VariantResult:
     retrieved: list[dict[str, Any]] = field(default_factory=list)
     shots: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # what was cut to fit the context window, for the reader
+    probabilities: dict[str, float] = field(default_factory=dict)  # a classification run's classes, likeliest first
 
     def to_dict(self) -> dict[str, Any]:
         row = asdict(self)
@@ -165,6 +169,10 @@ def _unavailable_reason(spec: VariantSpec, context: ArenaContext) -> str | None:
             return "no fine-tuned run chosen (train one, or pass --adapter RUN_DIR)"
         if spec.adapter in context.adapter_errors:
             return context.adapter_errors[spec.adapter]
+        if spec.adapter in context.classifiers and not strategy.classifies:
+            return (f"{short_name(spec.adapter)} is a classification run: it answers with a label from the query "
+                    f"alone (use it as finetuned), it cannot read the {spec.strategy.removeprefix('finetuned_')} "
+                    "prompt")
     if strategy.uses_retrieval and context.knowledge_base is None:
         return context.index_error or "no knowledge base chosen (build one, or pass --index DIR)"
     if strategy.uses_shots and not context.pool:
@@ -172,6 +180,12 @@ def _unavailable_reason(spec: VariantSpec, context: ArenaContext) -> str | None:
     if strategy.uses_nearest and not context.pool:
         return "no pool examples to copy an answer from (the few-shot pool file is empty or missing)"
     return None
+
+
+def _routed_tasks(host: Any, key: str | None) -> tuple[str, ...]:
+    """The tasks a loaded run routes rows by (multi-task prompt tuning), empty for every other run."""
+    info = getattr(host, "adapters", {}).get(key) if key else None
+    return tuple(getattr(info, "tasks", ()) or ())
 
 
 def run_examples(
@@ -200,6 +214,7 @@ def run_examples(
     room = f"the model's {window}-token context window with {config.generation.max_new_tokens} tokens for the answer"
     table: list[list[VariantResult]] = []
     requests: list[tuple[int, int, str, str | None]] = []  # (example, variant, prompt, adapter key)
+    to_classify: dict[str, list[tuple[int, int]]] = {}  # classification run (as given) -> (example, variant)
     needs_retrieval = any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs)
     needs_shots = any(STRATEGIES[spec.strategy].uses_shots for spec in specs)
     needs_nearest = any(STRATEGIES[spec.strategy].uses_nearest for spec in specs)
@@ -233,6 +248,9 @@ def run_examples(
                 result.available, result.error = False, reason
                 continue
             strategy = STRATEGIES[spec.strategy]
+            if spec.adapter in context.classifiers:  # answered by its label, below: no prompt, no generation
+                to_classify.setdefault(spec.adapter, []).append((number, index))
+                continue
             began = time.perf_counter()
             request = PromptRequest(example, config.system_prompt, lambda messages: host.count_tokens(
                 host.render(messages)), budget, room, passages, shots, nearest)
@@ -260,8 +278,17 @@ def run_examples(
                 continue
             result.prompt, result.prompt_tokens = prompt, tokens
             adapter_key = context.adapter_keys.get(spec.adapter) if spec.adapter else None
+            routed = _routed_tasks(host, adapter_key)
+            if routed and example.task not in routed:  # multi-task prompt tuning: a prompt per task it trained on
+                result.available = False
+                result.error = (f"this run answers per task ({', '.join(routed)}); the query's task is "
+                                f"{example.task or 'not set'}: choose one of its tasks")
+                continue
             requests.append((number, index, prompt, adapter_key))
         table.append(row)
+
+    for adapter, cells in to_classify.items():
+        _classify(examples, table, cells, context.classifiers[adapter], config.max_batch_size, start, on_text)
 
     if requests:
         order = sorted(range(len(requests)), key=lambda i: host.count_tokens(requests[i][2]))  # less padding
@@ -272,8 +299,10 @@ def run_examples(
                 number, index, _, _ = ordered[row]
                 on_text(number, index, text)
         report = (lambda done, total: on_progress("generate", done, total)) if on_progress else None
+        routing = {"tasks": [examples[r[0]].task for r in ordered]} if any(
+            _routed_tasks(host, r[3]) for r in ordered) else {}  # each row's task, for the runs that route by it
         generated = host.generate([r[2] for r in ordered], [r[3] for r in ordered], config.generation,
-                                  max_batch_size=config.max_batch_size, on_text=forward, on_batch=report)
+                                  max_batch_size=config.max_batch_size, on_text=forward, on_batch=report, **routing)
         for (number, index, _, _), output in zip(ordered, generated, strict=True):
             result = table[number][index]
             result.answer, result.new_tokens, result.finish = output.text, output.new_tokens, output.finish
@@ -284,6 +313,27 @@ def run_examples(
     if score:
         score_results(examples, table, context, label_sets)
     return table
+
+
+def _classify(examples: Sequence[Example], table: list[list[VariantResult]], cells: list[tuple[int, int]],
+              classifier: Classifier, batch_size: int, start: float,
+              on_text: Callable[[int, int, str], None] | None) -> None:
+    """Answer ``cells`` (example, variant) with the classifier's label and class probabilities, ``batch_size`` rows
+    per forward pass. ``latency_s`` runs from the request's start to the end of the row's batch, as for generated
+    answers; ``generate_s``/``batch_s``: the batch's forward pass."""
+    for first in range(0, len(cells), batch_size):
+        chunk = cells[first : first + batch_size]
+        began = time.perf_counter()
+        predictions = classifier.predict([classifier.text_of(examples[number]) for number, _ in chunk],
+                                         batch_size=batch_size)
+        ended = time.perf_counter()
+        for (number, index), prediction in zip(chunk, predictions, strict=True):
+            result = table[number][index]
+            result.answer, result.probabilities, result.finish = prediction.label, prediction.probabilities, "label"
+            result.latency_s, result.generate_s = ended - start, ended - began
+            result.batch_s, result.batch_size = ended - began, len(chunk)
+            if on_text:
+                on_text(number, index, result.answer)
 
 
 def score_results(examples: Sequence[Example], table: list[list[VariantResult]], context: ArenaContext,

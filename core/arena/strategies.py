@@ -118,7 +118,8 @@ class Strategy:
     ``uses_retrieval``: gets the knowledge base's top-k passages; ``uses_shots``: gets k worked examples from the
     few-shot pool (``few_shot_k``, ``few_shot_selection``); ``uses_nearest``: gets the pool's single most similar
     example (by embedding, else by word overlap, whatever the selection); ``generates``: False for a strategy whose
-    ``Prompt.answer`` is the answer (nothing goes to the model)."""
+    ``Prompt.answer`` is the answer (nothing goes to the model); ``classifies``: a classification run
+    (core.inference.classifier) may answer it with its label, from the query text alone."""
 
     name: str
     title: str
@@ -129,6 +130,7 @@ class Strategy:
     uses_shots: bool = False
     uses_nearest: bool = False
     generates: bool = True
+    classifies: bool = False
 
     def __post_init__(self) -> None:
         if self.uses_adapter and not self.generates:
@@ -145,7 +147,8 @@ for _strategy in (
              uses_shots=True),
     Strategy("rag", "RAG", "top-k retrieved passages with their sources, then the query", build_with_passages,
              uses_retrieval=True),
-    Strategy("finetuned", "Fine-tuned", "a trained run's weights, query only", build_zero_shot, uses_adapter=True),
+    Strategy("finetuned", "Fine-tuned", "a trained run's weights, query only", build_zero_shot, uses_adapter=True,
+             classifies=True),
     Strategy("finetuned_rag", "Fine-tuned + RAG", "the trained weights and the retrieved passages",
              build_with_passages, uses_adapter=True, uses_retrieval=True),
     Strategy("finetuned_few_shot", "Fine-tuned + few-shot", "the trained weights and k worked examples",

@@ -20,9 +20,10 @@ from core.arena import (
 )
 from core.data import Example, demo_path, load_examples
 from core.errors import AdapterError, ConfigError
-from core.inference import AdapterHost, AdapterInfo
+from core.inference import AdapterHost, AdapterInfo, Classifier, is_classification_run, load_classifier
 from core.limits import child_folder, max_eval_rows, writable_folder
 from core.models import default_base_model
+from core.runs import Run
 from retrieval.evaluation import source_matches
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,28 @@ class ArenaMixin:
         with self._lock:
             self._pools[path] = cached
         return cached
+
+    def classifier(self, run: str | Path) -> Classifier:
+        """A classification run loaded to predict (after ``checked_run``), kept for the next call; a run whose
+        weights were saved again since (a stopped run resumed) is loaded again. Never on an AdapterHost: its base
+        (e.g. the MiniLM encoder) is a model of its own."""
+        return self._classifier_at(self.checked_run(run))
+
+    def _classifier_at(self, folder: Path) -> Classifier:
+        key = str(folder.resolve())
+        stamp = (Run(folder).weights_dir or folder).stat().st_mtime_ns
+        with self._lock:
+            cached = self._classifiers.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        try:
+            loaded = load_classifier(folder, device=self.models.device, dtype=self.models.dtype)
+        except (RuntimeError, KeyError, TypeError, OSError) as err:  # e.g. weights of another base model
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise AdapterError(f"adapter: {folder}: cannot be loaded as a classifier ({reason})") from None
+        with self._lock:
+            self._classifiers[key] = (stamp, loaded)
+        return loaded
 
     def add_adapter(self, run: str | Path, *, model: str | None = None) -> AdapterInfo:
         """A run's weights ready on the shared base model ``model``, after ``checked_run``. Weights that do not fit
@@ -127,7 +150,10 @@ class ArenaMixin:
                 context.adapter_errors[adapter] = folder
                 continue
             try:
-                context.adapter_keys[adapter] = self._add_checked(host, folder).key
+                if is_classification_run(folder):  # its own model, answering with labels: never on the host
+                    context.classifiers[adapter] = self._classifier_at(folder)
+                else:
+                    context.adapter_keys[adapter] = self._add_checked(host, folder).key
             except (ValueError, KeyError, OSError) as err:
                 if strict_adapters:
                     raise

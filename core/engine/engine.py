@@ -56,6 +56,7 @@ class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):
         self._knowledge_bases: dict[str, tuple[int, object]] = {}  # folder -> (manifest mtime, KnowledgeBase)
         self._hosts: dict[str, object] = {}  # base model -> AdapterHost
         self._pools: dict[str, tuple[list, object]] = {}  # few-shot file -> (examples, vectors)
+        self._classifiers: dict[str, tuple[int, object]] = {}  # run folder -> (weights mtime, loaded Classifier)
         self._scorer = None
         self._lock = threading.Lock()
         self._demo_lock = threading.Lock()
