@@ -15,24 +15,74 @@ from core.inference import merge_and_export, merge_refusal
 from core.io import atomic_folder, read_json, write_json
 from core.methods.artifacts import check_run_weights
 from core.runs import Run, RunStore
-from core.training import TrainingConfig, TrainResult, resume, train
+from core.training import TrainingConfig, TrainingResources, TrainResult, resume, train
+from core.training.teachers import TeacherSource, check_teacher, is_run_folder, student_base_config
 
 logger = logging.getLogger(__name__)
 
 DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
 DEMO_EVAL = "demo-eval"  # evals/demo-eval: the shipped demo evaluation (assets/demo/eval-demo)
+CONTEXT_PASSAGES = 3  # passages the teacher of a context-distillation run reads (the arena's rag_k default)
 
 
 class RunsMixin:
     """Training runs of an Engine (see core.engine.engine.Engine for the state it holds)."""
 
     def train(self, config: TrainingConfig, **kwargs) -> TrainResult:
-        """Train a new run in this workspace (``kwargs``: run_dir, on_step, on_eval, stop_event; see core.training)."""
+        """Train a new run in this workspace (``kwargs``: run_dir, on_step, on_eval, stop_event; see core.training).
+        A distillation run gets its teacher and retriever from here (``training_resources``)."""
+        config, resources = self.training_resources(config)
+        kwargs.setdefault("resources", resources)
         return train(config, runs_root=self.workspace.runs, **kwargs)
 
     def resume(self, run: str | Path, **kwargs) -> TrainResult:
-        """Continue a stopped or killed run from its latest checkpoint (a run id; unconfined: also a run folder)."""
-        return resume(self.find_run(run).path, **kwargs)
+        """Continue a stopped or killed run from its latest checkpoint (a run id; unconfined: also a run folder).
+        A distillation run's teacher is loaded again (its cached logits, if any, are reused)."""
+        found = self.find_run(run)
+        values = {key: value for key, value in found.config.items() if key != "format"}
+        if values.get("objective") == "distillation":
+            kwargs.setdefault("resources", self.training_resources(TrainingConfig.from_dict(values))[1])
+        return resume(found.path, **kwargs)
+
+    def teacher_source(self, teacher: str) -> TeacherSource:
+        """A distillation teacher: a run of this workspace (its id; unconfined: also a run folder), else a model (a
+        registry name, hub id or folder)."""
+        text = str(teacher).strip()
+        if "/" not in text and "\\" not in text and is_run_folder(self.workspace.runs / text):
+            return TeacherSource(text, self.find_run(text).path)
+        if not self.confined and is_run_folder(Path(text).expanduser()):
+            return TeacherSource(text, self.find_run(text).path)
+        return TeacherSource(text)
+
+    def training_resources(self, config: TrainingConfig) -> tuple[TrainingConfig, TrainingResources | None]:
+        """(``config``, what its objective needs from the engine). Distillation: the teacher (a run or a model,
+        checked before any run folder exists: found, same tokenizer as the student, more blocks than the student),
+        ``base_model`` set to the model the student starts from, and for ``teacher_context`` rag a retriever over
+        the ``index`` (a workspace index name or, unconfined, a folder) giving the passages as the arena's RAG
+        prompt shows them."""
+        if config.objective != "distillation":
+            return config, None
+        source = self.teacher_source(config.teacher)
+        config = student_base_config(config, source)
+        check_teacher(config, source)
+        retrieve = None
+        if config.teacher_context == "rag":
+            try:
+                knowledge_base = self.knowledge_base(config.index)
+            except ValueError as err:
+                raise ConfigError(f"index: {str(err).splitlines()[0]}") from None
+
+            def retrieve(question: str) -> list[str]:
+                hits = knowledge_base.search(question, CONTEXT_PASSAGES)
+                return [f"(source: {hit.chunk.source.rsplit('/', 1)[-1]}) {' '.join(hit.chunk.text.split())}"
+                        for hit in hits]
+
+        device = config.device
+
+        def load_teacher():
+            return source.load(device, "fp32")
+
+        return config, TrainingResources(load_teacher=load_teacher, retrieve=retrieve)
 
     def resume_job(self, run: str | Path) -> JobState:
         """Continue a run in the background job (the app's Train tab); refused as ``resume`` refuses it."""

@@ -1,5 +1,6 @@
-"""Using a trained run: its weights applied to a fresh base model (for the arena and evaluation), and merged into the
-base and exported as a standalone model folder, with the one rule for which runs can be merged."""
+"""Using a trained run: its weights applied to a fresh base model (``load_trained_model``, from core.methods.loading,
+where training can reach it too), and merged into the base and exported as a standalone model folder, with the one
+rule for which runs can be merged."""
 
 from __future__ import annotations
 
@@ -7,51 +8,11 @@ from pathlib import Path
 
 from core.errors import ConfigError, RunStateError
 from core.io import atomic_folder
-from core.methods import FULL_FORMAT, PARTIAL_FORMAT, PEFT_FORMAT, get_method
-from core.methods.artifacts import check_run_weights
-from core.models import LoadedModel, load_causal_lm
+from core.methods import FULL_FORMAT, PEFT_FORMAT, get_method
+from core.methods.loading import load_trained_model
 from core.runs import Run
 
-
-def _training_values(run: Run) -> dict:
-    """The run's saved settings (config.json without its format stamp)."""
-    return {key: value for key, value in run.config.items() if key != "format"}
-
-
-def load_trained_model(run_dir: str | Path, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
-    """A fresh base model with the run's trained weights applied, in eval mode (PEFT runs: a PeftModel). The files
-    are checked first (core.artifacts): a truncated, garbled or pickled weights file is an AdapterError naming it."""
-    import torch
-
-    run = Run(Path(run_dir))
-    check_run_weights(run.path)
-    values = _training_values(run)
-    method = get_method(values.get("method"))
-    weights = run.weights_dir
-    if weights is None:
-        raise RunStateError(f"run: {run.run_id} saved no weights (status {run.state})")
-    if method.save_format == FULL_FORMAT:
-        return load_causal_lm(str(weights), device=device, dtype=dtype)
-    loaded = load_causal_lm(values.get("base_model"), device=device, dtype=dtype)
-    model = loaded.model
-    if method.save_format == PARTIAL_FORMAT:
-        from safetensors.torch import load_file
-
-        state = load_file(str(weights / method.storage.weights_file))
-        params = dict(model.named_parameters())
-        unknown = sorted(set(state) - set(params))
-        if unknown:
-            raise RunStateError(f"run: {run.run_id} has weights the base model lacks ({unknown[0]}): "
-                                "another base model?")
-        with torch.no_grad():
-            for name, tensor in state.items():
-                params[name].copy_(tensor.to(params[name].device, params[name].dtype))
-    else:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, str(weights), adapter_name=run.run_id)
-    model.eval()
-    return LoadedModel(model, loaded.tokenizer, loaded.resolved, loaded.device, loaded.dtype, loaded.load_s)
+__all__ = ["load_trained_model", "merge_and_export", "merge_refusal"]  # load_trained_model lives in core.methods
 
 
 def merge_refusal(run: Run) -> str | None:
@@ -68,6 +29,9 @@ def merge_refusal(run: Run) -> str | None:
         return f"merge: unknown method {name!r}"
     if run.state == "running":
         return f"merge: {run.run_id} is still training; merge it once it has completed or stopped"
+    if config.get("objective") == "classification":
+        return (f"merge: {run.run_id} is a classification head (a label per text), not a language model: merging it "
+                "into the base would make no generating model; use the run as it is")
     if method.prompt_learning:
         return (f"merge: {method.title} learns virtual tokens / prefixes that sit in front of the input, not a change "
                 "of the weights, so there is nothing to fold into the base model; use the run as an adapter")

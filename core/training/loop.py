@@ -190,6 +190,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     micro_per_epoch, total, warmup, eval_every, checkpoint_every = _plan(config, len(data.train))
     objective = get_objective(config.objective)
     session = objective.session(objective, config, data, total, resources)
+    session.start(run, checkpoint is not None)
     model, device, compute = session.model, session.device, session.compute
     trainable, total_params = session.counts()
     lr = config.learning_rate or method.default_lr

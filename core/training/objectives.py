@@ -46,7 +46,10 @@ def collate(examples: list[Any], pad_id: int, device: str) -> dict[str, torch.Te
         ids[row, :n] = torch.tensor(example.input_ids)
         labels[row, :n] = torch.tensor(example.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    batch = {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": labels.to(device)}
+    if getattr(examples[0], "task_id", None) is not None:  # multi-task prompt tuning: each row's task, (batch,)
+        batch["task_ids"] = torch.tensor([e.task_id for e in examples], dtype=torch.long, device=device)
+    return batch
 
 
 _PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "qwen2", "qwen3", "phi3", "smollm3"})
@@ -164,6 +167,10 @@ class TrainingSession:
         """(the model to train, the LoadedModel it came from, the compute dtype)."""
         return load_training_model(self.config, self.total_steps)
 
+    def start(self, run: Run, resumed: bool) -> None:
+        """Called once the run folder exists, before the first validation or step (also on resume): an objective
+        may keep files there (a distillation run caches its teacher's logits)."""
+
     def counts(self) -> tuple[int, int]:
         """(trainable, total) parameters of what this run trains and saves."""
         return count_parameters(self.model)
@@ -210,7 +217,8 @@ class Objective:
     ``session``: the TrainingSession class a run of it uses. ``prepare(config, load_tokenizer)`` -> PreparedData,
     where the objective reads its data its own way (None: core.training.batches reads instruction data).
     ``check(config)``: raises ConfigError naming the field for settings this objective cannot use. ``methods``:
-    the methods it trains with (None: all)."""
+    the methods it trains with (None: all). ``fields``: the TrainingConfig fields that are its own (the Train tab
+    shows them only for it)."""
 
     name: str
     title: str
@@ -224,6 +232,7 @@ class Objective:
     prepare: Callable[..., Any] | None = None
     check: Callable[[Any], None] | None = None
     methods: tuple[str, ...] | None = None
+    fields: tuple[str, ...] = ()
 
     def validate(self, config: TrainingConfig) -> None:
         """The objective's rules for ``config`` (called by TrainingConfig): its methods, then its own check."""
