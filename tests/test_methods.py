@@ -45,9 +45,9 @@ def _unique_count(model) -> int:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def test_registry_holds_the_nine_methods_with_sane_metadata():
+def test_registry_holds_the_ten_methods_with_sane_metadata():
     assert set(METHODS) == {"full", "freeze", "lora", "qlora", "prompt_tuning", "prefix_tuning", "p_tuning", "ia3",
-                            "adalora"}
+                            "adalora", "multitask_prompt_tuning"}
     for name, method in METHODS.items():
         assert method.name == name and method.title and method.description
         assert 0 < method.default_lr < 1
@@ -57,7 +57,9 @@ def test_registry_holds_the_nine_methods_with_sane_metadata():
         assert type(config).from_dict(config.to_dict()) == config  # settings round-trip
         for row in method.settings():
             assert row["help"], f"{name}.{row['name']} has no help text"
-    assert {m for m, spec in METHODS.items() if spec.prompt_learning} == {"prompt_tuning", "prefix_tuning", "p_tuning"}
+    assert {m for m, spec in METHODS.items() if spec.prompt_learning} == {"prompt_tuning", "prefix_tuning", "p_tuning",
+                                                                          "multitask_prompt_tuning"}
+    assert {m for m, spec in METHODS.items() if spec.task_routed} == {"multitask_prompt_tuning"}
     assert {m for m, spec in METHODS.items() if spec.mergeable} == {"freeze", "lora", "qlora", "ia3", "adalora"}
 
 
@@ -97,6 +99,15 @@ def test_make_config_refuses_another_methods_config():
     ("adalora", {"prune_every": 0}, "prune_every"),
     ("adalora", {"dropout": 1.0}, "dropout"),
     ("freeze", {"trainable_layers": 0}, "trainable_layers"),
+    ("lora", {"unfreeze_top": -1}, "unfreeze_top"),
+    ("qlora", {"unfreeze_top": 1}, "unfreeze_top"),
+    ("multitask_prompt_tuning", {"num_ranks": 0}, "num_ranks"),
+    ("multitask_prompt_tuning", {"source_fraction": 0}, "source_fraction"),
+    ("multitask_prompt_tuning", {"source_fraction": 1.5}, "source_fraction"),
+    ("multitask_prompt_tuning", {"tasks": "qa,qa"}, "tasks"),
+    ("multitask_prompt_tuning", {"tasks": []}, "tasks"),
+    ("multitask_prompt_tuning", {"num_virtual_tokens": 0}, "num_virtual_tokens"),
+    ("multitask_prompt_tuning", {"init": "zzz"}, "init"),
     ("full", {"r": 8}, "r"),
 ])
 def test_bad_method_setting_names_its_field(method, settings, field):
@@ -254,3 +265,42 @@ def test_prompt_tuning_text_init_works_with_an_in_memory_tokenizer(tiny_model_di
     ids = (tiny_tokenizer("Paris", add_special_tokens=False)["input_ids"] * 3)[:3]
     words = fresh_base(tiny_model_dir).get_input_embeddings().weight.detach()
     assert torch.equal(_trainable(model)["prompt_encoder.default.embedding.weight"].detach(), words[ids])
+
+
+def test_multitask_prompt_tuning_starts_from_the_text_and_has_a_factor_per_task(tiny_model_dir, tiny_tokenizer):
+    model = _build("multitask_prompt_tuning", tiny_model_dir, tiny_tokenizer, num_virtual_tokens=3, num_ranks=2,
+                   tasks="qa,summarization,classification", init_text="Paris")
+    trainable = _trainable(model)
+    assert set(trainable) == {"prompt_encoder.default.embedding.weight", "prompt_encoder.default.prefix_task_cols",
+                              "prompt_encoder.default.prefix_task_rows"}
+    assert tuple(trainable["prompt_encoder.default.prefix_task_cols"].shape) == (3, 3, 2)  # (tasks, tokens, ranks)
+    assert tuple(trainable["prompt_encoder.default.prefix_task_rows"].shape) == (3, 2, 32)  # (tasks, ranks, hidden)
+    ids = (tiny_tokenizer("Paris", add_special_tokens=False)["input_ids"] * 3)[:3]
+    words = fresh_base(tiny_model_dir).get_input_embeddings().weight.detach()
+    assert torch.equal(trainable["prompt_encoder.default.embedding.weight"].detach(), words[ids])
+    factor = trainable["prompt_encoder.default.prefix_task_cols"] @ trainable["prompt_encoder.default.prefix_task_rows"]
+    assert torch.allclose(factor, torch.ones_like(factor), atol=0.2)  # every task starts from the shared prompt
+    assert not supports_answer_only_head(model)
+    assert METHODS["multitask_prompt_tuning"].make_config({"tasks": " qa , summarization "}).tasks == [
+        "qa", "summarization"]
+    with pytest.raises(ValueError, match="^tasks: the task names are not known yet"):
+        _build("multitask_prompt_tuning", tiny_model_dir, tiny_tokenizer)  # auto: resolved from the rows at run start
+
+
+def test_lora_unfreeze_top_is_a_lora_of_its_own_batch(tiny_model_dir, tiny_tokenizer):
+    model = _build("lora", tiny_model_dir, tiny_tokenizer, unfreeze_top=1)
+    names = set(_trainable(model))
+    assert {n.split(".")[4] for n in names if ".layers." in n} == {"0", "1"}
+    assert all("modules_to_save" in n for n in names if ".layers.1." in n)
+    assert METHODS["lora"].mixes_in_batch({}) and not METHODS["lora"].mixes_in_batch({"unfreeze_top": 1})
+
+
+def test_freeze_finds_the_blocks_of_an_encoder():
+    from transformers import BertConfig, BertModel
+
+    bert = BertModel(BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=3, num_attention_heads=2,
+                                intermediate_size=32))
+    spec = get_method("freeze")
+    model = spec.builder(bert, spec.make_config({"trainable_layers": 2}), BuildContext(None, 10))
+    layers = {n.split(".")[2] for n, p in model.named_parameters() if p.requires_grad}
+    assert layers == {"1", "2"}

@@ -30,6 +30,8 @@ ROWS = [
     {"instruction": "How many slots?", "output": "Twelve."},
     {"instruction": "Name the garden.", "output": "The Orbit 3 garden."},
 ]
+for _i, _row in enumerate(ROWS):  # a task per row, for multi-task prompt tuning (other methods ignore it)
+    _row["task"] = ("qa", "summarization")[_i % 2]
 
 # Prompt-learning methods get short soft prompts; freeze trains one of the two layers.
 SMALL_METHOD_CONFIG: dict[str, dict[str, Any]] = {
@@ -37,6 +39,7 @@ SMALL_METHOD_CONFIG: dict[str, dict[str, Any]] = {
     "prefix_tuning": {"num_virtual_tokens": 4},
     "p_tuning": {"num_virtual_tokens": 4, "encoder_hidden_size": 16},
     "freeze": {"trainable_layers": 1},
+    "multitask_prompt_tuning": {"num_virtual_tokens": 4},
 }
 
 

@@ -60,6 +60,7 @@ class EncodedExample:
     input_ids: list[int]
     labels: list[int]
     truncated: bool = False
+    task_id: int | None = None  # the row's task id for methods that route rows by task (multi-task prompt tuning)
 
     @property
     def answer_tokens(self) -> int:

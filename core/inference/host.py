@@ -21,7 +21,7 @@ from core.errors import AdapterError
 from core.inference.decoder import generate_batch
 from core.inference.generation import Generated, GenerationConfig, TextCallback
 from core.inference.loading import load_trained_model
-from core.methods import METHODS
+from core.methods import METHODS, generation_task_ids, run_tasks
 from core.methods.artifacts import check_run_weights
 from core.models import resolve_base_model
 from core.runs import Run
@@ -42,6 +42,7 @@ class AdapterInfo:
     run_dir: str
     method: str
     mixable: bool
+    tasks: tuple[str, ...] = ()  # multi-task prompt tuning: the run's task names in task-id order
 
 
 class AdapterHost:
@@ -84,7 +85,7 @@ class AdapterHost:
         method = config.get("method", "")
         settings = config.get("method_config") or {}
         mixable = method in METHODS and METHODS[method].mixes_in_batch(settings)
-        info = AdapterInfo(key, str(run.path), method, mixable)
+        info = AdapterInfo(key, str(run.path), method, mixable, run_tasks(method, settings))
         with self.lock:
             if mixable:
                 self._load_mixed(info, run.weights_dir)
@@ -162,19 +163,28 @@ class AdapterHost:
         max_batch_size: int = 8,
         on_text: TextCallback | None = None,
         on_batch: Callable[[int, int], None] | None = None,
+        tasks: Sequence[str | None] | None = None,
     ) -> list[Generated]:
         """Generate for each prompt with its adapter key (None = base model), at most ``max_batch_size`` at a time.
 
         Rows of the base model and of mixable adapters share batches; every other adapter gets its own (for
         prompt-learning methods, one per prompt length).
         ``on_text(row, text)`` streams answers (row = index in ``prompts``); ``on_batch(done_rows, total)`` each time
-        a row ends.
+        a row ends. ``tasks``: each row's task name (rows of a multi-task prompt-tuning run go to their own task's
+        prompt, also when rows of several tasks share a batch; such a row without a task is an AdapterError).
         """
         if len(prompts) != len(adapters):
             raise ValueError(f"adapters: {len(adapters)} given for {len(prompts)} prompts")
+        if tasks is not None and len(tasks) != len(prompts):
+            raise ValueError(f"tasks: {len(tasks)} given for {len(prompts)} prompts")
         for key in adapters:
             if key is not None and key not in self.adapters:
                 raise AdapterError(f"adapter: {key} is not loaded; add its run first")
+        task_ids: dict[int, int] = {}  # row -> task id, for rows of task-routed adapters
+        for row, key in enumerate(adapters):
+            if key is not None and self.adapters[key].tasks:
+                task = None if tasks is None else tasks[row]
+                task_ids[row] = generation_task_ids(key, self.adapters[key].tasks, [task])[0]
         groups: dict[tuple[str, int], list[int]] = {}
         for row, key in enumerate(adapters):
             group = "" if key is None or self.adapters[key].mixable else key
@@ -200,9 +210,10 @@ class AdapterHost:
                         on_batch(done, len(prompts))
 
                 forward = (lambda i, text, rows=rows: on_text(rows[i], text)) if on_text else None
+                routed = [task_ids[row] for row in rows] if rows[0] in task_ids else None
                 outputs = generate_batch(model, self.base.tokenizer, [prompts[row] for row in rows], config,
                                          adapter_names=names, on_text=forward, max_batch_size=max_batch_size,
-                                         on_done=finished)
+                                         on_done=finished, task_ids=routed)
                 for row, output in zip(rows, outputs, strict=True):
                     results[row] = output
         return [result for result in results if result is not None]

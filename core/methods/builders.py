@@ -3,6 +3,7 @@ with exactly the method's parameters trainable. QLoRA also says how the base mus
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,7 @@ from core.methods.configs import (
     FullConfig,
     IA3Config,
     LoraConfig,
+    MultitaskPromptTuningConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
     PTuningConfig,
@@ -48,28 +50,53 @@ def build_full(model: PreTrainedModel, config: FullConfig, ctx: BuildContext) ->
     return model
 
 
-def _decoder_layers(model: PreTrainedModel):
-    inner = getattr(model, "model", None)
-    layers = getattr(inner, "layers", None)
-    if layers is None:
-        raise ConfigError(f"method: layer-wise training needs a decoder with model.layers; {type(model).__name__} "
-                         "has none")
-    return inner, layers
+def find_blocks(model: PreTrainedModel) -> tuple[str, list[Any]]:
+    """The transformer blocks of ``model``, bottom to top, and the dotted name of the list holding them in the plain
+    transformers model (inside a PEFT wrapper: in its base model): a decoder's ``model.layers`` (Llama, Qwen ...), a
+    BERT's ``bert.encoder.layer`` (all-MiniLM-L6-v2), GPT-2's ``transformer.h``. ConfigError when it has none."""
+    import torch
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    prefix = getattr(base, "base_model_prefix", "")
+    inner, owner = (getattr(base, prefix), prefix) if prefix and hasattr(base, prefix) else (base, "")
+    for path in _BLOCK_LISTS:
+        node = inner
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if isinstance(node, torch.nn.ModuleList) and len(node):
+            return ".".join(filter(None, (owner, path))), list(node)
+    raise ConfigError(f"method: layer-wise training needs transformer blocks (model.layers, encoder.layer); "
+                      f"{type(base).__name__} has none")
+
+
+_BLOCK_LISTS = ("layers", "encoder.layer", "h", "decoder.layers", "encoder.layers")
+
+
+CLASSIFIER_HEADS = ("classifier", "score", "pooler")  # a sequence-classification head (and BERT's pooler)
 
 
 def build_freeze(model: PreTrainedModel, config: FreezeConfig, ctx: BuildContext) -> PreTrainedModel:
+    """The top ``trainable_layers`` blocks train (and the final norm, the embeddings if asked); with a
+    classification head (SEQ_CLS) the head always trains."""
     _freeze_all(model)
-    inner, layers = _decoder_layers(model)
+    _, layers = find_blocks(model)
     if config.trainable_layers > len(layers):
         raise ConfigError(f"trainable_layers: the model has {len(layers)} layers, got {config.trainable_layers}")
     for layer in layers[len(layers) - config.trainable_layers :]:
         for param in layer.parameters():
             param.requires_grad_(True)
+    inner = getattr(model, "model", None)
     if config.train_norm and getattr(inner, "norm", None) is not None:
         inner.norm.requires_grad_(True)
     if config.train_embeddings:
         model.get_input_embeddings().requires_grad_(True)
-        model.get_output_embeddings().requires_grad_(True)
+        if model.get_output_embeddings() is not None:
+            model.get_output_embeddings().requires_grad_(True)
+    if ctx.task_type == "SEQ_CLS":
+        for name in CLASSIFIER_HEADS:
+            head = getattr(model, name, None) or getattr(getattr(model, "base_model", None), name, None)
+            if head is not None:
+                head.requires_grad_(True)
     return model
 
 
@@ -80,11 +107,23 @@ def _task_type(ctx: BuildContext):
 
 
 def build_lora(model: PreTrainedModel, config: LoraConfig, ctx: BuildContext) -> PreTrainedModel:
+    """LoRA; with ``unfreeze_top`` N the top N blocks train fully instead (PEFT's ``modules_to_save``: a trained
+    copy of each block, saved in the adapter's safetensors and restored by ``PeftModel.from_pretrained``, so every
+    loader and ``merge_and_unload`` handle it) and LoRA adapts the blocks below."""
     import peft
 
+    extra: dict[str, Any] = {}
+    if getattr(config, "unfreeze_top", 0):
+        path, layers = find_blocks(model)
+        if config.unfreeze_top >= len(layers):
+            raise ConfigError(f"unfreeze_top: the model has {len(layers)} blocks; unfreeze fewer than all "
+                              f"(full fine-tuning trains every one), got {config.unfreeze_top}")
+        top = [f"{path}.{i}" for i in range(len(layers) - config.unfreeze_top, len(layers))]
+        extra["modules_to_save"] = top
+        extra["exclude_modules"] = "|".join(rf"(.*\.)?{re.escape(name)}\..*" for name in top)
     peft_config = peft.LoraConfig(
         task_type=_task_type(ctx), r=config.r, lora_alpha=config.alpha, lora_dropout=config.dropout,
-        target_modules=config.target_modules, use_dora=config.use_dora, use_rslora=config.use_rslora,
+        target_modules=config.target_modules, use_dora=config.use_dora, use_rslora=config.use_rslora, **extra,
     )
     return peft.get_peft_model(model, peft_config)
 
@@ -127,6 +166,49 @@ def build_prompt_tuning(model: PreTrainedModel, config: PromptTuningConfig, ctx:
             word_embeddings = peft_model.get_input_embeddings().weight  # (vocab, hidden)
             encoder = peft_model.prompt_encoder[peft_model.active_adapter]
             encoder.embedding.weight.copy_(word_embeddings[torch.tensor(ids)].to(encoder.embedding.weight.dtype))
+    return peft_model
+
+
+def build_multitask_prompt_tuning(model: PreTrainedModel, config: MultitaskPromptTuningConfig,
+                                  ctx: BuildContext) -> PreTrainedModel:
+    """Multi-task prompt tuning: a shared soft prompt (``init=text`` copies the embeddings of ``init_text``, as
+    build_prompt_tuning does) times, element-wise, each task's rank-``num_ranks`` factor; a batch carries
+    ``task_ids`` (B,). PEFT draws the factors from N(0, 0.02), so their product (~4e-4) would shrink the prompt to
+    almost nothing and lose the text init; here they start near all-ones, so every task starts from the shared
+    prompt itself and the factors learn how each task departs from it.
+
+    Both stages in one run: the shared prompt trains for the first ``source_fraction`` of the steps (the source
+    stage, rows of all tasks); after that its gradient is dropped (core.methods.gates) and each task's factors go on
+    alone (the target stage: a row's gradient reaches only its own task's factors, so each task adapts to its own
+    rows, starting from the source stage)."""
+    import math
+
+    import peft
+    import torch
+
+    from core.methods.gates import gate_of
+
+    if not isinstance(config.tasks, list):
+        raise ConfigError("tasks: the task names are not known yet (auto is resolved from the training rows when a "
+                          "run starts)")
+    peft_config = peft.MultitaskPromptTuningConfig(
+        task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens, num_tasks=len(config.tasks),
+        num_ranks=config.num_ranks, prompt_tuning_init=peft.MultitaskPromptTuningInit.RANDOM)
+    peft_model = peft.get_peft_model(model, peft_config)
+    encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+    with torch.no_grad():  # each task's factor starts near all-ones: prompt * factor = the shared prompt at step 0
+        encoder.prefix_task_cols.normal_(1.0, 0.02)  # (tasks, tokens, ranks)
+        encoder.prefix_task_rows.normal_(1.0 / config.num_ranks, 0.02)  # (tasks, ranks, hidden)
+    if config.init == "text":
+        ids = ctx.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
+        n = config.num_virtual_tokens
+        ids = (ids * (n // max(1, len(ids)) + 1))[:n]
+        with torch.no_grad():
+            word_embeddings = peft_model.get_input_embeddings().weight  # (vocab, hidden)
+            encoder.embedding.weight.copy_(word_embeddings[torch.tensor(ids)].to(encoder.embedding.weight.dtype))
+    source_steps = math.ceil(config.source_fraction * ctx.total_steps)
+    if source_steps < ctx.total_steps:
+        gate_of(peft_model, create=True).add([encoder.embedding.weight], lambda step: step < source_steps)
     return peft_model
 
 

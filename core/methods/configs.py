@@ -128,9 +128,12 @@ class LoraConfig(MethodConfig):
                                             "all-linear")
     use_dora: bool = _help("DoRA: weight-decomposed LoRA (magnitude + direction)", False)
     use_rslora: bool = _help("rsLoRA: scale by alpha / sqrt(r), stable at high ranks", False)
+    unfreeze_top: int = _help("Also train the top N transformer blocks fully (no LoRA inside them); 0 = LoRA only", 0)
 
     def __post_init__(self) -> None:
         _check(isinstance(self.r, int) and 1 <= self.r <= 1024, "r", f"must be an integer in 1..1024, got {self.r!r}")
+        _check(isinstance(self.unfreeze_top, int) and not isinstance(self.unfreeze_top, bool)
+               and self.unfreeze_top >= 0, "unfreeze_top", f"must be an integer >= 0, got {self.unfreeze_top!r}")
         _check(isinstance(self.alpha, int | float) and self.alpha > 0, "alpha", f"must be > 0, got {self.alpha!r}")
         _check(isinstance(self.dropout, int | float) and 0 <= self.dropout < 1, "dropout",
                f"must be in [0, 1), got {self.dropout!r}")
@@ -147,6 +150,8 @@ class QLoraConfig(LoraConfig):
         super().__post_init__()
         _check(self.bits in (4, 8), "bits", f"must be 4 or 8, got {self.bits!r}")
         _check(self.quant_type in ("nf4", "fp4"), "quant_type", f"must be nf4 or fp4, got {self.quant_type!r}")
+        _check(self.unfreeze_top == 0, "unfreeze_top", "qlora's base is quantized, its blocks cannot train fully; "
+               "use lora for LoRA plus fully trained top blocks")
 
 
 @dataclass
@@ -160,6 +165,47 @@ class PromptTuningConfig(MethodConfig):
         _check_virtual_tokens(self.num_virtual_tokens)
         _check(self.init in ("text", "random"), "init", f"must be text or random, got {self.init!r}")
         _check(self.init != "text" or bool(self.init_text.strip()), "init_text", "is empty while init=text")
+
+
+@dataclass
+class MultitaskPromptTuningConfig(MethodConfig):
+    """Multi-task prompt tuning (PEFT's MultitaskPromptTuningConfig, Wang et al. 2023): one soft prompt shared by all
+    tasks, times a rank-``num_ranks`` matrix of each task's own. A run trains both stages of the recipe in turn: the
+    source stage (the shared prompt and every task's factors, on rows of all tasks), then the target stage (the
+    shared prompt fixed; each task's factors go on learning from that task's rows only)."""
+
+    num_virtual_tokens: int = _help("Length of the shared soft prompt, in tokens", 20)
+    num_ranks: int = _help("Rank of each task's factor of the prompt (PEFT's num_ranks)", 1)
+    tasks: str | list[str] = _help("Task names, in task-id order: auto (the training rows' task values, sorted) or "
+                                   "names such as qa,classification", "auto")
+    source_fraction: float = _help("Share of the steps in the source stage (all tasks train the shared prompt); the "
+                                   "rest is the target stage (each task's own factors only)", 0.5)
+    init: str = _help("Shared prompt start: text (the embeddings of init_text) or random", "text")
+    init_text: str = _help("Text whose token embeddings start the shared prompt (init=text)",
+                           "Answer the request accurately and concisely.")
+
+    def __post_init__(self) -> None:
+        _check_virtual_tokens(self.num_virtual_tokens)
+        _check(isinstance(self.num_ranks, int) and 1 <= self.num_ranks <= 64, "num_ranks",
+               f"must be an integer in 1..64, got {self.num_ranks!r}")
+        _check(isinstance(self.source_fraction, int | float) and 0 < self.source_fraction <= 1, "source_fraction",
+               f"must be in (0, 1], got {self.source_fraction!r}")
+        _check(self.init in ("text", "random"), "init", f"must be text or random, got {self.init!r}")
+        _check(self.init != "text" or bool(self.init_text.strip()), "init_text", "is empty while init=text")
+        if isinstance(self.tasks, str) and self.tasks.strip() != "auto":
+            self.tasks = [part.strip() for part in self.tasks.split(",") if part.strip()]
+        if isinstance(self.tasks, str):
+            self.tasks = "auto"
+        else:
+            _check(isinstance(self.tasks, list) and bool(self.tasks) and all(isinstance(t, str) and t.strip()
+                                                                             for t in self.tasks),
+                   "tasks", "must be auto or a list of task names")
+            _check(len(set(self.tasks)) == len(self.tasks), "tasks", f"names a task twice: {self.tasks}")
+
+    @property
+    def resolved(self) -> bool:
+        """Whether the task names are known (``tasks`` is a list, not ``auto``)."""
+        return isinstance(self.tasks, list)
 
 
 @dataclass

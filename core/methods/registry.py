@@ -20,6 +20,7 @@ from core.methods.builders import (
     build_full,
     build_ia3,
     build_lora,
+    build_multitask_prompt_tuning,
     build_p_tuning,
     build_prefix_tuning,
     build_prompt_tuning,
@@ -32,6 +33,7 @@ from core.methods.configs import (
     IA3Config,
     LoraConfig,
     MethodConfig,
+    MultitaskPromptTuningConfig,
     PrefixTuningConfig,
     PromptTuningConfig,
     PTuningConfig,
@@ -56,6 +58,7 @@ class Method:
     mergeable: bool = False  # its weights fold into the base for a standalone export (LoRA family, layer-wise)
     prompt_learning: bool = False  # virtual tokens / prefixes: cannot share a batch with other adapters
     batch_mixable: bool = False  # its adapters share a batch with base rows through PEFT's adapter_names
+    task_routed: bool = False  # a batch carries each row's task id (multi-task prompt tuning): rows need a task
     quantized_base: bool = False  # the frozen base loads through bitsandbytes
 
     @property
@@ -69,8 +72,10 @@ class Method:
 
     def mixes_in_batch(self, settings: dict[str, Any] | None = None) -> bool:
         """Whether a run of this method, with its saved ``settings``, shares inference batches with other rows
-        (DoRA's magnitude vector is not selectable per row, so a DoRA LoRA gets a batch of its own)."""
-        return self.batch_mixable and not (settings or {}).get("use_dora")
+        (DoRA's magnitude vector is not selectable per row, and fully trained blocks (``unfreeze_top``) are whole
+        modules whose forward PEFT cannot split by row, so such a LoRA gets a batch of its own)."""
+        settings = settings or {}
+        return self.batch_mixable and not settings.get("use_dora") and not settings.get("unfreeze_top")
 
     def make_config(self, values: dict[str, Any] | MethodConfig | None = None) -> MethodConfig:
         if isinstance(values, self.config_class):
@@ -107,6 +112,10 @@ for _method in (
     Method("prompt_tuning", "Prompt tuning", "A learned soft prompt prepended to the input embeddings.",
            PromptTuningConfig, build_prompt_tuning, PEFT_FORMAT, 3e-2, peft_type="PROMPT_TUNING",
            prompt_learning=True),
+    Method("multitask_prompt_tuning", "Multi-task prompt tuning",
+           "One soft prompt shared by all tasks times a low-rank factor of each task's own; rows carry a task id.",
+           MultitaskPromptTuningConfig, build_multitask_prompt_tuning, PEFT_FORMAT, 3e-2,
+           peft_type="MULTITASK_PROMPT_TUNING", prompt_learning=True, task_routed=True),
     Method("prefix_tuning", "Prefix tuning", "Learned key/value prefixes in every attention layer.",
            PrefixTuningConfig, build_prefix_tuning, PEFT_FORMAT, 1e-2, peft_type="PREFIX_TUNING",
            prompt_learning=True),

@@ -6,12 +6,13 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.data import Example, load_examples, split_examples
 from core.errors import ConfigError
+from core.methods import training_task_ids
 from core.training.objectives import get_objective
 
 if TYPE_CHECKING:
@@ -50,10 +51,17 @@ def prepare_data(config: TrainingConfig, load_tokenizer: Callable[[], Any]) -> P
         train, val = splits.train, splits.validation
     else:
         val = []
+    val = val[: config.max_eval_examples or len(val)]
+    train_tasks = training_task_ids(config.method, config.method_config, train, config.data)  # None: no routing
+    val_tasks = None if train_tasks is None else training_task_ids(config.method, config.method_config, val,
+                                                                   config.val_data or config.data)
     tokenizer = load_tokenizer()
     encode = lambda ex: objective.encode(tokenizer, ex, config.system_prompt, config.max_length)  # noqa: E731
     train_enc = [encode(ex) for ex in train]
-    val_enc = [encode(ex) for ex in val[: config.max_eval_examples or len(val)]]
+    val_enc = [encode(ex) for ex in val]
+    if train_tasks is not None:  # multi-task prompt tuning: each row carries its task id
+        train_enc = [replace(e, task_id=t) for e, t in zip(train_enc, train_tasks, strict=True)]
+        val_enc = [replace(e, task_id=t) for e, t in zip(val_enc, val_tasks or [], strict=True)]
     if not any(e.answer_tokens for e in train_enc):
         raise ConfigError(f"data: {Path(config.data).name} has no answer tokens to learn from")
     return PreparedData(train_enc, val_enc, file_sha256(config.data, config.val_data),

@@ -10,6 +10,7 @@ from typing import Any
 
 from core.errors import ConfigError
 from core.methods import get_method
+from core.training.hybrids import check as check_hybrids
 from core.training.objectives import get_objective
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
@@ -116,6 +117,7 @@ class TrainingConfig:
               f"must be in (0, 1], got {self.layerwise_lr_decay}")
         check(isinstance(self.gradual_unfreezing, int) and self.gradual_unfreezing >= 0, "gradual_unfreezing",
               f"must be an integer >= 0, got {self.gradual_unfreezing!r}")
+        check_hybrids(self)
         objective.validate(self)
 
     @classmethod
