@@ -67,11 +67,14 @@ def method_color(method: str | None) -> str:
 
 
 def point_label(row: dict[str, Any]) -> str:
-    """``lora · ab12``: the method and the run id's random suffix (the whole id when it is not a generated one)."""
+    """``lora · ab12``: the method and the run id's random suffix (the whole id when it is not a generated one);
+    another objective than SFT goes first (``classification/full · ab12``)."""
     run_id = str(row.get("run_id", ""))
     match = re.fullmatch(r"\d{8}-\d{6}-.+-([0-9a-f]{4})", run_id)
     short = match.group(1) if match else (run_id if len(run_id) <= 18 else "…" + run_id[-16:])
-    return f"{row.get('method') or '?'} · {short}"
+    objective = row.get("objective") or "sft"
+    method = row.get("method") or "?"
+    return f"{method if objective == 'sft' else f'{objective}/{method}'} · {short}"
 
 
 @dataclass

@@ -173,3 +173,23 @@ def test_pareto_front_and_headline_without_evaluations():
     assert facts["states"] == [("completed", 2), ("running", 1)]
     assert facts["best_by"] == "final_val_loss" and facts["best"]["run_id"] == "b"  # a running run is not a result
     assert headline_facts([]) == {"count": 0, "states": [], "best": None, "best_by": None}
+
+
+def test_tradeoff_groups_never_put_two_objectives_quality_measures_on_one_axis():
+    """A head's accuracy, an SFT loss and a distillation loss are different measures: each gets its own group."""
+    def row(run_id: str, objective: str, **values) -> dict:
+        return {"run_id": run_id, "state": "completed", "objective": objective, "trainable_params": 1000,
+                "wall_s": 10.0, "rougeL": None, "accuracy": None, "final_val_loss": 2.0, **values}
+
+    rows = [row("sft-a", "sft"), row("sft-b", "sft", rougeL=0.3), row("kd", "distillation", final_val_loss=0.7),
+            row("head", "classification", final_val_loss=0.4, val_accuracy=0.8),
+            row("head-eval", "classification", accuracy=0.83, rougeL=0.05)]
+    groups = {group.title.split(":")[0]: (group.key, [r["run_id"] for r in group.points])
+              for group in tradeoff_groups(rows)}
+    assert groups == {
+        "Evaluated runs": ("rougeL", ["sft-b"]),  # a head's ROUGE-L of a bare label is no measure of it
+        "Runs not evaluated yet (distillation)": ("final_val_loss", ["kd"]),
+        "Runs not evaluated yet": ("final_val_loss", ["sft-a"]),
+        "Classification heads": ("accuracy", ["head-eval"]),
+        "Classification heads not evaluated yet": ("val_accuracy", ["head"]),
+    }

@@ -25,8 +25,9 @@ from core.text import fmt_bytes, fmt_count, fmt_duration, fmt_number, fmt_percen
 
 logger = logging.getLogger(__name__)
 
-COLUMNS = ("run", "method", "state", "trainable params", "trainable %", "weights MB", "wall time", "tokens/s", "steps",
-           "val loss first", "val loss final", "train loss final", "ROUGE-L", "token F1", "accuracy", "evaluation")
+COLUMNS = ("run", "objective", "method", "state", "trainable params", "trainable %", "weights MB", "wall time",
+           "tokens/s", "steps", "val loss first", "val loss final", "train loss final", "ROUGE-L", "token F1",
+           "accuracy", "evaluation")
 FILE_COLUMNS = ("file", "size")
 SCORE_LABELS = (("rougeL", "ROUGE-L"), ("token_f1", "token F1"), ("accuracy", "accuracy"))
 NO_RUNS = "No runs yet: train one in the Train tab (or python -m core train); each finished run becomes a point here."
@@ -45,7 +46,8 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
     for row in rows:
         steps, total, size = row.get("steps"), row.get("total_steps"), row.get("adapter_bytes")
         table.append([
-            row["run_id"], row.get("method") or "?", row.get("state_text") or row.get("state") or "",
+            row["run_id"], row.get("objective") or "sft", row.get("method") or "?",
+            row.get("state_text") or row.get("state") or "",
             fmt_count(row.get("trainable_params")), fmt_percent(row.get("trainable_percent")),
             "" if size is None else f"{size / 1e6:.2f}", fmt_duration(row.get("wall_s")),
             fmt_number(row.get("tokens_per_s"), 0),
@@ -184,7 +186,7 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.c
     with gr.Row(equal_height=True):
         summary = gr.Markdown(headline(initial, engine.runs.root), elem_id="runs-summary")
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=120, elem_id="runs-refresh")
-    widths = {"run": "230px", "method": "120px", "state": "190px", "evaluation": "220px"}
+    widths = {"run": "230px", "objective": "110px", "method": "120px", "state": "190px", "evaluation": "220px"}
     table = gr.Dataframe(value=table_frame(initial), headers=list(COLUMNS), interactive=False, wrap=True,
                          column_widths=[widths.get(column, "100px") for column in COLUMNS], max_height=420,
                          pinned_columns=1, show_search="search",

@@ -24,14 +24,22 @@ from core.engine.uploads import list_uploads
 from core.errors import JobBusyError
 from core.methods import METHODS, get_method
 from core.text import fmt_duration, one_line
-from core.training import SCHEDULERS, TrainingConfig, list_presets, load_preset
-from ui.common import field_default, field_help
+from core.training import OBJECTIVES, SCHEDULERS, TrainingConfig, get_objective, list_presets, load_preset
+from core.training.config import TEACHER_CONTEXTS
+from ui.common import field_default, field_help, index_choices, run_choices
 
 HOLD_OUT = "__hold_out__"
 CHOICES_FOR = {"quant_type": ["nf4", "fp4"], "bits": [4, 8], "encoder_type": ["MLP", "LSTM"],
                "init": ["text", "random"]}
 PREVIEW_ROWS = 5
 DEFAULT_PRESET = "quick-lora"
+OBJECTIVE_LABELS = {  # the widget labels of the objectives' own fields (their help is the field's, as in the CLI)
+    "text_column": "Text column", "label_column": "Label column", "teacher": "Teacher (run or model)",
+    "student": "Student model (empty = a shrunk copy of the teacher)",
+    "student_layers": "Student layers (0 = use the student model)", "distill_alpha": "KL weight (alpha)",
+    "distill_temperature": "Temperature", "teacher_context": "Teacher context",
+    "index": "Knowledge base the teacher reads", "teacher_top_k": "Cache the teacher's top-K logits (0 = on the fly)",
+}
 
 
 # ---- pure helpers (tested without a server) -------------------------------------------------------------------------
@@ -73,17 +81,29 @@ def form_values(data: str | None, val_data: str | None, method: str, method_conf
                 base_model: str | None = "", epochs: float | None = None, max_steps: int | None = None,
                 learning_rate: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
                 max_length: int | None = None, scheduler: str | None = None, warmup_ratio: float | None = None,
-                seed: int | None = None, gradient_checkpointing: bool | None = None) -> dict[str, Any]:
+                seed: int | None = None, gradient_checkpointing: bool | None = None, objective: str | None = None,
+                objective_values: dict[str, Any] | None = None,
+                hybrid_values: dict[str, Any] | None = None) -> dict[str, Any]:
     """The form's widget values as ``TrainingConfig.build`` values (None = not set: the preset's or the default).
 
     What the widgets mean: the hold-out choice is no validation file, 0 max steps is "by epochs", 0 learning rate is
     "the preset's, else the method's default", an empty base model is the bundled one. ``method_config`` is passed
-    as the widgets give it (numbers, text): the method's config class types and checks it."""
+    as the widgets give it (numbers, text): the method's config class types and checks it. ``objective_values``:
+    the chosen objective's own fields (``Objective.fields``; an empty text or a 0 student-layers is "not set");
+    ``hybrid_values``: layer-wise learning-rate decay and gradual unfreezing."""
+    own = {}
+    for name, value in (objective_values or {}).items():
+        if isinstance(value, str):
+            value = value.strip() or None
+        if name == "student_layers" and not value:
+            value = None
+        own[name] = value
     return {"data": data or None, "val_data": None if not val_data or val_data == HOLD_OUT else val_data,
             "method": method, "method_config": dict(method_config), "base_model": (base_model or "").strip() or None,
             "epochs": epochs or None, "max_steps": max_steps or None, "learning_rate": learning_rate or None,
             "batch_size": batch_size, "grad_accum": grad_accum, "max_length": max_length, "scheduler": scheduler,
-            "warmup_ratio": warmup_ratio, "seed": seed, "gradient_checkpointing": gradient_checkpointing}
+            "warmup_ratio": warmup_ratio, "seed": seed, "gradient_checkpointing": gradient_checkpointing,
+            "objective": objective or None, **own, **(hybrid_values or {})}
 
 
 def preset_method(name: str | None) -> str | None:
@@ -149,6 +169,30 @@ def resumable_runs(engine: Engine) -> list[tuple[str, str]]:
 # ---- the tab ----------------------------------------------------------------------------------------------------
 
 
+def teacher_choices(engine: Engine) -> list[tuple[str, str]]:
+    """(label, value) of what can teach: the bundled base model, then the workspace's runs with weights."""
+    return [("the bundled SmolLM2-135M-Instruct", "SmolLM2-135M-Instruct")] + run_choices(engine)
+
+
+def _objective_widget(engine: Engine, name: str, value: Any = None) -> gr.components.Component:
+    """One TrainingConfig field of an objective as a widget, with the field's help (the CLI's words)."""
+    label, info, elem_id = OBJECTIVE_LABELS.get(name, name), field_help(TrainingConfig, name), f"train-{name}"
+    default = field_default(TrainingConfig, name) if value is None else value
+    if name == "teacher":
+        return gr.Dropdown(teacher_choices(engine), value=default, label=label, info=info, allow_custom_value=True,
+                           elem_id=elem_id)
+    if name == "index":
+        return gr.Dropdown(index_choices(engine), value=default, label=label, info=info, allow_custom_value=True,
+                           elem_id=elem_id)
+    if name == "teacher_context":
+        return gr.Dropdown(list(TEACHER_CONTEXTS), value=default, label=label, info=info, elem_id=elem_id)
+    if name == "student_layers" or isinstance(default, int | float):
+        whole = not isinstance(default, float)  # student_layers (None: not set) and teacher_top_k count things
+        return gr.Number(default or 0, label=label, info=info, precision=0 if whole else None, minimum=0,
+                         elem_id=elem_id)
+    return gr.Textbox(default or "", label=label, info=info, elem_id=elem_id)
+
+
 def _setting_widget(method: str, row: dict[str, Any], value: Any = None) -> gr.components.Component:
     name, kind = row["name"], str(row["type"])
     default = row["default"] if value is None else value
@@ -190,7 +234,21 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         with gr.Column(scale=2):
             preset = gr.Dropdown([("(none)", "")] + [(name, name) for name in presets],
                                  value=DEFAULT_PRESET if initial else "", label="Preset",
-                                 info="fills the method and its settings", elem_id="train-preset")
+                                 info="fills the objective, the method and their settings", elem_id="train-preset")
+            first_objective = initial.get("objective", "sft")
+            objective = gr.Dropdown([(f"{o.title} ({o.name})", o.name) for o in OBJECTIVES.values()],
+                                    value=first_objective, label="Objective", elem_id="train-objective",
+                                    info="what the model learns: instruction answers, a label, or a teacher")
+            objective_help = gr.Markdown(get_objective(first_objective).description)
+            objective_groups: dict[str, gr.Group] = {}
+            objective_widgets: dict[str, dict[str, gr.components.Component]] = {}
+            for name, registered in OBJECTIVES.items():
+                if not registered.fields:
+                    continue
+                with gr.Group(visible=name == first_objective) as group:
+                    objective_widgets[name] = {field_name: _objective_widget(engine, field_name)
+                                               for field_name in registered.fields}
+                objective_groups[name] = group
             method = gr.Dropdown([(f"{m.title} ({m.name})", m.name) for m in METHODS.values()],
                                  value=first_method, label="Method", elem_id="train-method")
             method_help = gr.Markdown(get_method(first_method).description)
@@ -232,6 +290,15 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                 gradient_checkpointing = gr.Checkbox(field_default(TrainingConfig, "gradient_checkpointing"),
                                                      label="Gradient checkpointing",
                                                      info=field_help(TrainingConfig, "gradient_checkpointing"))
+                with gr.Row():  # hybrid recipes: learning rates by depth, blocks opened one by one
+                    hybrids = {"layerwise_lr_decay": gr.Number(
+                        field_default(TrainingConfig, "layerwise_lr_decay"), label="Layer-wise learning-rate decay",
+                        minimum=0.01, maximum=1, info=field_help(TrainingConfig, "layerwise_lr_decay"),
+                        elem_id="train-layerwise-lr-decay"),
+                        "gradual_unfreezing": gr.Number(
+                        field_default(TrainingConfig, "gradual_unfreezing"), label="Gradual unfreezing (steps)",
+                        precision=0, minimum=0, info=field_help(TrainingConfig, "gradual_unfreezing"),
+                        elem_id="train-gradual-unfreezing")}
                 base_model = gr.Textbox("", label="Base model (empty = the bundled SmolLM2-135M-Instruct)",
                                         info="the Arena compares runs of its own base model")
             with gr.Row():
@@ -246,8 +313,12 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
 
     flat = [(name, setting, widget) for name, settings in widgets.items() for setting, widget in settings.items()]
     setting_inputs = [widget for _, _, widget in flat]
+    objective_flat = [(name, field_name, widget) for name, own in objective_widgets.items()
+                      for field_name, widget in own.items()]
+    objective_inputs = [widget for _, _, widget in objective_flat]
     form = [data, val_data, method, preset, base_model, epochs, max_steps, learning_rate, batch_size, grad_accum,
-            max_length, scheduler, warmup_ratio, seed, gradient_checkpointing, *setting_inputs]
+            max_length, scheduler, warmup_ratio, seed, gradient_checkpointing, objective, *hybrids.values(),
+            *objective_inputs, *setting_inputs]
 
     def on_upload(file: str | None):
         if not file:
@@ -265,8 +336,11 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         chosen_preset = gr.update(value="") if preset_name and preset_method(preset_name) != name else gr.update()
         return [gr.update(visible=key == name) for key in groups] + [get_method(name).description, chosen_preset]
 
+    def on_objective(name: str):
+        return [gr.update(visible=key == name) for key in objective_groups] + [get_objective(name).description]
+
     def on_preset(name: str):
-        keep = [gr.update()] * (len(groups) + 6 + len(flat))
+        keep = [gr.update()] * (len(groups) + 8 + len(objective_flat) + len(flat))
         if not name:
             return keep
         config = load_preset(name)["config"]
@@ -276,7 +350,14 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
         updates += [gr.update(visible=key == chosen) for key in groups]
         updates += [gr.update(value=config.get("epochs", 1)), gr.update(value=config.get("max_steps") or 0),
                     gr.update(value=config.get("learning_rate") or 0), gr.update(value=config.get("batch_size", 8)),
-                    gr.update(value=config.get("scheduler", "cosine"))]
+                    gr.update(value=config.get("scheduler", "cosine")),
+                    gr.update(value=config.get("objective", "sft")), gr.update(value=config.get("base_model") or "")]
+        for key, field_name, _ in objective_flat:  # the preset's objective fields; the rest back to their defaults
+            value = config.get(field_name) if key == config.get("objective", "sft") else None
+            default = field_default(TrainingConfig, field_name)
+            updates.append(gr.update(value=value if value is not None else (default if default is not None else
+                                                                              (0 if field_name == "student_layers"
+                                                                               else ""))))
         for key, setting, _ in flat:
             updates.append(gr.update(value=settings[setting]) if key == chosen and setting in settings
                            else gr.update())
@@ -284,14 +365,20 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
 
     def on_start(*values):
         (data_path, val_path, method_name, preset_name, base, n_epochs, steps, lr, batch, accum, length, schedule,
-         warmup, seed_value, checkpointing, *settings) = values
+         warmup, seed_value, checkpointing, objective_name, *rest) = values
+        hybrid_values = dict(zip(hybrids, rest[: len(hybrids)], strict=True))
+        own_values = rest[len(hybrids) : len(hybrids) + len(objective_flat)]
+        settings = rest[len(hybrids) + len(objective_flat) :]
         chosen = {setting: value for (key, setting, _), value in zip(flat, settings, strict=True)
                   if key == method_name}
+        own = {field_name: value for (key, field_name, _), value in zip(objective_flat, own_values, strict=True)
+               if key == objective_name}
         try:
             values = form_values(data_path, val_path, method_name, chosen, base_model=base, epochs=n_epochs,
                                  max_steps=steps, learning_rate=lr, batch_size=batch, grad_accum=accum,
                                  max_length=length, scheduler=schedule, warmup_ratio=warmup, seed=seed_value,
-                                 gradient_checkpointing=checkpointing)
+                                 gradient_checkpointing=checkpointing, objective=objective_name,
+                                 objective_values=own, hybrid_values=hybrid_values)
             config = engine.training_config(values, preset=preset_name or None)
             state = engine.jobs.start(config)
         except (ValueError, JobBusyError) as err:  # an answer for the user, not a server error: no traceback logged
@@ -326,14 +413,16 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
     upload.upload(on_upload, [upload], [data, val_data, upload], api_name="train_upload")
     data.change(on_data, [data], [data_info, preview], api_name="train_preview")
     method.change(on_method, [method, preset], [*groups.values(), method_help, preset])
+    objective.change(on_objective, [objective], [*objective_groups.values(), objective_help])
     preset.change(on_preset, [preset], [method, *groups.values(), epochs, max_steps, learning_rate, batch_size,
-                                        scheduler, *setting_inputs])
+                                        scheduler, objective, base_model, *objective_inputs, *setting_inputs])
     start.click(on_start, form, [progress, chart, timer], api_name="train_start", concurrency_limit=1)
     stop.click(on_stop, None, [progress], api_name="train_stop", queue=False)
     resume.click(on_resume, [resume_run], [progress, chart, timer], api_name="train_resume", concurrency_limit=1)
     timer.tick(on_tick, [seen], [progress, chart, resume_run, seen], show_progress="hidden", queue=False,
                api_name="train_status")
     return {"data": data, "val_data": val_data, "preview": preview, "data_info": data_info, "method": method,
+            "objective": objective, "objective_widgets": objective_widgets, "hybrids": hybrids,
             "preset": preset, "start": start, "stop": stop, "resume": resume, "resume_run": resume_run,
             "progress": progress, "chart": chart, "timer": timer}
 

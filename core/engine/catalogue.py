@@ -24,8 +24,11 @@ CONTRACT_KEYS = ("run_id", "run_dir", "method", "state", "steps", "trainable_par
 SCORES = ("rougeL", "token_f1", "accuracy")
 """The evaluation means a row carries (None when not measured)."""
 ROW_KEYS = (*CONTRACT_KEYS, "state_text", "error", "total_params", "trainable_percent", "tokens_per_s",
-            "total_steps", "first_val_loss", "final_train_loss", "eval", "variant", *SCORES)
-"""Every key of a catalogue row, in order."""
+            "total_steps", "first_val_loss", "final_train_loss", "eval", "variant", *SCORES, "objective",
+            "val_accuracy")
+"""Every key of a catalogue row, in order. ``objective``: what the run trained (sft, classification, ...): a
+classification run answers ``finetuned`` variants with labels (its ``accuracy`` is the score to read);
+``val_accuracy``: its validation accuracy at the end of training."""
 FINETUNED = "finetuned"  # the arena strategy whose scores measure a run on its own (finetuned_rag mixes in RAG)
 COST_KEYS = ("trainable_params", "wall_s")  # the costs the trade-off chart puts on its x axes
 
@@ -136,6 +139,8 @@ def run_row(run: Run, evals: Sequence[dict[str, Any]] = (), now: float | None = 
         "first_val_loss": result.get("first_val_loss", val[0][1] if val else None),
         "final_train_loss": result.get("final_train_loss", train[-1][1] if train else None),
         "eval": scores.get("eval"), "variant": scores.get("variant"), **{key: scores.get(key) for key in SCORES},
+        "objective": config.get("objective") or "sft",
+        "val_accuracy": (result.get("extras") or {}).get("val_accuracy"),
     }
 
 
@@ -204,15 +209,30 @@ def pareto_front(points: Iterable[tuple[float, float]], higher_better: bool) -> 
 def tradeoff_groups(rows: Sequence[dict[str, Any]]) -> list[TradeoffGroup]:
     """What the trade-off chart compares (``core.charts.tradeoff_png`` draws it): quality against each cost of
     ``COST_KEYS``, for runs with a result (not running). Quality is the evaluation's ROUGE-L (higher is better)
-    for evaluated runs, else the final validation loss (lower is better), in a group of its own: the two are
-    never mixed on one axis. Empty groups are left out."""
+    for evaluated runs that generate; else the final validation loss (lower is better), one group per objective
+    (an SFT loss and a distillation loss are different measures); classification heads, which answer with a label,
+    by their test accuracy once evaluated, else their validation accuracy. Quality measures are never mixed on one
+    axis. Empty groups are left out."""
     usable = [r for r in rows if all(r.get(key) for key in COST_KEYS) and r.get("state") not in ("running", None)]
+    heads = [r for r in usable if r.get("objective") == "classification"]
+    generating = [r for r in usable if r.get("objective") != "classification"]
+    unevaluated = [r for r in generating if r.get("rougeL") is None and r.get("final_val_loss") is not None]
     candidates = [
         TradeoffGroup("Evaluated runs: ROUGE-L of the fine-tuned variant (higher is better)", "ROUGE-L  ↑ better",
-                      "rougeL", True, [r for r in usable if r.get("rougeL") is not None]),
-        TradeoffGroup("Runs not evaluated yet: final validation loss (lower is better; comparable on the same data "
-                      "only)", "validation loss  ↓ better", "final_val_loss", False,
-                      [r for r in usable if r.get("rougeL") is None and r.get("final_val_loss") is not None]),
+                      "rougeL", True, [r for r in generating if r.get("rougeL") is not None]),
+    ]
+    for objective in sorted({r.get("objective") or "sft" for r in unevaluated}):
+        title = "Runs not evaluated yet" + ("" if objective == "sft" else f" ({objective})")
+        candidates.append(TradeoffGroup(
+            f"{title}: final validation loss (lower is better; comparable on the same data only)",
+            "validation loss  ↓ better", "final_val_loss", False,
+            [r for r in unevaluated if (r.get("objective") or "sft") == objective]))
+    candidates += [
+        TradeoffGroup("Classification heads: test accuracy of the fine-tuned variant (higher is better)",
+                      "accuracy  ↑ better", "accuracy", True, [r for r in heads if r.get("accuracy") is not None]),
+        TradeoffGroup("Classification heads not evaluated yet: validation accuracy (higher is better)",
+                      "validation accuracy  ↑ better", "val_accuracy", True,
+                      [r for r in heads if r.get("accuracy") is None and r.get("val_accuracy") is not None]),
     ]
     groups = [group for group in candidates if group.points]
     for group in groups:

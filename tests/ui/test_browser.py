@@ -143,3 +143,69 @@ def _points(attribute: str | None) -> int:
 
 def _step(text: str) -> int:
     return int(re.search(r"step (\d+)/", text).group(1))
+
+
+@pytest.mark.browser
+@pytest.mark.integration
+def test_a_classification_head_trained_in_the_train_tab_answers_in_the_arena(live_app, live_workspace):
+    """The sentiment-head preset (a label head on all-MiniLM-L6-v2) trains a few steps from the Train tab; picked in
+    the Arena, its `finetuned` card answers with one of the demo's ticket labels and shows the class probabilities."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from core.data import demo_path, load_examples
+
+    labels = {json.loads(line)["output"] for line in demo_path("train.jsonl").read_text(encoding="utf-8").splitlines()
+              if line.strip() and json.loads(line).get("task") == "classification"}
+    ARTIFACTS.mkdir(exist_ok=True)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        try:
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(live_app)
+            page.get_by_role("tab", name="Train").click()
+            page.locator("#train-preset input").click()
+            page.get_by_role("option", name="sentiment-head", exact=True).click()
+            expect(page.locator("#train-objective input")).to_have_value(re.compile("classification"))
+            expect(page.locator("#train-text_column")).to_be_visible()  # the objective's own fields, and only them
+            expect(page.locator("#train-teacher")).to_be_hidden()
+            page.get_by_text("Training settings").click()
+            steps = page.locator("#train-max-steps input")
+            expect(steps).to_be_visible()
+            page.wait_for_timeout(500)
+            steps.fill("4")
+            steps.press("Tab")
+            expect(steps).to_have_value("4")
+            page.wait_for_timeout(300)
+            page.locator("#train-start").click()
+            progress = page.locator("#train-progress")
+            expect(progress).to_contain_text("completed", timeout=300_000)
+            expect(progress).to_contain_text("step 4/4")
+            run_id = progress.inner_text().split()[0]
+            config = json.loads((live_workspace / "runs" / run_id / "config.json").read_text(encoding="utf-8"))
+            assert config["objective"] == "classification" and config["base_model"] == "all-MiniLM-L6-v2"
+            page.screenshot(path=str(ARTIFACTS / "9-train-head.png"), full_page=True)
+
+            page.get_by_role("tab", name="Arena").click()
+            page.locator("#arena-refresh").click()
+            page.wait_for_timeout(1000)
+            adapters = page.locator("#arena-adapter")
+            for remove in adapters.locator("[aria-label^='Remove']").all():  # the demo adapter: this run alone
+                remove.click()
+            adapters.locator("input").click()
+            page.get_by_role("option").filter(has_text=run_id).click()
+            page.keyboard.press("Escape")
+            for name in ("few_shot", "rag", "finetuned_rag"):
+                page.locator("#arena-variants").get_by_label(name, exact=True).uncheck()
+            ticket = next(example for example in load_examples(demo_path("test.jsonl")).examples
+                          if example.task == "classification")
+            page.locator("#arena-query textarea").fill(ticket.instruction)
+            page.locator("#arena-input textarea").fill(ticket.input)
+            page.locator("#arena-reference textarea").fill(ticket.output)
+            page.locator("#arena-run").click()
+            expect(page.locator("#arena-status")).to_contain_text("2 of 2 variants answered", timeout=300_000)
+            card = page.locator("#arena-cards .ta-card").filter(has=page.locator("h3", has_text="finetuned"))
+            expect(card.locator(".ta-probs li")).to_have_count(3)
+            assert card.locator(".ta-answer").inner_text().strip() in labels
+            page.screenshot(path=str(ARTIFACTS / "10-arena-head.png"), full_page=True)
+        finally:
+            browser.close()

@@ -45,7 +45,7 @@ def test_a_completed_run_gives_one_formatted_row(engine):
     make_run(engine.runs.root, LORA)
     rows = engine.list_runs()
     row = dict(zip(tab.COLUMNS, tab.table_rows(rows)[0], strict=True))
-    assert row == {"run": LORA, "method": "lora", "state": "completed", "trainable params": "1.84M",
+    assert row == {"run": LORA, "objective": "sft", "method": "lora", "state": "completed", "trainable params": "1.84M",
                    "trainable %": "1.35%", "weights MB": "7.37", "wall time": "2m 05s", "tokens/s": "175",
                    "steps": "30/30", "val loss first": "2.5000", "val loss final": "1.6000",
                    "train loss final": "1.5000", "ROUGE-L": "", "token F1": "", "accuracy": "", "evaluation": ""}

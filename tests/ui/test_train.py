@@ -55,7 +55,7 @@ def test_widget_values_are_typed_by_the_methods_config_class(engine):
     config = engine.training_config(form_values("d.jsonl", HOLD_OUT, "qlora", widgets))
     assert config.method_config == {"r": 16, "alpha": 32, "dropout": 0.0, "use_dora": False, "use_rslora": False,
                                     "target_modules": ["q_proj", "v_proj"], "bits": 8, "quant_type": "fp4",
-                                    "double_quant": True}
+                                    "double_quant": True, "unfreeze_top": 0}
     assert config.val_data is None and config.max_steps is None and config.learning_rate is None
     for settings, needle in (({"r": 8.5}, "r: expected int, got 8.5"), ({"use_dora": 2}, "use_dora: expected bool"),
                              ({"rank": 8}, "rank: not a setting of this method")):
@@ -205,3 +205,41 @@ def test_training_settings_take_their_help_and_defaults_from_the_config_dataclas
         widget = by_label[label]
         assert widget.info == field_help(TrainingConfig, name) != ""
         assert widget.value == field_default(TrainingConfig, name)
+
+
+def test_the_objective_picker_shows_only_the_chosen_objectives_fields(engine):
+    import gradio as gr
+
+    from core.training import OBJECTIVES
+
+    with gr.Blocks() as demo:
+        tab = create_train_tab(engine)
+    own = tab["objective_widgets"]
+    assert set(own) == {name for name, objective in OBJECTIVES.items() if objective.fields}
+    assert set(own["classification"]) == {"text_column", "label_column"}
+    on_objective = next(fn.fn for fn in demo.fns.values() if fn.fn.__name__ == "on_objective")
+    *shown, description = on_objective("classification")
+    assert [update["visible"] for update in shown] == [name == "classification" for name in own]
+    assert description == OBJECTIVES["classification"].description
+    *shown, _ = on_objective("sft")
+    assert not any(update["visible"] for update in shown)
+
+
+def test_a_preset_sets_its_objective_and_base_model_and_the_form_passes_objective_fields(engine):
+    import gradio as gr
+
+    with gr.Blocks() as demo:
+        tab = create_train_tab(engine)
+    on_preset = next(fn.fn for fn in demo.fns.values() if fn.fn.__name__ == "on_preset")
+    outputs = next(fn for fn in demo.fns.values() if fn.fn.__name__ == "on_preset").outputs
+    updates = dict(zip([block._id for block in outputs], on_preset("sentiment-head"), strict=True))
+    assert updates[tab["objective"]._id]["value"] == "classification"
+    assert updates[tab["method"]._id]["value"] == "full"
+    values = form_values("d.jsonl", None, "full", {}, objective="classification",
+                         objective_values={"text_column": " message ", "label_column": ""}, base_model="m")
+    assert values["objective"] == "classification" and values["text_column"] == "message"
+    assert values["label_column"] is None  # an emptied box: the default column
+    distil = form_values("d.jsonl", None, "full", {}, objective="distillation",
+                         objective_values={"student_layers": 0, "teacher": "SmolLM2-135M-Instruct"},
+                         hybrid_values={"layerwise_lr_decay": 0.9, "gradual_unfreezing": 0})
+    assert distil["student_layers"] is None and distil["layerwise_lr_decay"] == 0.9
