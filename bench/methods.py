@@ -12,7 +12,7 @@ first N rows of the demo test set: ROUGE-L over all rows, accuracy on the classi
 Recipes (``--recipes``, none by default) add the other objectives and the hybrids with the same columns: ``head``
 (the sentiment-head preset: a classification head on all-MiniLM-L6-v2, trained on the demo train set's classification
 rows and scored on accuracy only), ``distil-half`` (a half-depth student distilled from the base), ``mpt``
-(multi-task prompt tuning over the three demo tasks), ``freeze-lr-decay``, ``freeze-gradual`` and ``lora-top2``.
+(multi-task prompt tuning over the three demo tasks), ``full-lr-decay``, ``freeze-gradual`` and ``lora-top2``.
 
 Columns: trainable params (and %), saved weights in bytes, peak memory (RSS on CPU, max allocated on CUDA), training
 wall time (model load included), tokens/s (answer and prompt tokens through forward and backward), final validation
@@ -46,7 +46,7 @@ RECIPES: dict[str, tuple[list[str], str | None]] = {
     "head": (["--preset", "sentiment-head"], CLASSIFICATION_ONLY),
     "distil-half": (["--preset", "distil-half"], None),
     "mpt": (["--preset", "mpt"], None),
-    "freeze-lr-decay": (["--method", "full", "--layerwise-lr-decay", "0.8"], None),
+    "full-lr-decay": (["--method", "full", "--layerwise-lr-decay", "0.8"], None),
     "freeze-gradual": (["--method", "freeze", "--set", "trainable_layers=4", "--gradual-unfreezing", "5"], None),
     "lora-top2": (["--method", "lora", "--set", "unfreeze_top=2"], None),
 }
