@@ -12,7 +12,7 @@ import pytest
 import torch
 from arena_helpers import PROMPTS, one_torch_thread, rendered, talkative_model_dir, trained_runs
 from tiny_models import build_tiny_llama
-from training_helpers import ROWS, tiny_config, write_rows
+from training_helpers import ROWS, SMALL_METHOD_CONFIG, tiny_config, write_rows
 
 from core.inference import AdapterError, AdapterHost, GenerationConfig, generate_batch, load_trained_model
 from core.models import load_causal_lm
@@ -310,3 +310,113 @@ def test_continuous_batching_equals_one_by_one_with_rows_ending_at_different_ste
     assert sorted(done) == list(range(7)) and all(b.batch_size == 3 for b in batched)
     waited = [b for b in batched if b.joined_s > 0]  # rows that joined a running batch
     assert len(waited) >= 4 and all(0 < b.generate_s < b.last_token_s <= b.batch_s for b in waited)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# prompt-learning adapters: generation equals a greedy loop of full forward passes
+# --------------------------------------------------------------------------------------------------------------------
+
+PROMPT_LEARNING = ("prompt_tuning", "p_tuning", "multitask_prompt_tuning", "prefix_tuning")
+MPT_TASKS = ["qa", "summarization", "classification"]
+
+
+def built(method: str, model_dir: Path, tokenizer):
+    """``method`` (the project's builder, the tests' small settings) on a fresh copy of the talkative model."""
+    from transformers import AutoModelForCausalLM
+
+    from core.methods import BuildContext, get_method
+
+    torch.manual_seed(5)
+    values = dict(SMALL_METHOD_CONFIG.get(method, {}))
+    if method == "multitask_prompt_tuning":
+        values.update(tasks=MPT_TASKS, init="random")
+    entry = get_method(method)
+    base = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32)
+    model = entry.builder(base, entry.make_config(values), BuildContext(tokenizer, 10)).eval()
+    if method == "multitask_prompt_tuning":  # task factors as after training: each task's prompt its own
+        with torch.no_grad():
+            encoder = model.prompt_encoder[model.active_adapter]
+            encoder.prefix_task_cols.normal_(0, 1)
+            encoder.prefix_task_rows.normal_(0, 1)
+    return model
+
+
+def greedy_reference(model, tokenizer, prompt: str, steps: int, task: int | None = None) -> list[int]:
+    """The answer ids of a greedy loop that runs the whole forward pass (virtual tokens included) at every step."""
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    extra = {} if task is None else {"task_ids": torch.tensor([task])}
+    new: list[int] = []
+    with torch.no_grad():
+        while len(new) < steps:
+            token = int(model(input_ids=torch.tensor([ids + new]), **extra).logits[0, -1].argmax())
+            if token == tokenizer.eos_token_id:
+                break
+            new.append(token)
+    return new
+
+
+def expected(tokenizer, answers: list[list[int]]) -> list[tuple[str, int]]:
+    return [(tokenizer.decode(ids, skip_special_tokens=True).strip(), len(ids)) for ids in answers]
+
+
+@pytest.fixture(scope="module")
+def prompt_models(talkative_dir, tiny):
+    return {method: built(method, talkative_dir, tiny.tokenizer) for method in PROMPT_LEARNING}
+
+
+@pytest.mark.parametrize("method", PROMPT_LEARNING)
+@pytest.mark.parametrize("width", [None, 2])
+def test_prompt_learning_generation_equals_full_forward_greedy(prompt_models, tiny, prompts, method, width):
+    """Prompts of three lengths share a left-padded batch (``width`` 2: the third joins a running batch); each row's
+    tokens are those of the full-forward loop. MPT rows of different tasks share the batch."""
+    model = prompt_models[method]
+    tasks = [2, 0, 1] if method == "multitask_prompt_tuning" else None
+    reference = [greedy_reference(model, tiny.tokenizer, p, GEN.max_new_tokens, None if tasks is None else tasks[i])
+                 for i, p in enumerate(prompts)]
+    out = generate_batch(model, tiny.tokenizer, prompts, GEN, max_batch_size=width, task_ids=tasks)
+    assert [(o.text, o.new_tokens) for o in out] == expected(tiny.tokenizer, reference)
+    plain = [greedy_reference(tiny.model, tiny.tokenizer, p, GEN.max_new_tokens) for p in prompts]
+    assert reference != plain  # the virtual tokens change the answers: the comparison is not the base model's
+
+
+def test_multitask_rows_of_the_same_prompt_follow_their_own_task(prompt_models, tiny, prompts):
+    model = prompt_models["multitask_prompt_tuning"]
+    reference = [greedy_reference(model, tiny.tokenizer, prompts[0], GEN.max_new_tokens, task) for task in (0, 1, 2)]
+    assert len({tuple(ids) for ids in reference}) > 1  # the tasks' prompts lead to different answers
+    out = generate_batch(model, tiny.tokenizer, [prompts[0]] * 3, GEN, task_ids=[0, 1, 2])
+    assert [(o.text, o.new_tokens) for o in out] == expected(tiny.tokenizer, reference)
+
+
+def test_prompt_learning_keeps_stop_strings_streaming_and_the_hf_setting(prompt_models, tiny, prompts):
+    """decoder="hf" takes the same (correct) path for prompt learning; a stop string cuts only its row; streamed
+    text grows to the answer."""
+    model = prompt_models["prompt_tuning"]
+    plain = generate_batch(model, tiny.tokenizer, prompts, GEN)
+    hf = generate_batch(model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=10, decoder="hf"))
+    assert [o.text for o in hf] == [o.text for o in plain]
+    pairs = [plain[0].text[i:i + 2] for i in range(2, len(plain[0].text) - 1)]
+    stop = next(pair for pair in pairs if pair.isalpha() and all(pair not in o.text for o in plain[1:]))
+    seen: dict[int, list[str]] = {}
+    cut = generate_batch(model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=10, stop=[stop]),
+                         on_text=lambda row, text: seen.setdefault(row, []).append(text))
+    assert cut[0].finish == "stop" and cut[0].text == plain[0].text[:plain[0].text.index(stop)].strip()
+    assert [(o.text, o.finish) for o in cut[1:]] == [(o.text, "length") for o in plain[1:]]
+    assert all(b.startswith(a) for texts in seen.values() for a, b in zip(texts, texts[1:], strict=False))
+    assert [seen[row][-1].strip() for row in range(3)] == [o.text for o in cut]
+    assert all(0 < o.last_token_s <= o.batch_s and o.prompt_tokens > 0 for o in cut)
+
+
+def test_lora_and_base_generation_equal_full_forward_greedy(talkative_dir, tiny, prompts):
+    """Models without virtual tokens are decoded as before: the full-forward loop, and model.generate (decoder hf)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(3)
+    base = AutoModelForCausalLM.from_pretrained(str(talkative_dir), dtype=torch.float32)
+    lora = get_peft_model(base, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False)).eval()
+    for model in (tiny.model, lora):
+        reference = [greedy_reference(model, tiny.tokenizer, p, GEN.max_new_tokens) for p in prompts]
+        out = generate_batch(model, tiny.tokenizer, prompts, GEN)
+        hf = generate_batch(model, tiny.tokenizer, prompts, GenerationConfig(max_new_tokens=10, decoder="hf"))
+        assert [(o.text, o.new_tokens) for o in out] == expected(tiny.tokenizer, reference)
+        assert [o.text for o in hf] == [o.text for o in out]

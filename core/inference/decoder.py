@@ -34,30 +34,57 @@ def generate_batch(
     on_text: TextCallback | None = None,
     max_batch_size: int | None = None,
     on_done: Callable[[int], None] | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> list[Generated]:
     """Generate for rendered ``prompts``, at most ``max_batch_size`` rows at a time (all by default).
+
+    ``task_ids``: each row's task id, for a multi-task prompt-tuning model (each row gets its own task's prompt).
 
     ``adapter_names``: the PEFT adapter of each row (mixed batch). A row ends at an end-of-sequence token, at a
     ``config.stop`` string (cut from the text) or at max_new_tokens; ``on_done(row)`` then. Decoder models go through
     ``_BatchDecoder`` (continuous batching: a finished row leaves the batch and a waiting prompt takes its place);
-    prompt-learning PEFT models and models whose cache is not a plain per-layer key/value store go through
-    ``model.generate``, one left-padded batch per ``max_batch_size`` rows.
+    models whose cache is not a plain per-layer key/value store go through ``model.generate``, one left-padded batch
+    per ``max_batch_size`` rows. Prompt-learning PEFT models (prompt, p-, multi-task prompt and prefix tuning) always
+    go through ``_BatchDecoder``, whatever ``config.decoder`` says: PEFT's generate mis-decodes them with transformers
+    5 (see ``_prompt_kind``).
     """
     config = config or GenerationConfig()
     if not prompts:
         return []
     width = min(max_batch_size or len(prompts), len(prompts))
-    if config.decoder == "auto" and _BatchDecoder.supports(model):
-        return _BatchDecoder(model, tokenizer, config, on_text).run(prompts, adapter_names, width, on_done)
+    prompt_kind = _prompt_kind(model)
+    if (prompt_kind or (config.decoder == "auto" and task_ids is None)) and _BatchDecoder.supports(model):
+        return _BatchDecoder(model, tokenizer, config, on_text).run(prompts, adapter_names, width, on_done,
+                                                                    task_ids if prompt_kind else None)
     results: list[Generated] = []
     for begin in range(0, len(prompts), width):
         rows = range(begin, min(begin + width, len(prompts)))
         forward = (lambda i, text, begin=begin: on_text(begin + i, text)) if on_text else None
         results += generate_hf(model, tokenizer, [prompts[row] for row in rows], config, on_text=forward,
-                                adapter_names=None if adapter_names is None else [adapter_names[r] for r in rows])
+                                adapter_names=None if adapter_names is None else [adapter_names[r] for r in rows],
+                                task_ids=None if task_ids is None else [task_ids[r] for r in rows])
         for row in rows if on_done else ():
             on_done(row)
     return results
+
+
+def _prompt_kind(model: PreTrainedModel) -> str | None:
+    """How the active PEFT adapter adds its virtual tokens: "embeds" (prompt, p- and multi-task prompt tuning:
+    embeddings before the prompt's), "prefix" (prefix tuning: keys and values in the cache), or None (no prompt
+    learning, or a kind the batch decoder does not know).
+
+    PEFT 0.21's generate looks for the cache under ``past_key_values``, which transformers 5 renamed ``cache``, so it
+    never sees one: prompt tuning re-inserts the virtual tokens before every generated token (positions and attention
+    drift from the second token on) and prefix tuning decodes without its prefix at all. The batch decoder inserts
+    them once, at prefill, and gives every position explicitly, counting the virtual tokens.
+    """
+    config = getattr(model, "active_peft_config", None)
+    if not getattr(config, "is_prompt_learning", False):
+        return None
+    kind = getattr(config.peft_type, "value", config.peft_type)
+    if kind in ("PROMPT_TUNING", "P_TUNING", "MULTITASK_PROMPT_TUNING"):
+        return "embeds"
+    return "prefix" if kind == "PREFIX_TUNING" and config.num_transformer_submodules == 1 else None
 
 
 class _BatchDecoder:
@@ -71,6 +98,10 @@ class _BatchDecoder:
     prefilled and joins it (continuous batching): on a CPU a decoding step costs about the same for 1 or 8 rows, so
     a full batch is what makes batching pay. Greedy decoding, the repetition penalty, temperature and top-p follow
     ``model.generate``'s logits processors.
+
+    A prompt-learning PEFT model's virtual tokens go in at prefill, after a row's left padding (embeddings before the
+    prompt's, or a prefix's keys and values in the cache); the positions, counted from the mask, include them as a
+    forward pass over the whole sequence does, and decoding steps run the base model on the cache.
     """
 
     PREFILL_WASTE = 0.15
@@ -84,15 +115,19 @@ class _BatchDecoder:
         self.pad_id, self.stop_ids = end_ids(model, tokenizer)
         self.hold_back = max((len(stop) for stop in config.stop), default=1) - 1  # chars a stop may still claim
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        self.prompt_kind = _prompt_kind(model)
+        self.virtual = model.active_peft_config.num_virtual_tokens if self.prompt_kind else 0
+        self.body = base if self.prompt_kind else model  # what runs the forward passes
         parameters = inspect.signature(base.forward).parameters
         self.keeps_logits = "logits_to_keep" in parameters  # skip the prompt positions' logits
         self.cache_argument = "cache" if "cache" in parameters else "past_key_values"  # transformers >= 5.24: cache
 
     @staticmethod
     def supports(model: PreTrainedModel) -> bool:
-        """Plain decoder models (and PEFT models that only change weights): a per-layer key/value cache."""
-        if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
-            return False  # virtual tokens go through the PEFT model's own generate
+        """Plain decoder models, PEFT models that only change weights and the prompt-learning kinds of
+        ``_prompt_kind``: a per-layer key/value cache."""
+        if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False) and not _prompt_kind(model):
+            return False  # another prompt-learning kind: left to the PEFT model's own generate
         from transformers.cache_utils import DynamicCache, DynamicLayer
 
         try:
@@ -101,15 +136,36 @@ class _BatchDecoder:
             return False
         return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
-    def _forward(self, ids: Any, mask: Any, cache: Any, names: list[str] | None) -> Any:
-        """Logits of the last position of each row, (rows, vocab) in float32."""
-        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -ids.shape[1]:]
+    def _forward(self, ids: Any, mask: Any, cache: Any, names: list[str] | None, embeds: Any = None) -> Any:
+        """Logits of the last position of each row, (rows, vocab) in float32. ``embeds``: the input embeddings,
+        given instead of ``ids`` (a prompt-tuning prefill)."""
+        inputs = {"input_ids": ids} if embeds is None else {"inputs_embeds": embeds}
+        length = ids.shape[1] if embeds is None else embeds.shape[1]
+        positions = (mask.cumsum(dim=1) - 1).clamp(min=0)[:, -length:]
         extra: dict[str, Any] = {} if names is None else {"adapter_names": names}
         if self.keeps_logits:
             extra["logits_to_keep"] = 1
         extra[self.cache_argument] = cache
-        output = self.model(input_ids=ids, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
+        output = self.body(**inputs, attention_mask=mask, position_ids=positions, use_cache=True, **extra)
         return output.logits[:, -1, :].float()
+
+    def _virtual_inputs(self, ids: Any, tasks: list[int] | None) -> tuple[Any, Any]:
+        """A prefill's fresh cache and input embeddings (None: use ``ids``), with the adapter's virtual tokens: in the
+        cache (prefix tuning) or before the prompt's embeddings (the others, ``tasks`` choosing each row's prompt)."""
+        import torch
+        from transformers.cache_utils import DynamicCache
+
+        config = self.model.config
+        if self.prompt_kind is None:
+            return DynamicCache(config=config), None
+        rows = ids.shape[0]
+        if self.prompt_kind == "prefix":
+            prefix = self.model.get_prompt(batch_size=rows)
+            return DynamicCache([(layer.keys, layer.values) for layer in prefix.layers], config=config), None
+        task_ids = None if tasks is None else torch.tensor(tasks, dtype=torch.long, device=ids.device)
+        embeds = self.model.word_embeddings(ids)
+        virtual = self.model.get_prompt(batch_size=rows, task_ids=task_ids).to(embeds.dtype)
+        return DynamicCache(config=config), torch.cat([virtual, embeds], dim=1)
 
     def _prefill_groups(self, lengths: list[int]) -> list[list[int]]:
         """Rows by ascending length, cut into groups whose left padding stays within PREFILL_WASTE."""
@@ -123,27 +179,32 @@ class _BatchDecoder:
                 groups.append([row])
         return groups
 
-    def _prefill(self, prompt_ids: list[list[int]], names: Sequence[str] | None) -> tuple[list[int], Any, Any, Any]:
-        """Prefill every group; returns the batch order of the rows, their first-token logits, mask and cache."""
+    def _prefill(self, prompt_ids: list[list[int]], names: Sequence[str] | None,
+                 tasks: Sequence[int] | None = None) -> tuple[list[int], Any, Any, Any]:
+        """Prefill every group; returns the batch order of the rows, their first-token logits, mask and cache.
+
+        A row's cache is [left padding, virtual tokens, prompt]: its positions (the mask's cumulative sum) are then
+        those of the row alone; a group's padding goes between its virtual tokens and its prompt, masked out."""
         import torch
         from transformers.cache_utils import DynamicCache
 
         device = self.model.device
         lengths = [len(ids) for ids in prompt_ids]
-        longest = max(lengths)
+        longest = max(lengths) + self.virtual
         order: list[int] = []
         logits, masks, keys, values = [], [], [], []
         for group in self._prefill_groups(lengths):
             width = max(lengths[row] for row in group)
             ids = torch.tensor([[self.pad_id] * (width - lengths[r]) + prompt_ids[r] for r in group], device=device)
-            mask = torch.tensor([[0] * (longest - lengths[r]) + [1] * lengths[r] for r in group], device=device)
-            cache = DynamicCache(config=self.model.config)
-            logits.append(self._forward(ids, mask[:, longest - width:], cache, None if names is None else
-                                        [names[r] for r in group]))
-            pad = longest - width  # every group's cache is left-padded to the longest prompt
+            mask = torch.tensor([[1] * self.virtual + [0] * (width - lengths[r]) + [1] * lengths[r] for r in group],
+                                device=device)
+            cache, embeds = self._virtual_inputs(ids, None if tasks is None else [tasks[r] for r in group])
+            logits.append(self._forward(ids, mask, cache, None if names is None else [names[r] for r in group],
+                                        embeds))
+            pad = longest - mask.shape[1]  # every group's cache is left-padded to the longest prompt
             keys.append([torch.nn.functional.pad(layer.keys, (0, 0, pad, 0)) for layer in cache.layers])
             values.append([torch.nn.functional.pad(layer.values, (0, 0, pad, 0)) for layer in cache.layers])
-            masks.append(mask)
+            masks.append(torch.nn.functional.pad(mask, (pad, 0)))
             order.extend(group)
         cache = DynamicCache(config=self.model.config)
         room = self.config.max_new_tokens
@@ -174,8 +235,11 @@ class _BatchDecoder:
         return torch.multinomial(scores.softmax(dim=-1), 1, generator=generator).squeeze(1).tolist()
 
     def run(self, prompts: Sequence[str], adapter_names: Sequence[str] | None, width: int,
-            on_done: Callable[[int], None] | None = None) -> list[Generated]:
+            on_done: Callable[[int], None] | None = None, task_ids: Sequence[int] | None = None) -> list[Generated]:
         import torch
+
+        if self.prompt_kind:
+            adapter_names = None  # a prompt-learning model is one adapter; its base model takes no adapter names
 
         config, tokenizer = self.config, self.tokenizer
         prompt_ids = [tokenizer(prompt, add_special_tokens=False)["input_ids"] for prompt in prompts]
@@ -215,7 +279,8 @@ class _BatchDecoder:
                         joined[row] = time.perf_counter() - start
                     order, scores, new_mask, new_cache = self._prefill(
                         [prompt_ids[row] for row in joining],
-                        None if adapter_names is None else [adapter_names[row] for row in joining])
+                        None if adapter_names is None else [adapter_names[row] for row in joining],
+                        None if task_ids is None else [task_ids[row] for row in joining])
                     joining = [joining[i] for i in order]
                     tokens = self._choose(scores, lambda j=joining: [prompt_ids[r] for r in j], generator)
                     going = step_done(joining, tokens)
@@ -261,6 +326,8 @@ class _BatchDecoder:
         if token in self.stop_ids:
             finish[row] = "eos"  # the end token is neither kept nor counted
             texts[row] = self.tokenizer.decode(answers[row], skip_special_tokens=True)
+            if self.on_text is not None and self.hold_back:  # what was held back for a stop string
+                self.on_text(row, texts[row])
             return True
         answers[row].append(token)
         full = len(answers[row]) >= self.config.max_new_tokens
@@ -275,7 +342,7 @@ class _BatchDecoder:
         else:
             texts[row] = text
         if self.on_text is not None:  # text a stop string could still claim is held back until it cannot
-            shown = texts[row] if cut is not None else text[:max(0, len(text) - self.hold_back)]
+            shown = texts[row] if cut is not None or full else text[:max(0, len(text) - self.hold_back)]
             self.on_text(row, shown)
         return cut is not None or full
 

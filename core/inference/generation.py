@@ -29,7 +29,8 @@ class GenerationConfig:
     seed: int = field(default=0, metadata={"help": "Sampling seed (used when temperature > 0)"})
     decoder: str = field(default="auto", metadata={
         "help": "auto: the batch decoder where the model allows it (continuous batching), else model.generate; "
-                "hf: always one left-padded model.generate per batch (the reference path)"})
+                "hf: one left-padded model.generate per batch (the reference path), except for prompt-learning "
+                "adapters, which always use the batch decoder"})
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -144,8 +145,13 @@ def generate_hf(
     *,
     adapter_names: Sequence[str] | None = None,
     on_text: TextCallback | None = None,
+    task_ids: Sequence[int] | None = None,
 ) -> list[Generated]:
-    """One left-padded ``model.generate``: the batch runs until its last row ends."""
+    """One left-padded ``model.generate``: the batch runs until its last row ends. ``task_ids``: each row's task
+    (multi-task prompt tuning), handed to PEFT's generate as a (rows,) tensor.
+
+    generate_batch sends prompt, p-, multi-task prompt and prefix tuning models to its own decoder instead: with
+    transformers 5, PEFT's generate re-inserts their virtual tokens at every step (or drops a prefix)."""
     import torch
 
     pad_id, stop_ids = end_ids(model, tokenizer)
@@ -156,6 +162,8 @@ def generate_hf(
     extra: dict[str, Any] = {}
     if adapter_names is not None:
         extra["adapter_names"] = list(adapter_names)
+    if task_ids is not None:
+        extra["task_ids"] = torch.tensor(list(task_ids), dtype=torch.long, device=model.device)
     if config.stop:
         extra.update(stop_strings=config.stop, tokenizer=tokenizer)
     if config.temperature > 0:
