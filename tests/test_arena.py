@@ -146,9 +146,10 @@ def test_two_adapters_of_different_methods_side_by_side(host, runs):
             loaded = load_trained_model(run, device="cpu", dtype="fp32")
             assert result.answer == generate_batch(loaded.model, loaded.tokenizer, [result.prompt], GEN)[0].text
     assert table[0][0].batch_size == 4  # base + LoRA rows of both examples share one batch
-    # prompt tuning gets batches of its own, one per prompt length (virtual tokens sit before the padding)
+    # prompt tuning gets a batch of its own, with both examples' rows whatever their lengths (its virtual tokens go
+    # after each row's padding), and each answer equals the row alone (checked above)
     lengths = [len(host.base.tokenizer(row[2].prompt, add_special_tokens=False)["input_ids"]) for row in table]
-    assert table[0][2].batch_size == (2 if lengths[0] == lengths[1] else 1)
+    assert lengths[0] != lengths[1] and table[0][2].batch_size == table[1][2].batch_size == 2
 
 
 def test_batched_across_examples_equals_each_example_alone(host, runs):

@@ -215,9 +215,8 @@ def test_unmixable_adapter_gets_its_own_batch(host, tiny, runs, prompts, name):
     streamed: dict[int, str] = {}
     out = host.generate([prompts[0], prompts[1], prompts[2], prompts[1]], [key, None, key, None], GEN,
                         on_text=lambda row, text: streamed.update({row: text}))
-    same_length = len({len(tiny.tokenizer(prompts[i], add_special_tokens=False)["input_ids"]) for i in (0, 2)}) == 1
-    own = 2 if name == "ia3" or same_length else 1  # prompt learning batches only prompts of one token length
-    assert [g.batch_size for g in out] == [own, 2, own, 2]  # the adapter's rows apart from the base rows
+    assert len({len(tiny.tokenizer(prompts[i], add_special_tokens=False)["input_ids"]) for i in (0, 2)}) == 2
+    assert [g.batch_size for g in out] == [2, 2, 2, 2]  # the adapter's rows (of two lengths) apart from the base rows
     alone = texts_alone(runs[name], prompts)
     assert [out[0].text, out[2].text] == [alone[0], alone[2]]  # batched (left padded) == one by one
     assert [out[1].text, out[3].text] == [one_by_one(tiny, prompts[1:2])[0].text] * 2

@@ -93,10 +93,6 @@ class AdapterHost:
         logger.info("adapter %s (%s) ready%s", info.key, method, " for mixed batches" if mixable else "")
         return info
 
-    @staticmethod
-    def _prompt_learning(method: str) -> bool:
-        return method in METHODS and METHODS[method].prompt_learning
-
     def _check_base(self, run_id: str, trained_on: str | None) -> None:
         ours = self.base.resolved
         try:
@@ -185,18 +181,14 @@ class AdapterHost:
             if key is not None and self.adapters[key].tasks:
                 task = None if tasks is None else tasks[row]
                 task_ids[row] = generation_task_ids(key, self.adapters[key].tasks, [task])[0]
-        groups: dict[tuple[str, int], list[int]] = {}
-        for row, key in enumerate(adapters):
+        groups: dict[str, list[int]] = {}  # the decoder puts a prompt-learning run's virtual tokens after each
+        for row, key in enumerate(adapters):  # row's padding, so rows of any length share its batch
             group = "" if key is None or self.adapters[key].mixable else key
-            # PEFT puts virtual tokens before the padding, so a prompt-learning adapter sees a padded row at other
-            # distances than the same row alone: it batches only rows of the same token length.
-            length = len(self.base.tokenizer(prompts[row], add_special_tokens=False)["input_ids"]) if (
-                group and self._prompt_learning(self.adapters[key].method)) else 0
-            groups.setdefault((group, length), []).append(row)
+            groups.setdefault(group, []).append(row)
         results: list[Generated | None] = [None] * len(prompts)
         done = 0
         with self.lock:
-            for (group, _), rows in groups.items():
+            for group, rows in groups.items():
                 if group:
                     model, names = self._separate_model(group).model, None
                 else:
