@@ -98,6 +98,7 @@ def main() -> None:
     parser.add_argument("--eval-rows", type=int, default=30, help="first N rows of the demo test set")
     parser.add_argument("--max-new-tokens", type=int, default=48)
     parser.add_argument("--workspace", help="keep runs and the evaluation here (e.g. workspace)")
+    parser.add_argument("--result", default="methods", help="bench/results/<name>.json to write (default: methods)")
     args = parser.parse_args()
     if args.smoke:
         args.methods, args.steps, args.batch_size, args.max_length = "lora,ia3", 1, 2, 128
@@ -151,7 +152,7 @@ def main() -> None:
                   "accuracy": quality["zero_shot"].get("accuracy")})
     print_table(table, ["method", "objective", "trainable_%", "weights_MB", "peak_mem_MiB", "train_s", "tokens_per_s",
                         "val_loss", "rougeL", "accuracy", "error"])
-    path = write_result("methods", {
+    path = write_result(args.result, {
         "settings": {"steps": args.steps, "recipes": recipes, "batch_size": args.batch_size,
                      "max_length": args.max_length,
                      "data": "assets/demo/train.jsonl", "validation": "assets/demo/validation.jsonl (first 32)",
