@@ -178,12 +178,15 @@ def _objective_widget(engine: Engine, name: str, value: Any = None) -> gr.compon
     """One TrainingConfig field of an objective as a widget, with the field's help (the CLI's words)."""
     label, info, elem_id = OBJECTIVE_LABELS.get(name, name), field_help(TrainingConfig, name), f"train-{name}"
     default = field_default(TrainingConfig, name) if value is None else value
+    # every widget starts with a value (the API's positional inputs are then all optional): the bundled model
+    # teaches by default, and an empty knowledge base is "none"
     if name == "teacher":
-        return gr.Dropdown(teacher_choices(engine), value=default, label=label, info=info, allow_custom_value=True,
+        choices = teacher_choices(engine)
+        return gr.Dropdown(choices, value=default or choices[0][1], label=label, info=info, allow_custom_value=True,
                            elem_id=elem_id)
     if name == "index":
-        return gr.Dropdown(index_choices(engine), value=default, label=label, info=info, allow_custom_value=True,
-                           elem_id=elem_id)
+        return gr.Dropdown([("(none)", "")] + index_choices(engine), value=default or "", label=label, info=info,
+                           allow_custom_value=True, elem_id=elem_id)
     if name == "teacher_context":
         return gr.Dropdown(list(TEACHER_CONTEXTS), value=default, label=label, info=info, elem_id=elem_id)
     if name == "student_layers" or isinstance(default, int | float):

@@ -148,7 +148,8 @@ def _wait_for(client, predicate, timeout: float) -> str:
     deadline = time.time() + timeout
     progress = ""
     while time.time() < deadline:
-        progress = client.predict(api_name="/train_status")[0] or progress
+        shown = client.predict(api_name="/train_status")[0]
+        progress = shown if isinstance(shown, str) and shown else progress  # an unchanged job answers a skip
         if predicate(progress):
             return progress
         time.sleep(1)
