@@ -147,25 +147,30 @@ def quantization_config(config: QLoraConfig, compute_dtype: Any) -> Any:
                               bnb_4bit_use_double_quant=config.double_quant, bnb_4bit_compute_dtype=compute_dtype)
 
 
+def _prompt_from_text(peft_model: Any, ctx: BuildContext, text: str, n: int) -> None:
+    """Start a soft prompt of ``n`` tokens from the token embeddings of ``text`` (repeated to the length)."""
+    import torch
+
+    ids = ctx.tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = (ids * (n // max(1, len(ids)) + 1))[:n]
+    with torch.no_grad():
+        word_embeddings = peft_model.get_input_embeddings().weight  # (vocab, hidden)
+        encoder = peft_model.prompt_encoder[peft_model.active_adapter]
+        encoder.embedding.weight.copy_(word_embeddings[torch.tensor(ids)].to(encoder.embedding.weight.dtype))
+
+
 def build_prompt_tuning(model: PreTrainedModel, config: PromptTuningConfig, ctx: BuildContext) -> PreTrainedModel:
     """Soft prompt; ``init=text`` copies the token embeddings of ``init_text`` (repeated to the prompt length).
 
     The copy is done here rather than by PEFT's TEXT init, which re-loads the tokenizer by name (a converted cache
     or an in-memory tokenizer has none to load)."""
     import peft
-    import torch
 
     peft_config = peft.PromptTuningConfig(task_type=_task_type(ctx), num_virtual_tokens=config.num_virtual_tokens,
                                           prompt_tuning_init=peft.PromptTuningInit.RANDOM)
     peft_model = peft.get_peft_model(model, peft_config)
     if config.init == "text":
-        ids = ctx.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
-        n = config.num_virtual_tokens
-        ids = (ids * (n // max(1, len(ids)) + 1))[:n]
-        with torch.no_grad():
-            word_embeddings = peft_model.get_input_embeddings().weight  # (vocab, hidden)
-            encoder = peft_model.prompt_encoder[peft_model.active_adapter]
-            encoder.embedding.weight.copy_(word_embeddings[torch.tensor(ids)].to(encoder.embedding.weight.dtype))
+        _prompt_from_text(peft_model, ctx, config.init_text, config.num_virtual_tokens)
     return peft_model
 
 
@@ -200,12 +205,7 @@ def build_multitask_prompt_tuning(model: PreTrainedModel, config: MultitaskPromp
         encoder.prefix_task_cols.normal_(1.0, 0.02)  # (tasks, tokens, ranks)
         encoder.prefix_task_rows.normal_(1.0 / config.num_ranks, 0.02)  # (tasks, ranks, hidden)
     if config.init == "text":
-        ids = ctx.tokenizer(config.init_text, add_special_tokens=False)["input_ids"]
-        n = config.num_virtual_tokens
-        ids = (ids * (n // max(1, len(ids)) + 1))[:n]
-        with torch.no_grad():
-            word_embeddings = peft_model.get_input_embeddings().weight  # (vocab, hidden)
-            encoder.embedding.weight.copy_(word_embeddings[torch.tensor(ids)].to(encoder.embedding.weight.dtype))
+        _prompt_from_text(peft_model, ctx, config.init_text, config.num_virtual_tokens)
     source_steps = math.ceil(config.source_fraction * ctx.total_steps)
     if source_steps < ctx.total_steps:
         gate_of(peft_model, create=True).add([encoder.embedding.weight], lambda step: step < source_steps)

@@ -6,26 +6,17 @@ from __future__ import annotations
 import hashlib
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from core.data import Example, load_examples, split_examples
 from core.errors import ConfigError
 from core.methods import training_task_ids
-from core.training.objectives import get_objective
+from core.training.objectives import PreparedData, get_objective
 
 if TYPE_CHECKING:
     from core.training.config import TrainingConfig
-
-
-@dataclass(frozen=True)
-class PreparedData:
-    train: list[Any]  # EncodedExample
-    val: list[Any]
-    sha256: str
-    truncated: int
-    info: dict[str, Any] = field(default_factory=dict)  # what the objective read from the data (e.g. its labels)
 
 
 def file_sha256(*paths: str | None) -> str:

@@ -12,24 +12,23 @@ recipe); ``before_step`` runs before each optimizer step. With the defaults (``l
   ``train_embeddings``) open with the last block. Every candidate weight is in the optimizer from the start and keeps
   ``requires_grad``; a closed one's gradient is dropped after backward (core.methods.gates), so AdamW skips it and it
   stays bit-identical until it opens, and a resumed run opens the same blocks (they follow from the step).
+
+``config`` arguments are TrainingConfigs, annotated ``Any``: core.training.config imports this module.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from core.errors import ConfigError
 from core.methods import get_method
 from core.methods.builders import find_blocks
 from core.methods.gates import gate_of
 
-if TYPE_CHECKING:
-    from core.training.config import TrainingConfig
-
 BLOCK_METHODS = ("full", "freeze")  # methods whose trainable weights are whole blocks
 
 
-def check(config: TrainingConfig) -> None:
+def check(config: Any) -> None:
     """ConfigError naming the field when the method cannot use a hybrid setting."""
     if config.layerwise_lr_decay != 1.0 and config.method not in BLOCK_METHODS:
         raise ConfigError(f"layerwise_lr_decay: only full and freeze train whole blocks; got method {config.method}")
@@ -55,7 +54,7 @@ def _depths(model: Any) -> tuple[int, dict[int, int]]:
     return n, depth
 
 
-def parameter_groups(model: Any, config: TrainingConfig, lr: float) -> list[dict[str, Any]]:
+def parameter_groups(model: Any, config: Any, lr: float) -> list[dict[str, Any]]:
     """AdamW parameter groups: one group of every trainable weight at ``lr``, or with ``layerwise_lr_decay`` one
     group per depth (``"depth"``: 0 = top block, -1 = above the blocks) at lr * decay**max(depth, 0). Sets up
     gradual unfreezing. ConfigError naming the field when the method cannot use the setting."""
@@ -73,13 +72,13 @@ def parameter_groups(model: Any, config: TrainingConfig, lr: float) -> list[dict
             for d, params in sorted(groups.items())]
 
 
-def open_blocks(config: TrainingConfig, step: int) -> int:
+def open_blocks(config: Any, step: int) -> int:
     """How many of the top candidate blocks train at optimizer step ``step`` (0-based) under gradual unfreezing."""
     layers = get_method(config.method).make_config(config.method_config).trainable_layers
     return min(layers, 1 + step // config.gradual_unfreezing)
 
 
-def _gate_blocks(model: Any, config: TrainingConfig) -> None:
+def _gate_blocks(model: Any, config: Any) -> None:
     """Gradual unfreezing: the k-th candidate block from the top (k = 0 the top) opens at step k * N."""
     n, depth = _depths(model)
     layers = get_method(config.method).make_config(config.method_config).trainable_layers
@@ -96,7 +95,7 @@ def _gate_blocks(model: Any, config: TrainingConfig) -> None:
         gate.add(params, lambda step, opens_at=opens_at: step >= opens_at)
 
 
-def before_step(model: Any, config: TrainingConfig, step: int) -> None:
+def before_step(model: Any, config: Any, step: int) -> None:
     """Before optimizer step ``step`` + 1: tell the model's gate (gradual unfreezing, multi-task prompt tuning's
     stages) which step runs, so it drops the gradients of the weights closed at that step."""
     gate = gate_of(model)

@@ -1,5 +1,6 @@
 """The model a run trains: a fresh copy of the base (never the shared inference model) made trainable by the
-method's builder, in the dtypes the device policy picks."""
+method's builder, in the dtypes the device policy picks.
+``config`` arguments are TrainingConfigs, annotated ``Any``: core.training.config imports this module."""
 
 from __future__ import annotations
 
@@ -12,14 +13,13 @@ from core.models import LoadedModel, load_causal_lm, pick_device, pick_dtype
 if TYPE_CHECKING:
     import torch
 
-    from core.training.config import TrainingConfig
 
 
-def compute_dtype(config: TrainingConfig, device: str) -> torch.dtype:
+def compute_dtype(config: Any, device: str) -> torch.dtype:
     return pick_dtype(device, config.dtype)
 
 
-def make_trainable(model: Any, config: TrainingConfig, tokenizer: Any, total_steps: int, *,
+def make_trainable(model: Any, config: Any, tokenizer: Any, total_steps: int, *,
                    task_type: str = "CAUSAL_LM") -> Any:
     """The method's builder over ``model`` (PEFT ``task_type``: CAUSAL_LM, or SEQ_CLS for a classification head);
     trainable weights in fp32; gradient checkpointing when asked."""
@@ -40,7 +40,7 @@ def make_trainable(model: Any, config: TrainingConfig, tokenizer: Any, total_ste
     return model
 
 
-def load_training_model(config: TrainingConfig, total_steps: int) -> tuple[Any, LoadedModel, torch.dtype]:
+def load_training_model(config: Any, total_steps: int) -> tuple[Any, LoadedModel, torch.dtype]:
     """A fresh copy of the base made trainable by the method's builder.
 
     The frozen base is stored in the compute dtype (PEFT methods) or fp32 (full, layer-wise: those weights train);

@@ -7,12 +7,14 @@ loss, evaluates (validation loss and the objective's own measures), saves the we
 result.json and the CLI's ``--json``. ``sft`` (instruction tuning: next-token cross-entropy on answer tokens, the
 prompt masked) is the default; other objectives (core.training.classification, core.training.distillation) subclass
 the session and register beside it with ``register_objective``.
+
+``config`` arguments are TrainingConfigs, annotated ``Any``: core.training.config imports this module.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +31,6 @@ if TYPE_CHECKING:
     import torch
 
     from core.runs import Run
-    from core.training.batches import PreparedData
-    from core.training.config import TrainingConfig
 
 
 def collate(examples: list[Any], pad_id: int, device: str) -> dict[str, torch.Tensor]:
@@ -130,6 +130,17 @@ def evaluate_loss(model: Any, examples: list[Any], batch_size: int, pad_id: int,
 
 
 @dataclass(frozen=True)
+class PreparedData:
+    """A run's encoded rows (core.training.batches reads instruction data; an objective may read its own)."""
+
+    train: list[Any]  # EncodedExample
+    val: list[Any]
+    sha256: str
+    truncated: int
+    info: dict[str, Any] = field(default_factory=dict)  # what the objective read from the data (e.g. its labels)
+
+
+@dataclass(frozen=True)
 class TrainingResources:
     """What an objective may need from layers above training, handed in by the engine (core.engine.runs): the
     teacher of a distillation run, loaded (``load_teacher() -> LoadedModel``, core.inference's loading of any run
@@ -146,7 +157,7 @@ class TrainingSession:
     (for clipping); ``evaluate`` at each validation pass; ``save`` and ``summary`` at the end. This class is SFT's;
     other objectives subclass it and override what differs."""
 
-    def __init__(self, objective: Objective, config: TrainingConfig, data: PreparedData, total_steps: int,
+    def __init__(self, objective: Objective, config: Any, data: PreparedData, total_steps: int,
                  resources: TrainingResources | None = None) -> None:
         self.objective, self.config, self.data, self.total_steps = objective, config, data, total_steps
         self.resources = resources or TrainingResources()
@@ -234,7 +245,7 @@ class Objective:
     methods: tuple[str, ...] | None = None
     fields: tuple[str, ...] = ()
 
-    def validate(self, config: TrainingConfig) -> None:
+    def validate(self, config: Any) -> None:
         """The objective's rules for ``config`` (called by TrainingConfig): its methods, then its own check."""
         if self.methods is not None and config.method not in self.methods:
             raise ConfigError(f"method: the {self.name} objective trains with {', '.join(self.methods)}; "
