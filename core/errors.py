@@ -65,3 +65,7 @@ class TrainingOutOfMemoryError(TuneArenaError):
 
 class PromptTooLongError(TuneArenaError):
     """A prompt that does not fit the model's context window even with all optional context dropped."""
+
+
+class QuotaError(TuneArenaError):
+    """A visitor of a shared instance (a public Space) over one of its quotas: disk, uploads per hour, steps."""

@@ -245,10 +245,21 @@ class Run:
 
 
 class RunStore:
-    """Runs under one folder (``<workspace>/runs``): create, list, get, delete."""
+    """Runs under one folder (``<workspace>/runs``): create, list, get, delete. ``shared``: run folders elsewhere
+    that this store lists and finds too but never deletes (a visitor's view of the instance's demo run)."""
 
-    def __init__(self, root: str | Path) -> None:
+    def __init__(self, root: str | Path, shared: tuple[Path, ...] = ()) -> None:
         self.root = Path(root)
+        self.shared = tuple(Path(path) for path in shared)
+
+    def shared_run(self, run: str | Path) -> Run | None:
+        """The shared run ``run`` names (its id, or its folder's path), if any."""
+        text = str(run)
+        for path in self.shared:
+            if (text == path.name or (("/" in text or "\\" in text) and Path(text).expanduser().resolve()
+                                      == path.resolve())) and (path / "config.json").is_file():
+                return Run(path)
+        return None
 
     def create(self, config: dict[str, Any], run_dir: str | Path | None = None) -> Run:
         """A new run folder with its config.json and status ``running``. ``run_dir`` must not hold a run yet."""
@@ -267,21 +278,26 @@ class RunStore:
     def list(self) -> list[Run]:
         """Runs with a config.json, newest first. Hidden folders (a delete cut short) are left out, and so is a
         run deleted while the list is made."""
-        if not self.root.is_dir():
-            return []
         stamped = []
-        for path in self.root.iterdir():
+        for path in self.root.iterdir() if self.root.is_dir() else ():
             if path.name.startswith("."):
                 continue
             try:
                 stamped.append(((path / "config.json").stat().st_mtime, Run(path)))
             except (FileNotFoundError, NotADirectoryError):
                 continue
+        own = {run.run_id for _, run in stamped}
+        for path in self.shared:  # a run of one's own of the same name wins
+            if path.name not in own and (path / "config.json").is_file():
+                stamped.append(((path / "config.json").stat().st_mtime, Run(path)))
         return [run for _, run in sorted(stamped, key=lambda pair: pair[0], reverse=True)]
 
     def get(self, run: str | Path) -> Run:
         """A run of this store by id (its folder name under the store) or by the path of that folder. Anything else
         (``..``, another folder, a symlink leading out, a hidden folder) is refused: ValueError."""
+        shared = self.shared_run(run)
+        if shared is not None and not (self.root / shared.run_id / "config.json").is_file():
+            return shared
         path = child_folder(self.root, run, "run")
         if not (path / "config.json").is_file():
             raise RunStateError(f"run: {run} is not a run folder (no config.json)")
@@ -291,6 +307,8 @@ class RunStore:
         """Remove a run folder. A run still running is refused (stop it first); an interrupted one (its process
         is gone) can go. Folders left by a delete that was itself cut short are swept as well."""
         found = self.get(run)
+        if found.path.parent.resolve() != self.root.resolve():
+            raise RunStateError(f"run: {found.run_id} is shared by every visitor of this app (read-only)")
         if found.state == "running":
             raise RunStateError(f"run: {found.run_id} is running; stop it before deleting")
         remove_folder(found.path)  # one rename: the run disappears from listings at once

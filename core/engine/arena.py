@@ -44,9 +44,9 @@ class ArenaMixin:
     def scorer(self):
         """The shared metrics Scorer (evaluate modules load on first use)."""
         with self._lock:
-            if self._scorer is None:
-                self._scorer = Scorer()
-            return self._scorer
+            if "scorer" not in self._loaded:
+                self._loaded["scorer"] = Scorer()
+            return self._loaded["scorer"]
 
     def few_shot_pool(self, path: str | Path | None = None, *, with_vectors: bool = True,
                       ) -> tuple[list[Example], object]:
@@ -183,7 +183,10 @@ class ArenaMixin:
     def list_evals(self) -> list[dict]:
         """Saved evaluations under evals/, newest first: folder, data, n, variants, adapters, summary means."""
         rows = []
-        for folder in sorted(self.workspace.evals.iterdir(), reverse=True):
+        folders = sorted(self.workspace.evals.iterdir(), reverse=True)
+        if self.workspace.shared is not None and self.workspace.demo_eval.is_dir():  # a visitor: the shared demo too
+            folders.append(self.workspace.demo_eval)
+        for folder in folders:
             path = folder / "results.json"
             if folder.name.startswith(".") or folder.is_symlink() or not path.is_file():
                 continue  # hidden or temporary folders, and links that may lead out of the workspace
@@ -221,6 +224,8 @@ class ArenaMixin:
                              "one evaluation takes; evaluate the first N (limit, --limit) or raise "
                              "TUNE_ARENA_MAX_EVAL_ROWS")
         folder = folder or self.workspace.evals / new_eval_id(data)
+        if self.quota is not None:
+            self.quota.check_disk()
         writable_folder(folder.parent)  # a place that cannot take the results is refused before any model loads
         context = self.arena_context(config, model=model)
         kb = context.knowledge_base

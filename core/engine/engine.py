@@ -4,6 +4,7 @@ through it: its methods are the product's API, split by concern into mixins (run
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 import time
@@ -13,10 +14,11 @@ from typing import Any
 from core.data import load_examples
 from core.engine.arena import ArenaMixin
 from core.engine.jobs import TrainingJobs
-from core.engine.knowledge import DEMO_INDEX, KnowledgeMixin
-from core.engine.runs import DEMO_EVAL, DEMO_RUN, RunsMixin
+from core.engine.knowledge import KnowledgeMixin
+from core.engine.runs import RunsMixin
 from core.engine.uploads import store_upload
-from core.engine.workspace import Workspace
+from core.engine.visitors import VisitorQuota, Visitors, VisitorSettings
+from core.engine.workspace import DEMO_EVAL, DEMO_INDEX, DEMO_RUN, Workspace
 from core.errors import ConfigError
 from core.inference import GenerationConfig, Reply
 from core.methods import METHODS, get_method
@@ -47,7 +49,7 @@ class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):
     """
 
     def __init__(self, workspace: str | Path | None = None, *, device: str | None = None,
-                 dtype: str | None = None, confined: bool = False) -> None:
+                 dtype: str | None = None, confined: bool = False, visitors: VisitorSettings | None = None) -> None:
         self.workspace = Workspace.open(workspace)
         self.confined = confined
         self.models = ModelManager(device=device, dtype=dtype)
@@ -57,10 +59,27 @@ class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):
         self._hosts: dict[str, object] = {}  # base model -> AdapterHost
         self._pools: dict[str, tuple[list, object]] = {}  # few-shot file -> (examples, vectors)
         self._classifiers: dict[str, tuple[int, object]] = {}  # run folder -> (weights mtime, loaded Classifier)
-        self._scorer = None
+        self._loaded: dict[str, object] = {}  # "scorer" -> the metrics Scorer, once made
         self._lock = threading.Lock()
         self._demo_lock = threading.Lock()
         self.jobs = TrainingJobs(self.train, self.resume, self.workspace.runs)  # the app's one background trainer
+        self.instance: Engine | None = None  # a visitor's engine: the instance's engine it is a view of
+        self.quota: VisitorQuota | None = None  # a visitor's engine: their limits
+        # a shared instance (a public Space): every visitor gets a view of this engine (core.engine.visitors)
+        self.visitors = Visitors(self, visitors) if visitors is not None and visitors.enabled else None
+
+    def scoped(self, folder: str | Path, *, owner: str, quota: VisitorQuota | None = None) -> Engine:
+        """A view of this engine for one visitor: the same loaded models, caches and training queue; its own
+        workspace at ``folder`` (the shared demo items read from this engine's), confined to it; ``quota`` checked
+        before anything is written; its training jobs queue behind other visitors' (``owner``'s, at most one)."""
+        view = copy.copy(self)  # every cache and lock is the same object: shared
+        view.workspace = Workspace.open(folder, shared=self.workspace.root)
+        view.runs = RunStore(view.workspace.runs, shared=(self.workspace.demo_run,))
+        view.confined, view.instance, view.quota, view.visitors = True, self, quota, None
+        queue = self.visitors.queue if self.visitors is not None else self.jobs.queue
+        view.jobs = TrainingJobs(view.train, view.resume, view.workspace.runs, queue=queue, owner=owner,
+                                 check=quota.check_training if quota is not None else None)
+        return view
 
     def base_model(self, name: str | None = None) -> LoadedModel:
         """The shared base model (default: ``$TUNE_ARENA_MODEL`` or SmolLM2-135M-Instruct). Generate through
@@ -79,7 +98,14 @@ class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):
         return Reply(generated.text, rendered, generated.new_tokens, generated.batch_s)
 
     def store_upload(self, source: str | Path, kind: str, *, name: str | None = None) -> Path:
-        """Keep a user's file under ``uploads/<kind>/`` (kind: datasets or documents) with a safe name."""
+        """Keep a user's file under ``uploads/<kind>/`` (kind: datasets or documents) with a safe name. A visitor's
+        upload counts against their quotas (disk, uploads per hour)."""
+        if self.quota is not None:
+            try:
+                size = Path(source).stat().st_size
+            except OSError:
+                size = 0  # store_upload names what is wrong with the file
+            self.quota.check_upload(size)
         return store_upload(self.workspace.uploads, source, kind, name=name)
 
     def model_info(self, name: str | None = None, *, prepare: bool = False) -> dict[str, Any]:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from core.data import demo_path
+from core.engine.workspace import DEMO_INDEX
 from core.errors import ConfigError
 from core.limits import check_name, child_folder, writable_folder
 from core.models import default_embedding_model
@@ -23,10 +24,6 @@ from retrieval import (
     read_manifest,
 )
 
-DEMO_INDEX = "demo"  # indexes/demo: the demo corpus, built on first use
-
-
-
 
 class KnowledgeMixin:
     """Knowledge bases of an Engine (see core.engine.engine.Engine for the state it holds)."""
@@ -39,12 +36,16 @@ class KnowledgeMixin:
     def index_dir(self, name: str) -> Path:
         """``<workspace>/indexes/<name>`` for a plain index name; ValueError for anything else (``../x``, ``/etc``,
         ``a/b``, ``.hidden``, NUL, empty, over 128 characters): a name never leads out of indexes/."""
+        if self.workspace.shared is not None and name == DEMO_INDEX:  # a visitor: the instance's demo index
+            return self.workspace.demo_index
         return self.workspace.indexes / check_name(name, "index")
 
     def resolve_index(self, index: str | Path) -> Path:
         """The folder of ``index``: a plain name is ``indexes/<name>``; a path (with a slash, or ``.``/``..``) is
         taken as given, except by a confined engine, which accepts only folders of its indexes/."""
         text = str(index)
+        if self.workspace.shared is not None and (text == DEMO_INDEX or self.workspace.is_shared(text)):
+            return self.workspace.demo_index  # a visitor's engine: the shared demo index, read-only
         if self.confined:
             return child_folder(self.workspace.indexes, text, "index")
         if "/" in text or "\\" in text or text in (".", ".."):
@@ -77,7 +78,12 @@ class KnowledgeMixin:
         """Build or update an index (``kwargs``: index_config, chunking, text_column, rebuild, on_progress)."""
         folder = self.resolve_index(out)
         check_name(folder.name, "index")  # the name it is found by later (the app, --index NAME)
+        if self.workspace.is_shared(folder):
+            raise ConfigError(f"index: {DEMO_INDEX} is the demo corpus every visitor shares (read-only); choose "
+                              "another name")
         paths = self.check_sources(paths)
+        if self.quota is not None:
+            self.quota.check_disk()
         writable_folder(folder.parent)  # an index goes in as a sibling folder, swapped in: refused before embedding
         # the model loads only when some document could be read: bad uploads fail fast
         result = build_index(paths, folder, lambda: self.embedder(embedding_model), **kwargs)
@@ -87,7 +93,9 @@ class KnowledgeMixin:
 
     def ensure_demo_index(self, on_progress=None) -> Path:
         """The demo corpus's index at ``indexes/demo``, built once (about 15 s on 2 cores) if it is not there."""
-        folder = self.workspace.indexes / DEMO_INDEX
+        if self.instance is not None:  # a visitor's engine: the instance builds the shared one
+            return self.instance.ensure_demo_index(on_progress)
+        folder = self.workspace.demo_index
         with self._demo_lock:
             if not (folder / "manifest.json").is_file():
                 self.build_index([str(demo_path("corpus"))], folder, on_progress=on_progress)
@@ -128,7 +136,10 @@ class KnowledgeMixin:
     def list_indexes(self) -> list[dict]:
         """Stats of every index folder under the workspace's indexes/."""
         rows = []
-        for folder in sorted(self.workspace.indexes.iterdir()):
+        folders = sorted(self.workspace.indexes.iterdir())
+        if self.workspace.shared is not None:  # a visitor's engine: the shared demo index too, first
+            folders.insert(0, self.workspace.demo_index)
+        for folder in folders:
             if folder.name.startswith(".") or folder.is_symlink() or not (folder / "manifest.json").is_file():
                 continue  # hidden or temporary folders, and links that may lead out of the workspace
             try:

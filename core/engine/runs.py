@@ -20,8 +20,6 @@ from core.training.teachers import TeacherSource, check_teacher, is_run_folder, 
 
 logger = logging.getLogger(__name__)
 
-DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
-DEMO_EVAL = "demo-eval"  # evals/demo-eval: the shipped demo evaluation (assets/demo/eval-demo)
 CONTEXT_PASSAGES = 3  # passages the teacher of a context-distillation run reads (the arena's rag_k default)
 
 
@@ -33,6 +31,9 @@ class RunsMixin:
         A distillation run gets its teacher and retriever from here (``training_resources``)."""
         config, resources = self.training_resources(config)
         kwargs.setdefault("resources", resources)
+        if self.quota is not None:  # a visitor: the disk quota, and the steps one job may take on a CPU instance
+            self.quota.check_training(config)
+            kwargs.setdefault("step_limit", self.quota.step_limit())
         return train(config, runs_root=self.workspace.runs, **kwargs)
 
     def resume(self, run: str | Path, **kwargs) -> TrainResult:
@@ -48,7 +49,8 @@ class RunsMixin:
         """A distillation teacher: a run of this workspace (its id; unconfined: also a run folder), else a model (a
         registry name, hub id or folder)."""
         text = str(teacher).strip()
-        if "/" not in text and "\\" not in text and is_run_folder(self.workspace.runs / text):
+        if "/" not in text and "\\" not in text and (is_run_folder(self.workspace.runs / text)
+                                                   or self.runs.shared_run(text) is not None):
             return TeacherSource(text, self.find_run(text).path)
         if not self.confined and is_run_folder(Path(text).expanduser()):
             return TeacherSource(text, self.find_run(text).path)
@@ -91,7 +93,7 @@ class RunsMixin:
     def install_demo_run(self) -> Path:
         """The shipped demo adapter as ``runs/demo-quick-lora``, copied there once (core.io.atomic_folder: a copy,
         then one rename; a copy another process finished first is kept)."""
-        target = self.workspace.runs / DEMO_RUN
+        target = self.workspace.demo_run
         if (target / "config.json").is_file():
             return target
         with atomic_folder(target, replace=lambda folder: not (folder / "config.json").is_file()) as staging:
@@ -104,7 +106,7 @@ class RunsMixin:
         ``evals/demo-eval``, copied there once, so the Evaluate tab opens on a verdict before anything runs.
         None when this checkout ships none."""
         source = demo_path("eval-demo")
-        target = self.workspace.evals / DEMO_EVAL
+        target = self.workspace.demo_eval
         if (target / "results.json").is_file() or not (source / "results.json").is_file():
             return target if (target / "results.json").is_file() else None
         with atomic_folder(target, replace=lambda folder: not (folder / "results.json").is_file()) as staging:
@@ -179,6 +181,8 @@ class RunsMixin:
     def delete_run(self, run: str | Path) -> str:
         """Delete a run (``RunStore.delete``: a running run is refused). Returns its id."""
         found = self.find_run(run)
+        if self.workspace.is_shared(found.path):
+            raise RunStateError(f"run: {found.run_id} is shared by every visitor of this app (read-only)")
         if self.jobs.snapshot().active and self.jobs.snapshot().run_dir == str(found.path):
             raise RunStateError(f"run: {found.run_id} is running; stop it before deleting")
         RunStore(found.path.parent).delete(found.path)

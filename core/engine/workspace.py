@@ -1,5 +1,9 @@
 """The user's workspace: runs/, indexes/, evals/, uploads/ and exports/ under ``$TUNE_ARENA_WORKSPACE``
-(default ./workspace)."""
+(default ./workspace).
+
+On a shared instance (core.engine.visitors) each visitor has a workspace of their own under ``visitors/<id>/``;
+its ``shared`` root is the instance's workspace, whose demo run, demo index and demo evaluation every visitor reads
+(and none may change)."""
 
 from __future__ import annotations
 
@@ -10,6 +14,9 @@ from pathlib import Path
 from core.errors import ConfigError
 
 SUBFOLDERS = ("runs", "indexes", "evals", "uploads", "exports")
+DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
+DEMO_INDEX = "demo"  # indexes/demo: the demo corpus, built on first use
+DEMO_EVAL = "demo-eval"  # evals/demo-eval: the shipped demo evaluation (assets/demo/eval-demo)
 
 
 def default_workspace() -> Path:
@@ -22,11 +29,13 @@ class Workspace:
     """Folders where CLI commands and the app write unless told otherwise."""
 
     root: Path
+    shared: Path | None = None  # a visitor's workspace: the instance's root, where the shared demo items live
 
     @classmethod
-    def open(cls, root: str | Path | None = None) -> Workspace:
+    def open(cls, root: str | Path | None = None, *, shared: str | Path | None = None) -> Workspace:
         """The workspace at ``root`` (default: ``default_workspace()``), its subfolders created."""
-        workspace = cls(Path(root).expanduser() if root else default_workspace())
+        workspace = cls(Path(root).expanduser() if root else default_workspace(),
+                        Path(shared).expanduser() if shared else None)
         for name in SUBFOLDERS:
             try:
                 (workspace.root / name).mkdir(parents=True, exist_ok=True)
@@ -55,3 +64,27 @@ class Workspace:
     def exports(self) -> Path:
         """Merged models (``<run id>-merged``) exported from the Runs tab."""
         return self.root / "exports"
+
+    @property
+    def demo_root(self) -> Path:
+        """Where the demo run, index and evaluation live: the shared root of a visitor's workspace, else this one."""
+        return self.shared or self.root
+
+    @property
+    def demo_run(self) -> Path:
+        return self.demo_root / "runs" / DEMO_RUN
+
+    @property
+    def demo_index(self) -> Path:
+        return self.demo_root / "indexes" / DEMO_INDEX
+
+    @property
+    def demo_eval(self) -> Path:
+        return self.demo_root / "evals" / DEMO_EVAL
+
+    def is_shared(self, folder: str | Path) -> bool:
+        """True for the shared demo items of a visitor's workspace (read-only to the visitor)."""
+        if self.shared is None:
+            return False
+        resolved = Path(folder).resolve()
+        return resolved in (self.demo_run.resolve(), self.demo_index.resolve(), self.demo_eval.resolve())

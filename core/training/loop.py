@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core.errors import ConfigError, RunStateError, TrainingOutOfMemoryError
+from core.errors import ConfigError, QuotaError, RunStateError, TrainingOutOfMemoryError
 from core.io import folder_bytes, remove_folder, write_atomic, write_json
 from core.methods import get_method
 from core.models import load_tokenizer
@@ -120,14 +120,22 @@ def train(
     on_eval: EvalCallback | None = None,
     stop_event: threading.Event | None = None,
     resources: TrainingResources | None = None,
+    step_limit: int | None = None,
 ) -> TrainResult:
     """Train a new run. ``run_dir`` (a new or empty folder) or a fresh id under ``runs_root`` (default: the
     workspace's runs/). Returns when the run completes, is stopped, or fails (the error is then raised after the
-    run's status is recorded). ``resources``: what the objective needs from above (a teacher, a retriever)."""
+    run's status is recorded). ``resources``: what the objective needs from above (a teacher, a retriever).
+    ``step_limit``: the most optimizer steps the run may plan (a shared CPU instance's quota; QuotaError before any
+    run folder exists otherwise)."""
     if run_dir is None and runs_root is None:
         raise ConfigError("out: give the run folder (run_dir) or the runs folder to create it in (runs_root)")
     store = RunStore(runs_root or Path(run_dir).parent)
     data = prepare_data(config, lambda: load_tokenizer(config.base_model))  # bad data or model: before any run folder
+    planned = _plan(config, len(data.train))[1]
+    if step_limit is not None and planned > step_limit:
+        raise QuotaError(f"{'max_steps' if config.max_steps else 'epochs'}: this run would take {planned} optimizer "
+                         f"steps, over the {step_limit} a training job may take on this CPU instance; lower "
+                         f"{'Max steps' if config.max_steps else 'Epochs or set Max steps'}")
     run = store.create({"format": 1, **config.to_dict()}, run_dir)
     return _run(run, config, None, on_step, on_eval, stop_event, data, resources)
 
