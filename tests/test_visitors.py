@@ -148,7 +148,7 @@ def test_disk_and_upload_quotas_refuse_with_one_line(tmp_path):
 def test_steps_per_job_are_capped_on_a_cpu_instance(tmp_path, tiny_model_dir):
     engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True, cpu_max_steps=5))
     alice = engine.visitors.engine(ALICE)
-    data = write_rows(tmp_path / "train.jsonl", ROWS * 4)  # 32 rows, batch 4: 8 steps an epoch
+    data = str(alice.store_upload(write_rows(tmp_path / "train.jsonl", ROWS * 4), "datasets"))  # 32 rows
     with pytest.raises(QuotaError, match=r"^max_steps: 50 is over the 5 steps a training job may take on this CPU "
                                          "instance; lower Max steps$"):
         alice.jobs.start(tiny_config(data, tiny_model_dir, max_steps=50))
@@ -160,6 +160,21 @@ def test_steps_per_job_are_capped_on_a_cpu_instance(tmp_path, tiny_model_dir):
     assert list(alice.workspace.runs.iterdir()) == []  # refused before any run folder exists
     done = alice.train(tiny_config(data, tiny_model_dir, max_steps=2))
     assert done.state == "completed" and Path(done.run_dir).parent == alice.workspace.runs
+    with pytest.raises(ConfigError, match="^data: .* is outside the folders this app may read"):
+        alice.train(tiny_config(write_rows(tmp_path / "elsewhere.jsonl", ROWS), tiny_model_dir, max_steps=2))
+
+
+def test_a_merge_that_would_pass_the_disk_quota_is_refused(tmp_path):
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True, disk_mb=1))
+    alice = engine.visitors.engine(ALICE)
+    run = fake_run(alice.workspace.runs, "big-run")
+    (run / "result.json").write_text('{"total_params": 1000000}')  # 4 MB merged, over the 1 MB quota
+    (run / "adapter").mkdir()
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"")  # only its presence is read before the quota
+    with pytest.raises(QuotaError, match=r"^disk quota: your workspace holds .* \(\+4.0 MB for the merged model\) "
+                                         r"of its 1.0 MB"):
+        alice.merge_run("big-run")
+    assert not (alice.workspace.exports / "big-run-merged").exists()
 
 
 def test_training_jobs_queue_across_visitors(instance, tmp_path):

@@ -108,6 +108,8 @@ class ArenaMixin:
         specs = config.specs()
         if config.index:
             self.resolve_index(config.index)  # a name that is no index name (or, confined, a folder elsewhere) fails
+        if config.few_shot_pool and self.instance is not None:  # a visitor: their own files and the demo splits
+            self.check_sources([config.few_shot_pool], "few_shot_pool")
         checked: dict[str, Path | str] = {}  # adapter -> its checked run folder, or why it cannot be used
         for spec in specs:  # files first: a bad run fails before the base model loads
             if spec.adapter and spec.adapter not in checked:
@@ -209,6 +211,8 @@ class ArenaMixin:
         ``eval_dir``)."""
         config = config or ArenaConfig()
         folder = self.eval_dir(out) if out else None
+        if self.instance is not None:  # a visitor evaluates what the app offers them: their uploads, the demo splits
+            self.check_sources([data], "data")
         if limit is not None and limit < 1:
             raise ConfigError(f"limit: must be at least 1, got {limit}")
         examples = load_examples(data).examples

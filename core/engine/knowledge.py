@@ -53,13 +53,14 @@ class KnowledgeMixin:
         return self.index_dir(text)
 
     def document_roots(self) -> list[Path]:
-        """Where a confined engine reads documents from: the workspace, the bundled demo corpus and the folders in
-        ``$TUNE_ARENA_DOC_ROOTS`` (separated by ``os.pathsep``; what the person running the app chooses to share)."""
+        """Where a confined engine reads documents and datasets from: the workspace, the shipped demo material
+        (corpus and splits) and the folders in ``$TUNE_ARENA_DOC_ROOTS`` (separated by ``os.pathsep``; what the
+        person running the app chooses to share). A visitor's workspace is their own folder alone."""
         extra = [Path(part).expanduser() for part in os.environ.get("TUNE_ARENA_DOC_ROOTS", "").split(os.pathsep)
                  if part.strip()]
-        return [self.workspace.root, demo_path("corpus"), *extra]
+        return [self.workspace.root, demo_path("corpus").parent, *extra]
 
-    def check_sources(self, paths: Iterable[str | Path]) -> list[Path]:
+    def check_sources(self, paths: Iterable[str | Path], what: str = "documents") -> list[Path]:
         """The document paths, each (after symlinks and ``..``) inside ``document_roots`` when the engine is confined:
         a remote user of the app cannot index (and then read back) files elsewhere on the server."""
         paths = [Path(path).expanduser() for path in paths]
@@ -69,7 +70,7 @@ class KnowledgeMixin:
         for path in paths:
             resolved = path.resolve()
             if not any(resolved == root or root in resolved.parents for root in roots):
-                raise ConfigError(f"documents: {str(path)[:200]} is outside the folders this app may read (its "
+                raise ConfigError(f"{what}: {str(path)[:200]} is outside the folders this app may read (its "
                                  "workspace and the demo corpus; more with TUNE_ARENA_DOC_ROOTS): upload the files")
         return paths
 

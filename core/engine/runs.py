@@ -29,6 +29,8 @@ class RunsMixin:
     def train(self, config: TrainingConfig, **kwargs) -> TrainResult:
         """Train a new run in this workspace (``kwargs``: run_dir, on_step, on_eval, stop_event; see core.training).
         A distillation run gets its teacher and retriever from here (``training_resources``)."""
+        if self.instance is not None:  # a visitor trains on what the app offers them: their uploads, the demo splits
+            self.check_sources([path for path in (config.data, config.val_data) if path], "data")
         config, resources = self.training_resources(config)
         kwargs.setdefault("resources", resources)
         if self.quota is not None:  # a visitor: the disk quota, and the steps one job may take on a CPU instance
@@ -207,4 +209,7 @@ class RunsMixin:
         target = self.export_dir(found) if out is None or self.confined else Path(out).expanduser()
         if target.exists() and any(target.iterdir()):
             raise ConfigError(f"out: {target} already exists; delete it first to export {found.run_id} again")
+        if self.quota is not None:  # a merged model is saved in float32: 4 bytes a parameter
+            params = (found.result or {}).get("total_params") or 0
+            self.quota.check_disk(int(params) * 4, "the merged model")
         return merge_and_export(found.path, target)

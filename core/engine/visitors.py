@@ -158,11 +158,11 @@ class VisitorQuota:
     def settings(self) -> VisitorSettings:
         return self.visitors.settings
 
-    def check_disk(self, adding: int = 0) -> None:
-        """Refused once the workspace holds the quota (or would, with ``adding`` bytes more)."""
+    def check_disk(self, adding: int = 0, what: str = "this file") -> None:
+        """Refused once the workspace holds the quota (or would, with ``adding`` bytes more for ``what``)."""
         used, most = folder_bytes(self.folder), self.settings.disk_bytes
         if used + adding > most:
-            more = f" (+{fmt_bytes(adding)} for this file)" if adding else ""
+            more = f" (+{fmt_bytes(adding)} for {what})" if adding else ""
             raise QuotaError(f"disk quota: your workspace holds {fmt_bytes(used)}{more} of its {fmt_bytes(most)}; "
                              "delete runs in the Runs tab (or indexes, evaluations) to make room")
 
