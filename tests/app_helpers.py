@@ -24,12 +24,14 @@ def free_port() -> int:
 
 
 @contextmanager
-def served_app(home: Path, workspace: Path, log_path: Path, *, timeout_s: float = 120) -> Iterator[str]:
-    """The app's URL once it serves, with ``home`` as TUNE_ARENA_HOME and ``workspace`` as its workspace; stopped
-    afterwards. Fails the test with the end of the app's log if it exits or does not serve within ``timeout_s``."""
+def served_app(home: Path, workspace: Path, log_path: Path, *, timeout_s: float = 120,
+               env: dict[str, str] | None = None) -> Iterator[str]:
+    """The app's URL once it serves, with ``home`` as TUNE_ARENA_HOME and ``workspace`` as its workspace (``env``:
+    more environment, e.g. TUNE_ARENA_MULTI_USER=1); stopped afterwards. Fails the test with the end of the app's
+    log if it exits or does not serve within ``timeout_s``."""
     port = free_port()
     env = {**os.environ, "GRADIO_SERVER_PORT": str(port), "TUNE_ARENA_HOME": str(home),
-           "TUNE_ARENA_WORKSPACE": str(workspace)}
+           "TUNE_ARENA_WORKSPACE": str(workspace), **(env or {})}
     with open(log_path, "w") as log:
         proc = subprocess.Popen([sys.executable, "app.py"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -22,7 +22,9 @@ from core.inference import GenerationConfig
 from ui.common import DEMO_INDEX, field_default, field_help, index_choices, run_choices
 from ui.eval_views import probabilities_html
 from ui.verdict import arena_verdict
+from ui.visitors import scoped
 
+CLEAR_REFERENCE = "() => ['', null]"  # the reference answer and the demo question picked: both cleared
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
          ("accuracy", "accuracy"))
 
@@ -78,7 +80,8 @@ def render_cards(results: list[dict[str, Any]], streams: dict[int, str] | None =
     return f"<div class='ta-cards'>{''.join(cards)}</div>"
 
 
-def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
+def create_arena_tab(engine: Engine) -> dict[str, Any]:
+    instance = engine  # build time only: every handler works with the requesting visitor's engine
     examples = _examples()
     first = load_examples(demo_path("test.jsonl")).examples[0]  # a newcomer can press Run at once
     runs = run_choices(engine)
@@ -132,12 +135,18 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
         row = load_examples(demo_path("test.jsonl")).examples[int(number)]
         return row.instruction, row.output or "", row.input, row.task or ""
 
-    def refresh(task_name: str | None = None):
+    def refresh(task_name: str | None = None, request: gr.Request | None = None):
+        engine = scoped(instance, request)
         return (gr.update(choices=run_choices(engine)), gr.update(choices=index_choices(engine)),
                 arena_verdict(engine, task_name))
 
+    def on_task(task_name: str | None, request: gr.Request | None = None) -> str:
+        return arena_verdict(scoped(instance, request), task_name)
+
     def on_run(query_text, reference_text, task_name, input_text, chosen, runs, index_choice, k_shots, k_rag,
-               tokens, temp, nucleus=1.0, penalty=1.0, stop_text="", model="") -> Iterator[tuple[str, str]]:
+               tokens, temp, nucleus=1.0, penalty=1.0, stop_text="", model="",
+               request: gr.Request | None = None) -> Iterator[tuple[str, str]]:
+        engine = scoped(instance, request)
         if not query_text or not query_text.strip():
             raise gr.Error("Type a query first (or pick a demo test question).")
         if not chosen:
@@ -151,7 +160,7 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
                                      stop=[line for line in (stop_text or "").splitlines() if line.strip()]))
         except ValueError as err:
             raise gr.Error(str(err)) from None
-        if index_choice == DEMO_INDEX and not (engine.workspace.indexes / DEMO_INDEX / "manifest.json").exists():
+        if index_choice == DEMO_INDEX and not (engine.workspace.demo_index / "manifest.json").exists():
             yield "Indexing the demo corpus (once)…", ""
             engine.ensure_demo_index()
         specs = config.specs()
@@ -198,16 +207,19 @@ def create_arena_tab(engine: Engine) -> dict[str, gr.components.Component]:
         yield summary, render_cards(rows)
 
     pick.change(on_pick, [pick], [query, reference, context, task])
+    # a query typed by hand (.input does not fire when on_pick fills it) clears the demo question's reference and the
+    # pick, in the browser: no server reply arrives late to wipe a reference typed right after
+    query.input(None, None, [reference, pick], js=CLEAR_REFERENCE)
     inputs = [query, reference, task, context, variants, adapter, index, shots, rag_k, max_new_tokens, temperature,
               top_p, repetition, stop, base_model]
     # one queue group for the button and Enter: at most two Arena requests run at once, the rest wait their turn
     run.click(on_run, inputs, [status, cards], api_name="arena", concurrency_limit=2, concurrency_id="arena")
     query.submit(on_run, inputs, [status, cards], concurrency_limit=2, concurrency_id="arena")
     refresh_lists.click(refresh, [task], [adapter, index, verdict], queue=False)
-    task.change(lambda task_name: arena_verdict(engine, task_name), [task], [verdict], queue=False,
-                api_visibility="private")
+    task.change(on_task, [task], [verdict], queue=False, api_visibility="private")
     return {"query": query, "reference": reference, "task": task, "variants": variants, "adapter": adapter,
-            "index": index, "run": run, "cards": cards, "status": status, "verdict": verdict}
+            "index": index, "run": run, "cards": cards, "status": status, "verdict": verdict, "pick": pick,
+            "refresh": (refresh, [task], [adapter, index, verdict])}
 
 
 CSS = """

@@ -40,6 +40,7 @@ from ui.eval_views import (
 )
 from ui.verdict import CSS as VERDICT_CSS
 from ui.verdict import comparisons_html, demo_eval_folder, details_html, report_file, verdict_html
+from ui.visitors import scoped
 
 logger = logging.getLogger(__name__)
 
@@ -166,7 +167,8 @@ def result_views(saved: dict[str, Any], folder: str | Path) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
+def create_evaluate_tab(engine: Engine) -> dict[str, Any]:
+    instance = engine  # build time only: every handler works with the requesting visitor's engine
     data_choices = dataset_choices(engine)
     default_data = str(demo_path("test.jsonl"))
     runs = run_choices(engine)
@@ -253,7 +255,9 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
                 found["comparisons"], found["overview"], gr.update(choices=found["choices"], value=found["pick"]),
                 found["drill"], saved)
 
-    def on_data(path: str | None):
+    def on_data(path: str | None, request: gr.Request | None = None):
+        if path and path not in {value for _, value in dataset_choices(scoped(instance, request))}:
+            return "✗ not one of the test sets offered here: upload it first", gr.update(choices=[], value=[])
         try:
             dataset = load_test_set(path) if path else None
         except ValueError as err:
@@ -263,9 +267,10 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
             return "", gr.update(choices=[], value=[])
         return describe_test_set(dataset), gr.update(choices=sorted(dataset.tasks()), value=[])
 
-    def on_upload(file: str | None):
+    def on_upload(file: str | None, request: gr.Request | None = None):
         if not file:
             return gr.update(), None
+        engine = scoped(instance, request)
         try:
             stored = store_test_set(engine, file)
         except ValueError as err:
@@ -274,12 +279,20 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
         gr.Info(f"Stored {stored.name}")
         return gr.update(choices=dataset_choices(engine), value=str(stored)), None
 
-    def refresh():
+    def refresh(request: gr.Request | None = None):
+        engine = scoped(instance, request)
         return (gr.update(choices=dataset_choices(engine)), gr.update(choices=run_choices(engine)),
                 gr.update(choices=index_choices(engine)))
 
+    def past_refresh(request: gr.Request | None = None):
+        return gr.update(choices=past_choices(scoped(instance, request)))
+
+    def refresh_all(request: gr.Request | None = None):
+        return *refresh(request), past_refresh(request)
+
     def on_run(data_path, tasks_chosen, limit_rows, variants_chosen, adapters, knowledge_base, few_shot_k, rag_k,
-               max_new_tokens, progress=gr.Progress()):
+               max_new_tokens, progress=gr.Progress(), request: gr.Request | None = None):
+        engine = scoped(instance, request)
         if not variants_chosen:
             raise gr.Error("Choose at least one variant.", print_exception=False)
         if data_path not in {value for _, value in dataset_choices(engine)}:
@@ -309,7 +322,8 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
             raise gr.Error(one_line(err), print_exception=False) from None
         return *views(saved, result.eval_dir), gr.update(choices=past_choices(engine), value=result.eval_dir)
 
-    def on_open(folder: str | None):
+    def on_open(folder: str | None, request: gr.Request | None = None):
+        engine = scoped(instance, request)
         if not folder:
             raise gr.Error("Pick a past evaluation.", print_exception=False)
         if folder not in {value for _, value in past_choices(engine)}:
@@ -334,19 +348,25 @@ def create_evaluate_tab(engine: Engine) -> dict[str, gr.components.Component]:
     data.change(on_data, [data], [data_info, tasks], queue=False)
     upload.upload(on_upload, [upload], [data, upload], api_name="eval_upload")
     plan_inputs = [data, tasks, limit, variants, adapter, max_new_tokens]
+    def on_plan(path, tasks_chosen, limit_rows, variants_chosen, adapters, max_new_tokens,
+                request: gr.Request | None = None) -> str:
+        if path and path not in {value for _, value in dataset_choices(scoped(instance, request))}:
+            return ""  # only what this visitor is offered is read
+        return plan_text(path, tasks_chosen, limit_rows, variants_chosen, adapters, max_new_tokens)
+
     for component in plan_inputs:
-        component.change(plan_text, plan_inputs, [plan], queue=False, api_visibility="private")
+        component.change(on_plan, plan_inputs, [plan], queue=False, api_visibility="private")
     refresh_lists.click(refresh, None, [data, adapter, index], queue=False)
     run.click(on_run, [data, tasks, limit, variants, adapter, index, shots, rag_k, max_new_tokens],
               [*outputs, past], api_name="evaluate", concurrency_limit=1)
     past.input(on_open, [past], outputs, api_name="open_eval")
-    refresh_past.click(lambda: gr.update(choices=past_choices(engine)), None, [past], queue=False)
+    refresh_past.click(past_refresh, None, [past], queue=False)
     pick.change(on_pick, [pick, shown], [drill], queue=False, api_visibility="private")
     overview.select(on_select, [shown], [pick], queue=False, api_visibility="private")
     return {"data": data, "upload": upload, "tasks": tasks, "limit": limit, "variants": variants, "adapter": adapter,
             "index": index, "run": run, "status": status, "verdict": verdict, "details": details, "report": report,
             "summary": summary, "chart": chart, "comparisons": comparisons, "pick": pick, "drill": drill,
-            "downloads": downloads, "past": past}
+            "downloads": downloads, "past": past, "refresh": (refresh_all, None, [data, adapter, index, past])}
 
 
 def _demo_choice(choices: Sequence[tuple[str, str]]) -> str | None:

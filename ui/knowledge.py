@@ -26,6 +26,7 @@ from core.text import fmt_bytes, one_line
 from retrieval import ChunkingConfig, IndexConfig, is_index_folder, read_manifest
 from retrieval.index import INDEX_TYPES
 from ui.common import DEMO_INDEX, field_help, index_choices
+from ui.visitors import scoped
 
 logger = logging.getLogger(__name__)
 
@@ -220,11 +221,14 @@ def progress_reporter(progress: gr.Progress):
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.components.Component]:
-    uploads_root = engine.workspace.uploads
+def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, Any]:
+    """Build, browse and search knowledge bases. The instance ``engine`` fills the widgets at build time; every
+    handler works with the requesting visitor's engine (``ui.visitors.scoped``). ``refresh`` in the returned
+    parts: (fn, inputs, outputs) of the index listing and picker."""
+    instance = engine
     defaults_index, defaults_chunking = IndexConfig(), ChunkingConfig()
 
-    def listing() -> pd.DataFrame:
+    def listing(engine: Engine) -> pd.DataFrame:
         return table(index_rows(engine.list_indexes()), INDEX_HEADERS)
 
     with gr.Row():
@@ -263,9 +267,9 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
                                    elem_id="kb-skipped")
         with gr.Column(scale=1):
             gr.Markdown("### Knowledge bases")
-            indexes = gr.Dataframe(listing(), label="In this workspace (click a row to pick it)", interactive=False,
-                                   wrap=True, column_widths=["18%", "24%", "13%", "15%", "12%", "18%"],
-                                   elem_id="kb-indexes")
+            indexes = gr.Dataframe(listing(engine), label="In this workspace (click a row to pick it)",
+                                   interactive=False, wrap=True,
+                                   column_widths=["18%", "24%", "13%", "15%", "12%", "18%"], elem_id="kb-indexes")
             with gr.Row():
                 picker = gr.Dropdown(index_choices(engine), value=None, label="Knowledge base", scale=4,
                                      allow_custom_value=True, elem_id="kb-picker")
@@ -291,7 +295,7 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
                            column_widths=["6%", "8%", "8%", "16%", "22%", "40%"], elem_id="kb-results")
     full_text = gr.HTML(elem_id="kb-full-text")
 
-    def describe(choice: str | None) -> tuple[str, pd.DataFrame]:
+    def show(engine: Engine, choice: str | None) -> tuple[str, pd.DataFrame]:
         empty = table([], DOCUMENT_HEADERS)
         if not choice:
             return "", empty
@@ -303,8 +307,14 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             raise gr.Error(one_line(err)) from None
         return stats_markdown(kb.stats()), table(document_rows(kb.documents), DOCUMENT_HEADERS)
 
+    def describe(choice: str | None, request: gr.Request | None = None) -> tuple[str, pd.DataFrame]:
+        return show(scoped(instance, request), choice)
+
     def on_build(uploaded, folder_text, demo, index_name, keep_old, size, over, kind, prefix, scratch,
-                 progress=gr.Progress()):  # noqa: B008 (Gradio finds the bar by this default)
+                 progress=gr.Progress(),  # noqa: B008 (Gradio finds the bar by this default)
+                 request: gr.Request | None = None):
+        engine = scoped(instance, request)
+        uploads_root = engine.workspace.uploads
         try:
             index_name = check_index_name(index_name)
             index_config = IndexConfig(index_type=str(kind), contextual=bool(prefix))
@@ -365,16 +375,18 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             gr.Warning(f"{len(refused)} upload{'s' if len(refused) != 1 else ''} refused: see Skipped files")
         rows = [[file, reason] for file, reason in refused] + skipped_rows(result.skipped, uploads_root)
         choice = str(folder)
-        stats_text, documents_table = describe(choice)
+        stats_text, documents_table = show(engine, choice)
         return (build_summary(index_name, contract, existed=existed, refused=len(refused)),
-                table(rows, SKIPPED_HEADERS), listing(), gr.update(choices=index_choices(engine), value=choice),
+                table(rows, SKIPPED_HEADERS), listing(engine), gr.update(choices=index_choices(engine), value=choice),
                 stats_text, documents_table)
 
-    def on_search(choice, text, count, fused, diverse, lam, progress=gr.Progress()):  # noqa: B008
+    def on_search(choice, text, count, fused, diverse, lam, progress=gr.Progress(),  # noqa: B008
+                  request: gr.Request | None = None):
         if not choice:
             raise gr.Error("Pick a knowledge base first (or build one).")
         if not text or not text.strip():
             raise gr.Error("Type a query first.")
+        engine = scoped(instance, request)
         try:
             if choice == DEMO_INDEX and not is_index_folder(engine.index_dir(DEMO_INDEX)):
                 progress(0.0, desc="Indexing the demo corpus (once)")
@@ -392,16 +404,19 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
                   if rows else "No results.")
         return status, table(result_rows(rows), RESULT_HEADERS), hits_html(rows)
 
-    def on_refresh(choice):
+    def on_refresh(choice: str | None, request: gr.Request | None = None):
+        engine = scoped(instance, request)
         choices = index_choices(engine)
         values = {value for _, value in choices}
-        return listing(), gr.update(choices=choices, value=choice if choice in values else None)
+        return listing(engine), gr.update(choices=choices, value=choice if choice in values else None)
 
-    def on_row(evt: gr.SelectData):
+    def on_row(evt: gr.SelectData, request: gr.Request | None = None):
         row = evt.row_value or []
         if not row or not row[0]:
             return gr.update()
-        return str(engine.index_dir(str(row[0])))
+        if str(row[0]) == DEMO_INDEX:  # the picker's own value for it (on a shared app: the instance's folder)
+            return DEMO_INDEX
+        return str(scoped(instance, request).index_dir(str(row[0])))
 
     build_inputs = [files, folders, use_demo, name, keep, chunk_size, overlap, index_type, contextual, rebuild]
     build.click(on_build, build_inputs, [build_status, skipped, indexes, picker, stats, documents],
@@ -419,4 +434,5 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             "rebuild": rebuild, "build": build, "build_status": build_status, "skipped": skipped,
             "indexes": indexes, "picker": picker, "stats": stats, "documents": documents, "query": query, "k": k,
             "hybrid": hybrid, "mmr": use_mmr, "mmr_lambda": mmr_lambda, "search": search,
-            "search_status": search_status, "results": results, "full_text": full_text}
+            "search_status": search_status, "results": results, "full_text": full_text,
+            "refresh": (on_refresh, [picker], [indexes, picker])}

@@ -22,6 +22,7 @@ from core.engine import Engine
 from core.engine.catalogue import headline_facts, tradeoff_groups
 from core.io import folder_bytes
 from core.text import fmt_bytes, fmt_count, fmt_duration, fmt_number, fmt_percent, one_line
+from ui.visitors import scoped
 
 logger = logging.getLogger(__name__)
 
@@ -180,8 +181,12 @@ def card_text(details: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.components.Component]:
-    """Runs table + trade-off chart + one run's details, delete and merge; refreshed when the tab is selected."""
+def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, Any]:
+    """Runs table + trade-off chart + one run's details, delete and merge; refreshed when the tab is selected.
+
+    The instance ``engine`` fills the widgets at build time; every handler works with the requesting visitor's
+    engine (``ui.visitors.scoped``). ``refresh`` in the returned parts: (fn, inputs, outputs) of the listing."""
+    instance = engine
     initial = engine.list_runs()
     with gr.Row(equal_height=True):
         summary = gr.Markdown(headline(initial, engine.runs.root), elem_id="runs-summary")
@@ -217,7 +222,8 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.c
             files = gr.Dataframe(headers=list(FILE_COLUMNS), interactive=False, label="Files in the run folder",
                                  elem_id="runs-files")
 
-    def on_refresh(current: str | None):
+    def on_refresh(current: str | None, request: gr.Request | None = None):
+        engine = scoped(instance, request)
         try:
             rows = engine.list_runs()
         except (OSError, ValueError) as err:
@@ -231,9 +237,10 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.c
         row = evt.row_value or []
         return row[0] if row and row[0] else gr.update()
 
-    def on_show(run_id: str | None):
+    def on_show(run_id: str | None, request: gr.Request | None = None):
         if not run_id:
             return "", "", None, "", files_frame(None), False
+        engine = scoped(instance, request)
         try:
             details = engine.run_details(run_id)
         except (OSError, ValueError) as err:
@@ -242,7 +249,8 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.c
         return (run_overview(details), curves_html(details), details["config"], card_text(details),
                 files_frame(details), False)
 
-    def on_delete(run_id: str | None, confirmed: bool):
+    def on_delete(run_id: str | None, confirmed: bool, request: gr.Request | None = None):
+        engine = scoped(instance, request)
         try:
             if not confirmed:
                 chosen = run_id or "the chosen run"
@@ -253,7 +261,8 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.c
         gr.Info(f"Deleted run {deleted}")
         return f"Deleted run `{deleted}`.", False
 
-    def on_merge(run_id: str | None) -> str:
+    def on_merge(run_id: str | None, request: gr.Request | None = None) -> str:
+        engine = scoped(instance, request)
         try:
             out = engine.merge_run(run_id or "")
         except (OSError, ValueError) as err:
@@ -278,6 +287,6 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, gr.c
         on_refresh, [pick], listing, api_visibility="private")
     merge.click(on_merge, [pick], [action], api_name="merge_run", concurrency_limit=1).success(
         on_show, [pick], details, api_visibility="private")
-    return {"summary": summary, "refresh": refresh, "table": table, "chart": chart, "pick": pick,
+    return {"summary": summary, "refresh_button": refresh, "table": table, "chart": chart, "pick": pick,
             "overview": overview, "curves": curves, "config": config, "card": card, "files": files, "sure": sure,
-            "delete": delete, "merge": merge, "action": action}
+            "delete": delete, "merge": merge, "action": action, "refresh": (on_refresh, [pick], listing)}

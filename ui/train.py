@@ -27,8 +27,11 @@ from core.text import fmt_duration, one_line
 from core.training import OBJECTIVES, SCHEDULERS, TrainingConfig, get_objective, list_presets, load_preset
 from core.training.config import TEACHER_CONTEXTS
 from ui.common import field_default, field_help, index_choices, run_choices
+from ui.visitors import scoped
 
 HOLD_OUT = "__hold_out__"
+NOT_OFFERED = "<span class='ta-error'>✗ not one of the datasets offered here: upload it first</span>"
+HOLD_OUT_LABEL = "hold out 10% of the training data"
 CHOICES_FOR = {"quant_type": ["nf4", "fp4"], "bits": [4, 8], "encoder_type": ["MLP", "LSTM"],
                "init": ["text", "random"]}
 PREVIEW_ROWS = 5
@@ -115,12 +118,19 @@ def render_progress(state: JobState, now: float | None = None) -> str:
     """The progress bar and status line of a job snapshot (HTML)."""
     if state.state == "idle":
         return "<div class='ta-job'>No training yet. Choose a dataset and a method, then Start.</div>"
+    head = f"<b>{html.escape(state.run_id or '')}</b> ({html.escape(state.method or '')}) · "
+    if state.state == "queued":  # a shared app: waiting its turn behind other visitors' jobs
+        ahead = state.ahead
+        turn = f"starts after {ahead} other job{'s' if ahead != 1 else ''}" if ahead else "starts next"
+        return (f"<div class='ta-job'>{head}<span class='ta-state ta-queued'>queued</span> · {turn}"
+                "<div class='ta-why'>Stop takes it out of the queue.</div></div>")
+    if state.state == "cancelled":  # taken out of the queue by Stop: nothing ran, nothing failed
+        return f"<div class='ta-job'>{head}<span class='ta-state ta-cancelled'>cancelled before it started</span></div>"
     done = state.step / state.total if state.total else 0.0
     if state.state == "completed":
         done = 1.0
     elapsed = ((state.finished or now or time.time()) - state.started) if state.started else None
-    parts = [f"<b>{html.escape(state.run_id or '')}</b> ({html.escape(state.method or '')}) · "
-             f"<span class='ta-state ta-{state.state}'>{state.state}</span>"]
+    parts = [f"{head}<span class='ta-state ta-{state.state}'>{state.state}</span>"]
     if state.total:
         parts.append(f"step {state.step}/{state.total}")
     if state.loss is not None:
@@ -214,6 +224,10 @@ def _setting_widget(method: str, row: dict[str, Any], value: Any = None) -> gr.c
 
 
 def create_train_tab(engine: Engine) -> dict[str, Any]:
+    """The tab over the instance ``engine`` (its lists fill the widgets at build time); every handler works with
+    the requesting visitor's engine (``ui.visitors.scoped``). ``refresh`` in the returned parts: (fn, inputs,
+    outputs) that fills the dataset, resume and teacher / knowledge-base pickers with the visitor's own."""
+    instance = engine
     presets = list_presets()
     initial = load_preset(DEFAULT_PRESET)["config"] if DEFAULT_PRESET in presets else {}
     first_method = initial.get("method", "lora")
@@ -226,7 +240,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                                    label="Training data", elem_id="train-data")
                 upload = gr.File(label="…or upload a dataset (.jsonl, .json, .csv, .tsv)", file_types=[
                     ".jsonl", ".json", ".csv", ".tsv"], elem_id="train-upload", height=120)
-                val_data = gr.Dropdown([("hold out 10% of the training data", HOLD_OUT)]
+                val_data = gr.Dropdown([(HOLD_OUT_LABEL, HOLD_OUT)]
                                        + dataset_choices(engine), value=str(demo_path("validation.jsonl")),
                                        label="Validation data", elem_id="train-val-data")
             data_info = gr.HTML(first_info, elem_id="train-data-info")
@@ -323,16 +337,41 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             max_length, scheduler, warmup_ratio, seed, gradient_checkpointing, objective, *hybrids.values(),
             *objective_inputs, *setting_inputs]
 
-    def on_upload(file: str | None):
+    lists = [(field_name, widget) for own in objective_widgets.values() for field_name, widget in own.items()
+             if field_name in ("teacher", "index")]
+
+    def on_upload(file: str | None, request: gr.Request | None = None):
         if not file:
             return gr.update(), gr.update(), gr.update()
+        engine = scoped(instance, request)
         try:
             stored = store_dataset(engine, file)
-        except ValueError as err:  # DataError (a bad row) or UploadError (type, size): nothing was stored
-            raise gr.Error(one_line(err)) from None
+        except ValueError as err:  # DataError (a bad row), UploadError (type, size), QuotaError: nothing stored
+            raise gr.Error(one_line(err), print_exception=False) from None
         choices = dataset_choices(engine)
         return (gr.update(choices=choices, value=str(stored)),
-                gr.update(choices=[("hold out 10% of the training data", HOLD_OUT)] + choices), None)
+                gr.update(choices=[(HOLD_OUT_LABEL, HOLD_OUT)] + choices), None)
+
+    def on_lists(data_path: str | None, val_path: str | None, run_id: str | None,
+                 request: gr.Request | None = None):
+        """The visitor's own datasets, resumable runs, teachers and knowledge bases (chosen values kept if valid)."""
+        engine = scoped(instance, request)
+        choices = dataset_choices(engine)
+        paths = {path for _, path in choices}
+        runs = resumable_runs(engine)
+        if data_path not in paths:
+            data_path = str(demo_path("train.jsonl"))
+        if val_path != HOLD_OUT and val_path not in paths:
+            val_path = str(demo_path("validation.jsonl"))
+        if run_id not in {value for _, value in runs}:
+            run_id = None
+        updates = [gr.update(choices=choices, value=data_path),
+                   gr.update(choices=[(HOLD_OUT_LABEL, HOLD_OUT)] + choices, value=val_path),
+                   gr.update(choices=runs, value=run_id)]
+        for field_name, _ in lists:  # free-text pickers (a model name, a folder): their value stays as typed
+            updates.append(gr.update(choices=teacher_choices(engine) if field_name == "teacher"
+                                     else [("(none)", "")] + index_choices(engine)))
+        return updates
 
     def on_method(name: str, preset_name: str | None):
         # a preset fills its own method's form: choosing another method leaves the preset behind
@@ -366,7 +405,8 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                            else gr.update())
         return updates
 
-    def on_start(*values):
+    def on_start(request: gr.Request | None, *values):
+        engine = scoped(instance, request)
         (data_path, val_path, method_name, preset_name, base, n_epochs, steps, lr, batch, accum, length, schedule,
          warmup, seed_value, checkpointing, objective_name, *rest) = values
         hybrid_values = dict(zip(hybrids, rest[: len(hybrids)], strict=True))
@@ -388,29 +428,35 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             raise gr.Error(one_line(err), print_exception=False) from None
         return render_progress(state), loss_chart(state), gr.Timer(active=True)
 
-    def on_stop():
-        if not engine.jobs.stop():
-            gr.Warning("No training is running.")
+    def on_stop(request: gr.Request | None = None):
+        engine = scoped(instance, request)
+        if not engine.jobs.stop():  # a running job checkpoints and ends; a queued one leaves the queue
+            gr.Warning("No training is running or queued.")
         return render_progress(engine.jobs.snapshot())
 
-    def on_resume(run_dir: str | None):
+    def on_resume(run_dir: str | None, request: gr.Request | None = None):
         if not run_dir:
             raise gr.Error("Choose a run to resume.")
+        engine = scoped(instance, request)
         try:
             state = engine.resume_job(run_dir)  # a run id of this workspace (the engine is confined)
         except (ValueError, JobBusyError) as err:
             raise gr.Error(one_line(err), print_exception=False) from None
         return render_progress(state), loss_chart(state), gr.Timer(active=True)
 
-    def on_tick(last: tuple | None):
-        state = engine.jobs.snapshot()
+    def on_tick(last: tuple | None, request: gr.Request | None = None):
+        engine = scoped(instance, request)
+        state = engine.jobs.snapshot()  # active (queued included): rendered on every tick, the place in line moves
         key = (state.run_id, state.state, state.step, len(state.val_curve))
         if key == last and not state.active:
             return gr.skip(), gr.skip(), gr.skip(), last
         runs = gr.update(choices=resumable_runs(engine)) if key[:2] != (last or (None, None))[:2] else gr.skip()
         return render_progress(state), loss_chart(state), runs, key
 
-    def on_data(path: str | None):
+    def on_data(path: str | None, request: gr.Request | None = None):
+        engine = scoped(instance, request)
+        if path and path not in {value for _, value in dataset_choices(engine)}:  # only what this visitor is offered
+            return describe_dataset(None)[0] + NOT_OFFERED, describe_dataset(None)[1]
         return describe_dataset(path)
 
     upload.upload(on_upload, [upload], [data, val_data, upload], api_name="train_upload")
@@ -427,7 +473,9 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
     return {"data": data, "val_data": val_data, "preview": preview, "data_info": data_info, "method": method,
             "objective": objective, "objective_widgets": objective_widgets, "hybrids": hybrids,
             "preset": preset, "start": start, "stop": stop, "resume": resume, "resume_run": resume_run,
-            "progress": progress, "chart": chart, "timer": timer}
+            "progress": progress, "chart": chart, "timer": timer,
+            "refresh": (on_lists, [data, val_data, resume_run],
+                        [data, val_data, resume_run, *[widget for _, widget in lists]])}
 
 
 CSS = """  /* the job line, and core.charts' loss curves (the Train and Runs tabs) themed for the app */
@@ -437,6 +485,7 @@ CSS = """  /* the job line, and core.charts' loss curves (the Train and Runs tab
 .ta-fill {height: 100%; background: linear-gradient(90deg, #4f8cff, #37b679); transition: width 0.5s;}
 .ta-state {font-weight: 600;}
 .ta-completed {color: #2e7d32;} .ta-failed {color: #c62828;} .ta-stopped, .ta-stopping {color: #b26a00;}
+.ta-queued {color: #c28a00;} .ta-cancelled {color: var(--body-text-color-subdued);}
 .ta-error {color: #c62828;}
 .ta-chart {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px;}
 .ta-svg {width: 100%; height: auto;}

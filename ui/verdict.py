@@ -59,8 +59,9 @@ def report_file(folder: str | Path, saved: dict[str, Any] | None = None) -> Path
 
 
 def demo_eval_folder(engine: Engine) -> Path | None:
-    """The demo evaluation's folder when the workspace holds it (the Evaluate tab opens on it)."""
-    folder = engine.workspace.evals / DEMO_EVAL
+    """The demo evaluation's folder when there is one (the Evaluate tab opens on it); on a visitor's engine, the
+    instance's shared one."""
+    folder = engine.workspace.demo_eval
     return folder if (folder / "results.json").is_file() and not folder.is_symlink() else None
 
 

@@ -1,5 +1,6 @@
-"""Arena tab: the latest saved evaluation's verdict under the cards (pure helpers and the handlers, no browser), and
-every registered variant on offer with the defaults ticked."""
+"""Arena tab: the latest saved evaluation's verdict under the cards (pure helpers and the handlers, no browser),
+every registered variant on offer with the defaults ticked, the reference answer that follows the query, and each
+visitor's own lists on a shared app."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import html
 import json
 import os
 
+import pytest
 from verdict_helpers import SENTENCES, install_eval
 
 from ui.verdict import arena_verdict, latest_verdict, latest_verdict_html
@@ -123,3 +125,58 @@ def test_a_linked_evaluation_folder_is_not_read(tmp_path):
     with gr.Blocks():
         parts = create_evaluate_tab(engine)
     assert parts["verdict"].value == "" and not (outside / "report.html").exists()
+
+
+def _event(blocks, component, event: str):
+    return next(fn for fn in blocks.fns.values() if fn.targets == [(component._id, event)])
+
+
+def test_a_query_typed_by_hand_drops_the_demo_reference_and_a_pick_brings_it_back(tmp_path):
+    """The browser side (the JS clearing the boxes) runs in tests/ui/test_browser_reference.py."""
+    import gradio as gr
+
+    from core.data import demo_path, load_examples
+    from core.engine import Engine
+    from ui.arena import CLEAR_REFERENCE, create_arena_tab
+
+    with gr.Blocks() as blocks:
+        parts = create_arena_tab(Engine(tmp_path / "ws"))
+    rows = load_examples(demo_path("test.jsonl")).examples
+    assert (parts["query"].value, parts["reference"].value) == (rows[0].instruction, rows[0].output)
+    edit = _event(blocks, parts["query"], "input")  # typing only: not when a pick fills the query
+    assert edit.fn is None and edit.js == CLEAR_REFERENCE  # in the browser: nothing to race with the next keys
+    assert edit.outputs == [parts["reference"], parts["pick"]]  # the pick too: any question can be picked again
+    pick = _event(blocks, parts["pick"], "change")
+    assert pick.outputs[:2] == [parts["query"], parts["reference"]]
+    query, reference, *_ = pick.fn(3)
+    assert (query, reference) == (rows[3].instruction, rows[3].output) and reference
+
+
+def _request(secret: str):
+    import gradio as gr
+
+    return gr.Request(session_hash=secret)  # a browser session: its visitor's engine (ui.visitors.scoped)
+
+
+def test_on_a_shared_app_each_visitor_sees_their_own_runs_and_verdicts(tmp_path):
+    import gradio as gr
+
+    from core.engine import Engine
+    from core.engine.visitors import VisitorSettings
+    from core.errors import ConfigError
+    from ui.arena import create_arena_tab
+    from ui.visitors import scoped
+
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True))
+    alice, bob = _request("alice-browser-secret"), _request("bob-browser-secret")
+    install_eval(scoped(engine, alice).workspace.root, "20250101-000000-test-abcd")  # alice's own evaluation
+    with gr.Blocks():
+        parts = create_arena_tab(engine)
+    assert parts["verdict"].value == ""  # what a new visitor sees: the instance holds no evaluation
+    refresh, inputs, outputs = parts["refresh"]
+    assert inputs == [parts["task"]] and outputs == [parts["adapter"], parts["index"], parts["verdict"]]
+    *_, verdict = refresh("qa", alice)
+    assert html.escape(SENTENCES["qa"]) in verdict and "20250101-000000-test-abcd" in verdict
+    assert refresh("qa", bob)[-1] == ""
+    with pytest.raises(ConfigError, match="needs a browser session"):
+        refresh("qa", None)

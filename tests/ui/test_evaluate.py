@@ -358,6 +358,45 @@ def test_without_the_demo_evaluation_the_tab_opens_empty(tmp_path):
     assert parts["verdict"].value == "" and parts["past"].value is None and parts["report"].value is None
 
 
+def test_on_a_shared_app_each_visitor_has_their_own_test_sets_and_evaluations(tmp_path):
+    import gradio as gr
+    from verdict_helpers import install_eval
+
+    from core.engine import Engine
+    from core.engine.visitors import VisitorSettings
+    from ui.evaluate import create_evaluate_tab
+    from ui.visitors import scoped
+
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True))
+    demo = install_eval(engine.workspace.root, "demo-eval")  # the instance's, shared with every visitor
+    alice, bob = gr.Request(session_hash="alice-browser-secret"), gr.Request(session_hash="bob-browser-secret")
+    hers = install_eval(scoped(engine, alice).workspace.root, "20250101-000000-test-abcd")
+    with gr.Blocks() as blocks:
+        parts = create_evaluate_tab(engine)
+    assert parts["past"].value == str(demo)  # a new visitor opens on the shared demo evaluation
+
+    made = tmp_path / "mine.jsonl"
+    made.write_text(json.dumps({"instruction": "Say hi.", "output": "hi"}) + "\n", encoding="utf-8")
+    stored, _ = _handler(blocks, "eval_upload")(str(made), alice)
+    assert Path(stored["value"]).is_relative_to(scoped(engine, alice).workspace.uploads)
+
+    refresh, inputs, outputs = parts["refresh"]
+    assert inputs is None and outputs == [parts["data"], parts["adapter"], parts["index"], parts["past"]]
+    data, _, _, past = refresh(alice)
+    assert stored["value"] in [value for _, value in data["choices"]]
+    assert [value for _, value in past["choices"]] == [str(hers), str(demo)]
+    data, _, _, past = refresh(bob)
+    assert stored["value"] not in [value for _, value in data["choices"]]
+    assert [value for _, value in past["choices"]] == [str(demo)]
+
+    with pytest.raises(gr.Error, match="is not on offer"):  # bob cannot evaluate alice's upload…
+        _handler(blocks, "evaluate")(stored["value"], [], 1, ["zero_shot"], [], None, 3, 3, 8, gr.Progress(), bob)
+    with pytest.raises(gr.Error, match="No saved evaluation"):  # …nor open her evaluation
+        _handler(blocks, "open_eval")(str(hers), bob)
+    assert _handler(blocks, "open_eval")(str(demo), bob)[0].startswith("**demo-eval**")
+    assert _handler(blocks, "open_eval")(str(hers), alice)[0].startswith(f"**{hers.name}**")
+
+
 @pytest.mark.integration
 def test_a_users_own_test_set_gets_its_verdict(bundled_home, tmp_path):
     """As a new user would: a test set made here (12 ticket classification rows), uploaded in the Evaluate tab,

@@ -118,6 +118,46 @@ def test_overall_progress_is_monotonic_over_the_stages():
 
 # ---- through gradio_client against the real app ---------------------------------------------------------------------
 
+def test_on_a_shared_app_each_visitor_builds_lists_and_reads_only_their_own_indexes(tmp_path, monkeypatch):
+    import gradio as gr
+    from retrieval_helpers import FakeEmbedder
+
+    from core.engine import Engine
+    from core.engine.visitors import VisitorSettings
+    from core.errors import ConfigError
+    from ui.common import DEMO_INDEX
+    from ui.knowledge import create_knowledge_tab
+    from ui.visitors import scoped
+
+    monkeypatch.setattr(Engine, "embedder", lambda self, name=None: FakeEmbedder())
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True))
+    alice, bob = gr.Request(session_hash="alice-browser-secret"), gr.Request(session_hash="bob-browser-secret")
+    with gr.Blocks() as demo:
+        parts = create_knowledge_tab(engine)
+    handlers = {fn.fn.__name__: fn.fn for fn in demo.fns.values()}
+    refresh, inputs, outputs = parts["refresh"]
+    assert inputs == [parts["picker"]] and outputs == [parts["indexes"], parts["picker"]]
+    (tmp_path / "alpha.md").write_text(ALPHA)
+
+    status, _, listing, picker, *_ = handlers["on_build"]([str(tmp_path / "alpha.md")], "", False, "mine", True,
+                                                         200, 32, "flat", False, False, lambda *_, **__: None, alice)
+    mine = scoped(engine, alice).workspace.indexes / "mine"
+    assert status.startswith("**Built `mine`**") and picker["value"] == str(mine)
+    assert (scoped(engine, alice).workspace.uploads / "documents" / "alpha.md").is_file()
+    assert list(listing["Name"]) == ["mine"] and not list(engine.workspace.indexes.iterdir())
+    listing, picker = refresh(str(mine), alice)
+    assert list(listing["Name"]) == ["mine"] and picker["value"] == str(mine)
+    listing, picker = refresh(str(mine), bob)
+    assert listing.empty and picker["value"] is None and [value for _, value in picker["choices"]] == [DEMO_INDEX]
+    with pytest.raises(ConfigError, match="needs a browser session"):
+        refresh(None, None)
+    assert "1 documents" in handlers["describe"](str(mine), alice)[0]
+    with pytest.raises(gr.Error, match="is not a folder of this workspace"):
+        handlers["describe"](str(mine), bob)
+    with pytest.raises(gr.Error, match="is not a folder of this workspace"):
+        handlers["on_search"](str(mine), "burrs", 3, True, False, 0.5, lambda *_, **__: None, bob)
+
+
 ALPHA = """# Zorblax grinder
 
 ## Burrs

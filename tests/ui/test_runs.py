@@ -231,3 +231,32 @@ def test_runs_endpoints_against_the_live_app(live_app):
         client.predict(None, api_name="/merge_run")
     with pytest.raises(Exception, match="not a run id of this workspace"):
         client.predict("../../etc", True, api_name="/delete_run")
+
+
+def test_on_a_shared_app_each_visitor_lists_and_deletes_only_their_own_runs(tmp_path):
+    from core.engine.visitors import VisitorSettings
+    from core.errors import ConfigError
+    from ui.visitors import scoped
+
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True))
+    alice, bob = gr.Request(session_hash="alice-browser-secret"), gr.Request(session_hash="bob-browser-secret")
+    make_run(scoped(engine, alice).runs.root, LORA)
+    with gr.Blocks() as demo:
+        parts = tab.create_runs_tab(engine)
+    assert parts["table"].value["data"] == []  # what a new visitor sees: nobody's runs
+    refresh, inputs, outputs = parts["refresh"]
+    assert inputs == [parts["pick"]] and outputs == [parts["table"], parts["chart"], parts["summary"], parts["pick"]]
+    table, _, summary, pick = refresh(LORA, alice)
+    assert list(table["run"]) == [LORA] and pick["value"] == LORA and "**1 run**" in summary
+    table, _, summary, pick = refresh(LORA, bob)
+    assert table.empty and pick["value"] is None and summary.startswith("**No runs yet**")
+    with pytest.raises(ConfigError, match="needs a browser session"):
+        refresh(None, None)
+    handlers = {fn.fn.__name__: fn.fn for fn in demo.fns.values()}
+    with pytest.warns(UserWarning, match="not a run"):
+        assert handlers["on_show"](LORA, bob)[0] == ""
+    assert handlers["on_show"](LORA, alice)[0].startswith(f"### {LORA}")
+    with pytest.raises(gr.Error, match="not a run folder"):
+        handlers["on_delete"](LORA, True, bob)
+    assert handlers["on_delete"](LORA, True, alice) == (f"Deleted run `{LORA}`.", False)
+    assert engine.list_runs() == [] and scoped(engine, alice).list_runs() == []

@@ -119,6 +119,22 @@ def test_render_progress_for_each_state():
     assert "width:100.0%" in render_progress(done) and "Arena" in render_progress(done)
 
 
+def _text(markup: str) -> str:
+    """The words an HTML snippet shows."""
+    return " ".join(re.sub(r"<[^>]+>", " ", markup).split())
+
+
+def test_render_progress_for_a_queued_and_a_cancelled_job():
+    queued = render_progress(JobState(state="queued", run_id="r4", method="lora", ahead=1, started=1.0))
+    assert "ta-queued" in queued and "ta-error" not in queued
+    assert _text(queued) == "r4 (lora) · queued · starts after 1 other job Stop takes it out of the queue."
+    two = render_progress(JobState(state="queued", run_id="r4", method="lora", ahead=2, started=1.0))
+    assert "starts after 2 other jobs" in _text(two)
+    cancelled = render_progress(JobState(state="cancelled", run_id="r4", method="lora", started=1.0, finished=2.0))
+    assert _text(cancelled) == "r4 (lora) · cancelled before it started"
+    assert "ta-cancelled" in cancelled and "ta-error" not in cancelled
+
+
 def test_loss_chart_draws_the_jobs_curves_up_to_its_total_steps():
     state = JobState(train_curve=[(1, 4.0), (2, 3.0), (5, 2.0)], val_curve=[(0, 3.5), (5, 2.5)], total=10)
     chart = loss_chart(state)
@@ -244,3 +260,51 @@ def test_a_preset_sets_its_objective_and_base_model_and_the_form_passes_objectiv
                          objective_values={"student_layers": 0, "teacher": "SmolLM2-135M-Instruct"},
                          hybrid_values={"layerwise_lr_decay": 0.9, "gradual_unfreezing": 0})
     assert distil["student_layers"] is None and distil["layerwise_lr_decay"] == 0.9
+
+
+def test_on_a_shared_app_each_visitor_has_their_own_lists_and_a_place_in_the_queue(tmp_path):
+    import gradio as gr
+    from test_jobs import Scripted
+    from training_helpers import tiny_config
+
+    from core.data import demo_path
+    from core.engine.visitors import VisitorSettings
+    from core.errors import ConfigError
+    from ui.visitors import scoped
+
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True))
+    alice, bob = gr.Request(session_hash="alice-browser-secret"), gr.Request(session_hash="bob-browser-secret")
+    with gr.Blocks() as demo:
+        parts = create_train_tab(engine)
+    handlers = {fn.fn.__name__: fn.fn for fn in demo.fns.values()}
+    refresh, inputs, outputs = parts["refresh"]
+    assert inputs == [parts["data"], parts["val_data"], parts["resume_run"]] and outputs[:3] == inputs
+
+    data, _, _ = handlers["on_upload"](str(write_jsonl(tmp_path / "mine.jsonl", ROWS)), alice)
+    stored = data["value"]
+    assert Path(stored).parent == scoped(engine, alice).workspace.uploads / "datasets"
+    data, val, runs, *pickers = refresh(stored, HOLD_OUT, None, alice)
+    assert stored in [value for _, value in data["choices"]] and (data["value"], val["value"]) == (stored, HOLD_OUT)
+    assert len(pickers) == len(outputs) - 3
+    data, val, runs, *_ = refresh(stored, stored, "gone", bob)  # alice's file is not bob's: back to the demo set
+    assert stored not in [value for _, value in data["choices"]] and data["value"] == str(demo_path("train.jsonl"))
+    assert val["value"] == str(demo_path("validation.jsonl")) and runs["value"] is None
+    with pytest.raises(ConfigError, match="needs a browser session"):
+        refresh(None, None, None, None)
+
+    fake = Scripted()  # alice's job trains; bob's waits its turn, and Stop takes it out of the queue
+    for request in (alice, bob):
+        jobs = scoped(engine, request).jobs
+        jobs._train = fake
+        jobs.start(tiny_config("d.jsonl", "base"))
+    try:
+        progress, *_ = handlers["on_tick"](None, bob)
+        assert "queued · starts after 1 other job" in _text(progress)
+        assert "cancelled before it started" in _text(handlers["on_stop"](bob))
+        with pytest.warns(UserWarning, match="No training is running or queued"):
+            handlers["on_stop"](bob)
+        assert fake.reported.wait(5) and "ta-running" in handlers["on_tick"](None, alice)[0]
+    finally:
+        fake.release.set()
+        scoped(engine, alice).jobs.wait(5)
+    assert len(fake.calls) == 1

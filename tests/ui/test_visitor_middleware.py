@@ -1,0 +1,116 @@
+"""ui.visitors: who a request comes from, and the middleware that hands out visitor cookies and keeps Gradio's file
+route away from other visitors' files (on a small Starlette app standing in for Gradio's routes)."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+
+import pytest
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
+from core.engine import Engine
+from core.engine.visitors import Visitor, VisitorSettings
+from ui.visitors import VISITOR_COOKIE, VisitorMiddleware, file_route_target, scoped, signed_in_name, visitor_of
+
+
+@pytest.fixture
+def instance(tmp_path) -> Engine:
+    return Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True))
+
+
+def served(instance: Engine, secure: bool = False) -> TestClient:
+    """A stand-in for Gradio behind the middleware: its file route answers 200 with the path it was asked for."""
+    async def file(request):
+        return PlainTextResponse(request.path_params["path"])
+
+    routes = [Route("/gradio_api/file={path:path}", file), Route("/file={path:path}", file),
+              Route("/gradio_api/file/{path:path}", file), Route("/", lambda request: PlainTextResponse("page"))]
+    app = Starlette(routes=routes, middleware=[Middleware(VisitorMiddleware, visitors=instance.visitors,
+                                                          secure=secure)])
+    return TestClient(app, base_url="https://testserver" if secure else "http://testserver")
+
+
+def gradio_request(cookie: str | None = None, session: dict | None = None, session_hash: str | None = None):
+    """What a handler's ``gr.Request`` holds: the Starlette request (its scope) and the Gradio session id."""
+    headers = [(b"cookie", f"{VISITOR_COOKIE}={cookie}".encode())] if cookie else []
+    scope = {"headers": headers, **({"session": session} if session is not None else {})}
+    return SimpleNamespace(request=SimpleNamespace(scope=scope), username=None, session_hash=session_hash)
+
+
+def oauth(name: str, expires_in: float = 3600) -> dict:
+    return {"oauth_info": {"userinfo": {"preferred_username": name}, "expires_at": time.time() + expires_in}}
+
+
+def test_a_request_is_a_signed_in_visitor_then_a_cookie_then_a_session():
+    assert visitor_of(gradio_request("cookie-secret-1", oauth("ada"), "s" * 10)) == Visitor.signed_in_as("ada")
+    assert visitor_of(gradio_request("cookie-secret-1", None, "s" * 10)) == Visitor.anonymous("cookie-secret-1")
+    assert visitor_of(gradio_request(None, None, "session-hash-1")) == Visitor.anonymous("session-hash-1")
+    assert signed_in_name(oauth("ada", expires_in=-5)) is None  # an expired sign-in is anonymous again
+    assert signed_in_name({"oauth_info": "garbage"}) is None and signed_in_name(None) is None
+
+
+def test_scoped_gives_the_instance_on_a_single_user_app_and_a_view_on_a_shared_one(tmp_path, instance):
+    local = Engine(tmp_path / "local")
+    assert scoped(local, None) is local and scoped(local, gradio_request("x" * 12)) is local
+    alice = scoped(instance, gradio_request("alice-cookie-secret"))
+    assert alice is scoped(instance, gradio_request("alice-cookie-secret")) and alice is not instance
+    assert alice.workspace.root.parent == instance.workspace.root / "visitors"
+    with pytest.raises(ValueError, match="needs a browser session"):
+        scoped(instance, None)
+
+
+def test_every_browser_gets_a_cookie_once(instance):
+    client = served(instance)
+    first = client.get("/")
+    cookie = first.cookies.get(VISITOR_COOKIE)
+    assert first.status_code == 200 and cookie and len(cookie) >= 24
+    assert "httponly" in first.headers["set-cookie"].lower() and "samesite=lax" in first.headers["set-cookie"].lower()
+    assert VISITOR_COOKIE not in client.get("/").headers.get("set-cookie", "")  # it has one now
+    space = served(instance, secure=True).get("/").headers["set-cookie"].lower()
+    assert "secure" in space and "samesite=none" in space  # a Space shows the app in an iframe of huggingface.co
+
+
+def test_the_file_route_serves_a_visitor_their_own_files_only(instance, tmp_path):
+    alice_cookie, bob_cookie = "alice-cookie-secret", "bob-cookie-secret"
+    alice = instance.visitors.engine(Visitor.anonymous(alice_cookie))
+    instance.visitors.engine(Visitor.anonymous(bob_cookie))
+    secret = alice.workspace.uploads / "documents" / "plans.md"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("the zorblax launch")
+    manifest = instance.workspace.root / "indexes" / "demo" / "manifest.json"
+    manifest.parent.mkdir(parents=True)
+    manifest.write_text("{}")
+    link = tmp_path / "innocent.md"
+    link.symlink_to(secret)
+    bob_folder = instance.workspace.root / "visitors" / Visitor.anonymous(bob_cookie).key
+    spellings = [str(secret), f"{instance.workspace.root}//visitors/./{alice.workspace.root.name}/uploads/documents/"
+                 "plans.md", f"{bob_folder}/../{alice.workspace.root.name}/uploads/documents/plans.md", str(link)]
+
+    client = served(instance)
+    for prefix in ("/gradio_api/file=", "/file=", "/gradio_api/file/"):
+        for spelling in spellings:
+            for cookie in (bob_cookie, None):
+                client.cookies.clear()
+                if cookie:
+                    client.cookies.set(VISITOR_COOKIE, cookie)
+                answer = client.get(prefix + spelling)
+                assert answer.status_code == 404 and "zorblax" not in answer.text, (prefix, spelling, cookie)
+    client.cookies.clear()
+    assert client.get(f"/gradio_api/file={manifest}").status_code == 404  # the instance's files: never by path
+    client.cookies.set(VISITOR_COOKIE, alice_cookie)
+    assert client.get(f"/gradio_api/file={secret}").status_code == 200  # one's own
+    outside = tmp_path / "elsewhere.txt"
+    outside.write_text("not ours")
+    assert client.get(f"/gradio_api/file={outside}").status_code == 200  # Gradio's own rules decide the rest
+
+
+def test_file_route_target_reads_the_path_as_gradio_does():
+    assert file_route_target("/gradio_api/file=/ws/a.md") == "/ws/a.md"
+    assert file_route_target("/file=ws/a.md") == "ws/a.md"
+    assert file_route_target("/gradio_api/file//ws/a.md") == "/ws/a.md"
+    assert file_route_target("/gradio_api/queue/join") is None
