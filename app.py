@@ -22,7 +22,8 @@ from starlette.middleware import Middleware  # noqa: E402
 
 from core.engine import Engine  # noqa: E402
 from core.engine.uploads import MAX_UPLOAD_BYTES  # noqa: E402
-from core.engine.visitors import VisitorSettings, folder_bytes  # noqa: E402
+from core.engine.visitors import VisitorSettings  # noqa: E402
+from core.io import folder_bytes  # noqa: E402
 from core.text import fmt_bytes  # noqa: E402
 from ui import arena, evaluate, knowledge, runs, train  # noqa: E402
 from ui.common import index_choices, run_choices  # noqa: E402

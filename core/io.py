@@ -135,9 +135,18 @@ def append_jsonl(path: Path, row: dict[str, Any]) -> None:
 
 
 def folder_bytes(folder: Path) -> int:
-    """Bytes of every file under ``folder`` (0 when it does not exist)."""
-    folder = Path(folder)
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) if folder.exists() else 0
+    """Bytes of the regular files under ``folder`` (0 when it does not exist). Symbolic links are neither followed
+    nor counted, and a file removed while the folder is walked is skipped."""
+    total = 0
+    for path, _, files in os.walk(folder):
+        for name in files:
+            try:
+                stat = os.lstat(os.path.join(path, name))
+            except OSError:
+                continue
+            if not os.path.islink(os.path.join(path, name)):
+                total += stat.st_size
+    return total
 
 
 # --------------------------------------------------------------------------------------------------------------------

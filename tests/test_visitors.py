@@ -17,8 +17,9 @@ from training_helpers import ROWS, tiny_config, write_rows
 from verdict_helpers import install_eval
 
 from core.engine import Engine
-from core.engine.visitors import SEEN_FILE, Visitor, VisitorSettings, folder_bytes
+from core.engine.visitors import SEEN_FILE, Visitor, VisitorSettings
 from core.errors import ConfigError, JobBusyError, NameRuleError, QuotaError, RunStateError
+from core.io import folder_bytes
 
 ALICE, BOB = Visitor.anonymous("alice-browser-secret"), Visitor.anonymous("bob-browser-secret")
 

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from core.engine.jobs import JobQueue
 from core.errors import ConfigError, QuotaError
+from core.io import folder_bytes
 from core.text import fmt_bytes
 
 if TYPE_CHECKING:
@@ -124,19 +125,6 @@ class Visitor:
             raise ConfigError("visitor: no browser session to keep your work apart from other visitors'")
         digest = hashlib.sha256(token.encode("utf-8", "replace")).hexdigest()[:24]
         return cls(ANONYMOUS + digest, False, "anonymous visitor")
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the regular files under ``folder`` (links are not followed or counted)."""
-    total = 0
-    for path, _, files in os.walk(folder):
-        for name in files:
-            try:
-                stat = os.lstat(os.path.join(path, name))
-            except OSError:
-                continue  # removed while we looked
-            total += stat.st_size if not os.path.islink(os.path.join(path, name)) else 0
-    return total
 
 
 def last_active(folder: Path) -> float:
