@@ -15,12 +15,13 @@ import traceback
 
 from core.cli.arena import COMMANDS as ARENA_COMMANDS
 from core.cli.common import CliError, Command, Result
+from core.cli.feedback import COMMANDS as FEEDBACK_COMMANDS
 from core.cli.knowledge import COMMANDS as KNOWLEDGE_COMMANDS
 from core.cli.training import COMMANDS as TRAINING_COMMANDS
 from core.engine import Engine
 from core.errors import TuneArenaError
 
-COMMANDS: tuple[Command, ...] = (*TRAINING_COMMANDS, *KNOWLEDGE_COMMANDS, *ARENA_COMMANDS)
+COMMANDS: tuple[Command, ...] = (*TRAINING_COMMANDS, *KNOWLEDGE_COMMANDS, *ARENA_COMMANDS, *FEEDBACK_COMMANDS)
 QUIET_LOGGERS = ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers", "faiss")
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from core.data import load_examples
 from core.engine.arena import ArenaMixin
+from core.engine.feedback import FeedbackMixin
 from core.engine.jobs import TrainingJobs
 from core.engine.knowledge import KnowledgeMixin
 from core.engine.runs import RunsMixin
@@ -38,7 +39,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEMO_EVAL", "DEMO_INDEX", "DEMO_RUN", "Engine"]
 
 
-class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):
+class Engine(RunsMixin, KnowledgeMixin, ArenaMixin, FeedbackMixin):
     """Owns every piece of mutable state of a process: the workspace and the loaded models.
 
     Nothing loads in ``__init__``; models load on first use and are shared afterwards.
@@ -62,6 +63,7 @@ class Engine(RunsMixin, KnowledgeMixin, ArenaMixin):
         self._loaded: dict[str, object] = {}  # "scorer" -> the metrics Scorer, once made
         self._lock = threading.Lock()
         self._demo_lock = threading.Lock()
+        self._feedback_lock = threading.Lock()  # orders appends to votes files (core.engine.feedback)
         self.jobs = TrainingJobs(self.train, self.resume, self.workspace.runs)  # the app's one background trainer
         self.instance: Engine | None = None  # a visitor's engine: the instance's engine it is a view of
         self.quota: VisitorQuota | None = None  # a visitor's engine: their limits

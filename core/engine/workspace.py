@@ -1,4 +1,4 @@
-"""The user's workspace: runs/, indexes/, evals/, uploads/ and exports/ under ``$TUNE_ARENA_WORKSPACE``
+"""The user's workspace: runs/, indexes/, evals/, uploads/, exports/ and feedback/ under ``$TUNE_ARENA_WORKSPACE``
 (default ./workspace).
 
 On a shared instance (core.engine.visitors) each visitor has a workspace of their own under ``visitors/<id>/``;
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-SUBFOLDERS = ("runs", "indexes", "evals", "uploads", "exports")
+SUBFOLDERS = ("runs", "indexes", "evals", "uploads", "exports", "feedback")
 DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
 DEMO_INDEX = "demo"  # indexes/demo: the demo corpus, built on first use
 DEMO_EVAL = "demo-eval"  # evals/demo-eval: the shipped demo evaluation (assets/demo/eval-demo)
@@ -64,6 +64,11 @@ class Workspace:
     def exports(self) -> Path:
         """Merged models (``<run id>-merged``) exported from the Runs tab."""
         return self.root / "exports"
+
+    @property
+    def feedback(self) -> Path:
+        """People's votes on arena answers (``votes.jsonl``) and the preference pairs exported from them."""
+        return self.root / "feedback"
 
     @property
     def demo_root(self) -> Path:
