@@ -25,14 +25,14 @@ from core.engine.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from core.engine.visitors import VisitorSettings  # noqa: E402
 from core.io import folder_bytes  # noqa: E402
 from core.text import fmt_bytes  # noqa: E402
-from ui import arena, evaluate, knowledge, runs, train  # noqa: E402
+from ui import arena, evaluate, knowledge, leaderboard, runs, train  # noqa: E402
 from ui.common import index_choices, run_choices  # noqa: E402
 from ui.verdict import arena_verdict  # noqa: E402
 from ui.visitors import VisitorMiddleware, scoped, visitor_of  # noqa: E402
 
 TITLE = "Tune Arena"
 QUEUE_SIZE = 64  # queued requests (all events together) before Gradio answers "queue is full"
-CSS = "\n".join(getattr(module, "CSS", "") for module in (arena, evaluate, train, knowledge, runs))
+CSS = "\n".join(getattr(module, "CSS", "") for module in (arena, evaluate, leaderboard, train, knowledge, runs))
 logger = logging.getLogger("tune_arena.app")
 
 
@@ -59,6 +59,8 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
                 arena_parts = arena.create_arena_tab(engine)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
                 evaluate_parts = evaluate.create_evaluate_tab(engine)
+            with gr.Tab("Leaderboard", id="leaderboard") as leaderboard_tab:
+                leaderboard_parts = leaderboard.create_leaderboard_tab(engine)
             with gr.Tab("Train", id="train") as train_tab:
                 train_parts = train.create_train_tab(engine)
             with gr.Tab("Knowledge base", id="knowledge") as knowledge_tab:
@@ -75,6 +77,9 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
             chosen = [parts[key] for key in ("adapter", "index") if key in parts]
             if len(chosen) == 2:
                 tab.select(pickers, None, chosen, queue=False, api_visibility="private")
+
+        fn, inputs, outputs = leaderboard_parts["refresh"]  # the votes cast so far, whenever the tab is opened
+        leaderboard_tab.select(fn, inputs, outputs, api_visibility="private")
 
         # an evaluation saved in the Evaluate tab shows up under the Arena's cards when the Arena is opened again
         def verdict(task: str | None, request: gr.Request | None = None) -> str:

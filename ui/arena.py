@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import html
 import queue
+import random
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -19,11 +20,13 @@ from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
 from core.data import demo_path, load_examples
 from core.engine import DEMO_RUN, Engine
 from core.inference import GenerationConfig
+from core.text import one_line
 from ui.common import DEMO_INDEX, field_default, field_help, index_choices, run_choices
 from ui.eval_views import probabilities_html
 from ui.verdict import arena_verdict
 from ui.visitors import scoped
 
+LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # the cards of a vote, in the order shown
 CLEAR_REFERENCE = "() => ['', null]"  # the reference answer and the demo question picked: both cleared
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
          ("accuracy", "accuracy"))
@@ -35,12 +38,18 @@ def _examples() -> list[tuple[str, int]]:
             for number, row in enumerate(rows)]
 
 
-def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None = None) -> str:
-    title = html.escape(result["variant"])
+def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None = None, label: str | None = None,
+          blind: bool = False) -> str:
+    """One variant's card. ``label`` (A, B, …) heads it; ``blind`` shows the answer alone, nothing that could tell
+    the variant (its name, scores, latency, passages, prompt)."""
+    title = html.escape(label if blind else (f"{label} · {result['variant']}" if label else result["variant"]))
     if not result.get("available", True):
         return (f"<div class='ta-card ta-off'><h3>{title}</h3><p class='ta-why'>Unavailable: "
                 f"{html.escape(result.get('error') or '')}</p></div>")
     answer = streaming if streaming is not None else result.get("answer", "")
+    if blind:
+        return (f"<div class='ta-card ta-blind'><h3>{title}</h3>"
+                f"<div class='ta-answer'>{html.escape(answer) or '<i>…</i>'}</div></div>")
     chips = []
     if result.get("latency_s") is not None:
         chips.append(f"<span class='ta-chip'>{result['latency_s']:.1f} s</span>")
@@ -68,16 +77,37 @@ def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None 
     return "".join(parts)
 
 
-def render_cards(results: list[dict[str, Any]], streams: dict[int, str] | None = None) -> str:
-    """Cards side by side; the best value of each metric (over available variants) is highlighted."""
+def render_cards(results: list[dict[str, Any]], streams: dict[int, str] | None = None, *,
+                 order: list[int] | None = None, blind: bool = False) -> str:
+    """Cards side by side; the best value of each metric (over available variants) is highlighted. ``order``: the
+    indices of ``results`` to show, in that order, headed A, B, C… (a vote's cards); ``blind`` hides what tells the
+    variants apart (see ``_card``). ``streams``: text so far by index of ``results``."""
     best: dict[str, float] = {}
     for key, _ in CHIPS:
         values = [(r.get("metrics") or {}).get(key) for r in results if r.get("available", True)]
         values = [v for v in values if v is not None]
         if len(values) > 1 and max(values) > min(values):
             best[key] = max(values)
-    cards = [_card(result, best, (streams or {}).get(number)) for number, result in enumerate(results)]
+    if order is None:
+        cards = [_card(result, best, (streams or {}).get(number)) for number, result in enumerate(results)]
+    else:
+        cards = [_card(results[number], best, (streams or {}).get(number), LABELS[position], blind)
+                 for position, number in enumerate(order)]
     return f"<div class='ta-cards'>{''.join(cards)}</div>"
+
+
+def vote_order(results: list[dict[str, Any]], blind: bool, rng: random.Random) -> list[int]:
+    """The indices of the answers a person votes on: the available ones, shuffled when blind."""
+    order = [number for number, result in enumerate(results) if result.get("available", True)]
+    if blind:
+        rng.shuffle(order)
+    return order
+
+
+def vote_choices(count: int) -> list[tuple[str, str]]:
+    """The vote's options: each card's label, a tie, or all bad."""
+    return [(f"{LABELS[number]} is best", LABELS[number]) for number in range(count)] + [
+        ("Tie", "tie"), ("All bad", "all_bad")]
 
 
 def create_arena_tab(engine: Engine) -> dict[str, Any]:
@@ -124,9 +154,16 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
                 base_model = gr.Dropdown([("SmolLM2-135M-Instruct (bundled)", "")], value="", allow_custom_value=True,
                                          label="Base model", info="or type a hub id or a local folder; fine-tuned "
                                          "runs must come from the same base model", elem_id="arena-base-model")
+            blind = gr.Checkbox(False, label="Blind vote", elem_id="arena-blind",
+                                info="answers as A, B, C… in a shuffled order, names shown after your vote")
             run = gr.Button("Run the arena", variant="primary", elem_id="arena-run")
     status = gr.Markdown(elem_id="arena-status")
     cards = gr.HTML(elem_id="arena-cards")
+    shown = gr.State(None)  # the last result and the order its cards were shown in: what a vote is about
+    with gr.Row(visible=False, elem_id="arena-vote-row") as vote_row:
+        vote = gr.Radio([], label="Which answer is best?", elem_id="arena-vote", scale=4)
+        submit_vote = gr.Button("Submit vote", elem_id="arena-vote-submit", scale=1)
+    vote_status = gr.Markdown(elem_id="arena-vote-status")
     verdict = gr.HTML(arena_verdict(engine, first.task), elem_id="arena-verdict")  # the latest eval's, for the task
 
     def on_pick(number: int | None):
@@ -144,8 +181,8 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
         return arena_verdict(scoped(instance, request), task_name)
 
     def on_run(query_text, reference_text, task_name, input_text, chosen, runs, index_choice, k_shots, k_rag,
-               tokens, temp, nucleus=1.0, penalty=1.0, stop_text="", model="",
-               request: gr.Request | None = None) -> Iterator[tuple[str, str]]:
+               tokens, temp, nucleus=1.0, penalty=1.0, stop_text="", model="", is_blind=False,
+               request: gr.Request | None = None) -> Iterator[tuple[str, str, dict | None]]:
         engine = scoped(instance, request)
         if not query_text or not query_text.strip():
             raise gr.Error("Type a query first (or pick a demo test question).")
@@ -161,10 +198,11 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
         except ValueError as err:
             raise gr.Error(str(err)) from None
         if index_choice == DEMO_INDEX and not (engine.workspace.demo_index / "manifest.json").exists():
-            yield "Indexing the demo corpus (once)…", ""
+            yield "Indexing the demo corpus (once)…", "", None
             engine.ensure_demo_index()
         specs = config.specs()
         placeholder = [{"variant": s.name, "available": True, "answer": ""} for s in specs]
+        order = vote_order(placeholder, bool(is_blind), random.Random())  # the cards' places, kept while streaming
         streams: dict[int, str] = {}
         updates: queue.Queue = queue.Queue()
         outcome: dict[str, Any] = {}
@@ -181,7 +219,7 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
 
         worker = threading.Thread(target=work, daemon=True)
         worker.start()
-        yield "Generating…", render_cards(placeholder)
+        yield "Generating…", render_cards(placeholder, order=order, blind=bool(is_blind)), None
         while True:
             item = updates.get()
             if item is None:
@@ -194,7 +232,7 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
                     break
             if item is None:
                 break
-            yield "Generating…", render_cards(placeholder, streams)
+            yield "Generating…", render_cards(placeholder, streams, order=order, blind=bool(is_blind)), None
         worker.join()
         if "error" in outcome:
             raise gr.Error(str(outcome["error"]).splitlines()[0])
@@ -202,23 +240,83 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
         rows = [r.to_dict() for r in result.results]
         ran = [r for r in rows if r["available"]]
         summary = f"{len(ran)} of {len(rows)} variants answered in {result.wall_s:.1f} s"
+        order = [number for number in order if rows[number]["available"]]
+        voted = {"arena": result.to_dict(), "shown": [rows[number]["variant"] for number in order],
+                 "order": order, "input": input_text or "", "blind": bool(is_blind),
+                 "generation": {"max_new_tokens": int(tokens), "temperature": float(temp), "top_p": float(nucleus),
+                                "repetition_penalty": float(penalty), "few_shot_k": int(k_shots),
+                                "rag_k": int(k_rag), "index": index_choice or None,
+                                "base_model": (model or "").strip() or None}}
+        if is_blind:
+            yield f"{summary} · pick the best answer below; the names show after your vote", render_cards(
+                rows, order=order, blind=True), voted
+            return
         if not reference_text:
             summary += " · add a reference answer to see scores"
-        yield summary, render_cards(rows)
+        yield summary, render_cards(rows), voted
+
+    def on_shown(voted: dict | None):
+        """The vote row under a result with two or more answers (hidden while none is waiting for a vote)."""
+        if not voted or len(voted["shown"]) < 2:
+            return gr.update(visible=False), gr.update(choices=[], value=None), ""
+        return gr.update(visible=True), gr.update(choices=vote_choices(len(voted["shown"])), value=None), ""
+
+    def on_vote(choice: str | None, voted: dict | None, request: gr.Request | None = None):
+        if not voted:
+            raise gr.Error("Run the arena first: there is no answer to vote on.", print_exception=False)
+        if not choice:
+            raise gr.Error("Pick the best answer (or Tie, or All bad) first.", print_exception=False)
+        engine = scoped(instance, request)
+        winner = choice if choice in ("tie", "all_bad") else voted["shown"][LABELS.index(choice)]
+        try:
+            saved = engine.record_vote(voted["arena"], winner, shown=voted["shown"], input_text=voted["input"],
+                                       generation=voted["generation"], blind=voted["blind"])
+        except ValueError as err:
+            raise gr.Error(one_line(err), print_exception=False) from None
+        rows = voted["arena"]["results"]
+        verdict = {"tie": "a tie", "all_bad": "all bad"}.get(choice, f"{choice}: {winner}")
+        names = " · ".join(f"{LABELS[position]} = {name}" for position, name in enumerate(voted["shown"]))
+        line = f"Vote saved ({verdict}). {names}. {len(engine.list_votes())} votes in this workspace: see the " \
+               "Leaderboard tab."
+        return (line, render_cards(rows, order=voted["order"]), gr.update(visible=False),
+                gr.update(choices=[], value=None), None, saved["id"])
 
     pick.change(on_pick, [pick], [query, reference, context, task])
     # a query typed by hand (.input does not fire when on_pick fills it) clears the demo question's reference and the
     # pick, in the browser: no server reply arrives late to wipe a reference typed right after
     query.input(None, None, [reference, pick], js=CLEAR_REFERENCE)
     inputs = [query, reference, task, context, variants, adapter, index, shots, rag_k, max_new_tokens, temperature,
-              top_p, repetition, stop, base_model]
+              top_p, repetition, stop, base_model, blind]
     # one queue group for the button and Enter: at most two Arena requests run at once, the rest wait their turn
-    run.click(on_run, inputs, [status, cards], api_name="arena", concurrency_limit=2, concurrency_id="arena")
-    query.submit(on_run, inputs, [status, cards], concurrency_limit=2, concurrency_id="arena")
+    # (the State output is not part of the API's answer: /arena still returns status and cards)
+    clicked = run.click(on_run, inputs, [status, cards, shown], api_name="arena", concurrency_limit=2,
+                        concurrency_id="arena")
+    entered = query.submit(on_run, inputs, [status, cards, shown], concurrency_limit=2, concurrency_id="arena")
+    for event in (clicked, entered):  # then the vote row, when the answers can be compared
+        event.success(on_shown, [shown], [vote_row, vote, vote_status], queue=False, api_visibility="private")
+    for trigger in (run.click, query.submit):  # a new run: no vote on the previous answers from here on
+        trigger(lambda: (gr.update(visible=False), ""), None, [vote_row, vote_status], queue=False,
+                api_visibility="private")
+    vote_id = gr.State(None)
+    submit_vote.click(on_vote, [vote, shown], [vote_status, cards, vote_row, vote, shown, vote_id],
+                      api_visibility="private")
+
+    def vote_api(arena: dict, winner: str, shown_variants: list[str], input_text: str = "", blind: bool = True,
+                 request: gr.Request | None = None) -> dict:
+        """Record a vote on an arena result (``ArenaResult.to_dict()``): ``winner`` is one of ``shown_variants``
+        (the variants in the order the cards were shown), "tie" or "all_bad". Returns the saved vote."""
+        try:
+            return scoped(instance, request).record_vote(arena, winner, shown=list(shown_variants),
+                                                         input_text=input_text, blind=blind)
+        except ValueError as err:
+            raise gr.Error(one_line(err), print_exception=False) from None
+
+    gr.api(vote_api, api_name="vote")
     refresh_lists.click(refresh, [task], [adapter, index, verdict], queue=False)
     task.change(on_task, [task], [verdict], queue=False, api_visibility="private")
     return {"query": query, "reference": reference, "task": task, "variants": variants, "adapter": adapter,
             "index": index, "run": run, "cards": cards, "status": status, "verdict": verdict, "pick": pick,
+            "blind": blind, "vote": vote, "vote_row": vote_row, "submit_vote": submit_vote, "vote_status": vote_status,
             "refresh": (refresh, [task], [adapter, index, verdict])}
 
 
@@ -234,4 +332,5 @@ CSS = """
 .ta-best {background: #d8f5d0; border-color: #4caf50; font-weight: 600; color: #1b5e20;}
 .ta-card pre {white-space: pre-wrap; font-size: 0.8em; max-height: 300px; overflow: auto;}
 .ta-why {font-style: italic;}
+.ta-blind h3 {font-size: 1.3em;}
 """

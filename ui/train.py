@@ -36,6 +36,7 @@ CHOICES_FOR = {"quant_type": ["nf4", "fp4"], "bits": [4, 8], "encoder_type": ["M
                "init": ["text", "random"]}
 PREVIEW_ROWS = 5
 DEFAULT_PRESET = "quick-lora"
+VOTES_PRESET = "dpo"  # "Train from votes": the preference-tuning preset, when this checkout ships it
 OBJECTIVE_LABELS = {  # the widget labels of the objectives' own fields (their help is the field's, as in the CLI)
     "text_column": "Text column", "label_column": "Label column", "teacher": "Teacher (run or model)",
     "student": "Student model (empty = a shrunk copy of the teacher)",
@@ -321,6 +322,10 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             with gr.Row():
                 start = gr.Button("Start training", variant="primary", elem_id="train-start")
                 stop = gr.Button("Stop", variant="stop", elem_id="train-stop")
+            from_votes = gr.Button("Train from votes (DPO)", elem_id="train-from-votes", size="sm")
+            gr.Markdown("<span class='ta-why'>Exports the Arena's votes as preference pairs (winner vs each other "
+                        "answer) and trains a LoRA on them with DPO: the `dpo` preset, Max steps from the "
+                        "settings above when set.</span>")
             with gr.Row():
                 resume_run = gr.Dropdown(resumable_runs(engine), label="Resume a stopped or interrupted run",
                                          scale=3, elem_id="train-resume-run")
@@ -428,6 +433,19 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             raise gr.Error(one_line(err), print_exception=False) from None
         return render_progress(state), loss_chart(state), gr.Timer(active=True)
 
+    def on_from_votes(steps: float | None, base: str | None, request: gr.Request | None = None):
+        engine = scoped(instance, request)
+        try:
+            exported = engine.export_preferences()  # refused in one line while no vote gives a pair
+            values = {"data": exported["path"], "objective": "dpo", "max_steps": int(steps) if steps else None,
+                      "base_model": (base or "").strip() or None}
+            config = engine.training_config(values, preset=VOTES_PRESET if VOTES_PRESET in list_presets() else None)
+            state = engine.jobs.start(config)
+        except (ValueError, JobBusyError) as err:
+            raise gr.Error(one_line(err), print_exception=False) from None
+        gr.Info(f"Training on {exported['pairs']} preference pairs from {exported['votes']} votes.")
+        return render_progress(state), loss_chart(state), gr.Timer(active=True)
+
     def on_stop(request: gr.Request | None = None):
         engine = scoped(instance, request)
         if not engine.jobs.stop():  # a running job checkpoints and ends; a queued one leaves the queue
@@ -467,6 +485,8 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
                                         scheduler, objective, base_model, *objective_inputs, *setting_inputs])
     start.click(on_start, form, [progress, chart, timer], api_name="train_start", concurrency_limit=1)
     stop.click(on_stop, None, [progress], api_name="train_stop", queue=False)
+    from_votes.click(on_from_votes, [max_steps, base_model], [progress, chart, timer], api_name="train_from_votes",
+                     concurrency_limit=1)
     resume.click(on_resume, [resume_run], [progress, chart, timer], api_name="train_resume", concurrency_limit=1)
     timer.tick(on_tick, [seen], [progress, chart, resume_run, seen], show_progress="hidden", queue=False,
                api_name="train_status")

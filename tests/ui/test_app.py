@@ -13,9 +13,11 @@ def test_building_the_app_loads_no_model(tmp_path):
     demo = build_app(engine)
     assert engine.models.loaded() == []
     ids = {getattr(block, "elem_id", None) for block in demo.blocks.values()}
-    assert {"arena-run", "train-start", "train-stop", "train-chart"} <= ids
+    assert {"arena-run", "arena-blind", "arena-vote", "train-start", "train-stop", "train-chart", "train-from-votes",
+            "lb-table", "lb-export"} <= ids
     top = next(block for block in demo.blocks.values() if type(block).__name__ == "Tabs")  # the first: the app's
-    assert [tab.label for tab in top.children] == ["Arena", "Evaluate", "Train", "Knowledge base", "Runs"]
+    assert [tab.label for tab in top.children] == ["Arena", "Evaluate", "Leaderboard", "Train", "Knowledge base",
+                                                          "Runs"]
     assert [run.run_id for run in engine.runs.list()] == ["demo-quick-lora"]  # the shipped adapter, ready
     assert all((tmp_path / "ws" / name).is_dir() for name in ("runs", "indexes", "evals", "uploads"))
 

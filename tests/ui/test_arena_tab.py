@@ -180,3 +180,42 @@ def test_on_a_shared_app_each_visitor_sees_their_own_runs_and_verdicts(tmp_path)
     assert refresh("qa", bob)[-1] == ""
     with pytest.raises(ConfigError, match="needs a browser session"):
         refresh("qa", None)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Blind votes: the cards a person votes on
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def _answers() -> list[dict]:
+    return [{"variant": "zero_shot", "available": True, "answer": "It holds 5.5 litres.", "latency_s": 1.0,
+             "metrics": {"rougeL": 0.8}, "prompt": "<zero-shot prompt>", "retrieved": []},
+            {"variant": "rag", "available": True, "answer": "Five litres.", "latency_s": 2.0,
+             "metrics": {"rougeL": 0.2}, "prompt": "<rag prompt>",
+             "retrieved": [{"score": 0.9, "source": "docs/tank.md", "text": "The tank holds 5.5 litres."}]},
+            {"variant": "finetuned", "available": False, "error": "no fine-tuned run chosen"}]
+
+
+def test_blind_cards_show_the_answers_alone_under_letters_in_the_order_given():
+    from ui.arena import render_cards
+
+    blind = render_cards(_answers(), order=[1, 0], blind=True)
+    assert blind.index("Five litres.") < blind.index("It holds 5.5 litres.")  # the shuffled order
+    assert "<h3>A</h3>" in blind and "<h3>B</h3>" in blind
+    for hint in ("zero_shot", "rag", "ROUGE-L", "prompt", "tank.md", " s</span>"):  # nothing tells them apart
+        assert hint not in blind, hint
+    revealed = render_cards(_answers(), order=[1, 0])
+    assert "<h3>A · rag</h3>" in revealed and "<h3>B · zero_shot</h3>" in revealed and "ROUGE-L" in revealed
+    plain = render_cards(_answers())
+    assert "<h3>zero_shot</h3>" in plain and "Unavailable" in plain  # without a vote: as before
+
+
+def test_a_vote_is_on_the_available_answers_shuffled_when_blind():
+    import random
+
+    from ui.arena import vote_choices, vote_order
+
+    assert vote_order(_answers(), False, random.Random(0)) == [0, 1]  # the unavailable one is not voted on
+    orders = {tuple(vote_order(_answers() * 3, True, random.Random(seed))) for seed in range(20)}
+    assert len(orders) > 1 and all(sorted(order) == [0, 1, 3, 4, 6, 7] for order in orders)
+    assert [value for _, value in vote_choices(2)] == ["A", "B", "tie", "all_bad"]
