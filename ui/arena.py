@@ -17,6 +17,7 @@ from typing import Any
 import gradio as gr
 
 from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
+from core.arena.feedback import answer_label
 from core.data import demo_path, load_examples
 from core.engine import DEMO_RUN, Engine
 from core.inference import GenerationConfig
@@ -26,7 +27,6 @@ from ui.eval_views import probabilities_html
 from ui.verdict import arena_verdict
 from ui.visitors import scoped
 
-LABELS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"  # the cards of a vote, in the order shown
 CLEAR_REFERENCE = "() => ['', null]"  # the reference answer and the demo question picked: both cleared
 CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
          ("accuracy", "accuracy"))
@@ -91,7 +91,7 @@ def render_cards(results: list[dict[str, Any]], streams: dict[int, str] | None =
     if order is None:
         cards = [_card(result, best, (streams or {}).get(number)) for number, result in enumerate(results)]
     else:
-        cards = [_card(results[number], best, (streams or {}).get(number), LABELS[position], blind)
+        cards = [_card(results[number], best, (streams or {}).get(number), answer_label(position), blind)
                  for position, number in enumerate(order)]
     return f"<div class='ta-cards'>{''.join(cards)}</div>"
 
@@ -106,7 +106,7 @@ def vote_order(results: list[dict[str, Any]], blind: bool, rng: random.Random) -
 
 def vote_choices(count: int) -> list[tuple[str, str]]:
     """The vote's options: each card's label, a tie, or all bad."""
-    return [(f"{LABELS[number]} is best", LABELS[number]) for number in range(count)] + [
+    return [(f"{answer_label(number)} is best", answer_label(number)) for number in range(count)] + [
         ("Tie", "tie"), ("All bad", "all_bad")]
 
 
@@ -197,10 +197,11 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
                                      stop=[line for line in (stop_text or "").splitlines() if line.strip()]))
         except ValueError as err:
             raise gr.Error(str(err)) from None
-        if index_choice == DEMO_INDEX and not (engine.workspace.demo_index / "manifest.json").exists():
+        specs = config.specs()
+        retrieves = any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs)
+        if retrieves and index_choice == DEMO_INDEX and not (engine.workspace.demo_index / "manifest.json").exists():
             yield "Indexing the demo corpus (once)…", "", None
             engine.ensure_demo_index()
-        specs = config.specs()
         placeholder = [{"variant": s.name, "available": True, "answer": ""} for s in specs]
         order = vote_order(placeholder, bool(is_blind), random.Random())  # the cards' places, kept while streaming
         streams: dict[int, str] = {}
@@ -267,15 +268,14 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
         if not choice:
             raise gr.Error("Pick the best answer (or Tie, or All bad) first.", print_exception=False)
         engine = scoped(instance, request)
-        winner = choice if choice in ("tie", "all_bad") else voted["shown"][LABELS.index(choice)]
-        try:
-            saved = engine.record_vote(voted["arena"], winner, shown=voted["shown"], input_text=voted["input"],
+        try:  # the winner by its card's label (or tie, all_bad)
+            saved = engine.record_vote(voted["arena"], choice, shown=voted["shown"], input_text=voted["input"],
                                        generation=voted["generation"], blind=voted["blind"])
         except ValueError as err:
             raise gr.Error(one_line(err), print_exception=False) from None
         rows = voted["arena"]["results"]
-        verdict = {"tie": "a tie", "all_bad": "all bad"}.get(choice, f"{choice}: {winner}")
-        names = " · ".join(f"{LABELS[position]} = {name}" for position, name in enumerate(voted["shown"]))
+        verdict = {"tie": "a tie", "all_bad": "all bad"}.get(choice, f"{choice}: {saved['winner_variant']}")
+        names = " · ".join(f"{answer_label(position)} = {name}" for position, name in enumerate(voted["shown"]))
         line = f"Vote saved ({verdict}). {names}. {len(engine.list_votes())} votes in this workspace: see the " \
                "Leaderboard tab."
         return (line, render_cards(rows, order=voted["order"]), gr.update(visible=False),
