@@ -363,3 +363,17 @@ def test_cli_leaderboard_json_and_table(cli_engine, capsys):
 def test_the_new_commands_are_in_the_readme_cli_table():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
     assert "| `feedback export [--out PATH]`" in readme and "| `leaderboard [--by variant\\|method]" in readme
+
+
+def test_the_app_names_runs_by_folder_and_the_vote_still_knows_their_method(tmp_path):
+    """The app's run pickers give run folders: a confined engine (a visitor's too) reads the method from them."""
+    engine = Engine(tmp_path / "ws", confined=True)
+    folder = engine.install_demo_run()
+    arena = {"query": "Tank size?", "reference": None, "task": "qa",
+             "results": [{"variant": "zero_shot", "strategy": "zero_shot", "adapter": None, "available": True,
+                          "answer": "Five.", "prompt": "p", "metrics": {}},
+                         {"variant": "finetuned", "strategy": "finetuned", "adapter": str(folder), "available": True,
+                          "answer": "5.5 litres.", "prompt": "q", "metrics": {}}]}
+    vote = engine.record_vote(arena, "finetuned", shown=["zero_shot", "finetuned"])
+    tuned = next(answer for answer in vote["answers"] if answer["variant"] == "finetuned")
+    assert (tuned["run_id"], tuned["method"], tuned["objective"]) == ("demo-quick-lora", "lora", "sft")

@@ -24,6 +24,7 @@ from core.arena.leaderboard import check_settings, leaderboard
 from core.errors import ConfigError, TuneArenaError
 from core.limits import check_name, writable_folder
 from core.models import default_base_model
+from core.runs import Run
 from core.text import short_name
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ class FeedbackMixin:
         """run_id, method, objective and base model of the run behind a fine-tuned answer; a run that cannot be
         read any more (deleted since the answer) keeps its name and leaves the rest unknown."""
         try:
-            run = self.find_run(adapter)
+            run = Run(self.resolve_run(adapter))  # the arena's adapter as given: a run id, or (the app) its folder
             config = run.config
         except (TuneArenaError, OSError) as err:
             logger.warning("vote: the run %s of an answer cannot be read (%s); its method is recorded as unknown",

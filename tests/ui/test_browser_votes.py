@@ -52,10 +52,12 @@ def test_blind_votes_in_the_arena_fill_the_leaderboard_in_chromium(live_app, liv
                 assert not any(variant in page.locator("#arena-cards").inner_text() for variant in VARIANTS)
                 if number == 0:
                     page.screenshot(path=str(ARTIFACTS / "12-arena-blind.png"), full_page=True)
+                expect(page.locator("#arena-vote-row")).to_be_visible(timeout=60_000)
                 label = {"tie": "Tie", "all_bad": "All bad"}.get(choice, f"{choice} is best")
                 page.locator("#arena-vote").get_by_label(label, exact=True).check()
                 page.locator("#arena-vote-submit").click()
                 expect(page.locator("#arena-vote-status")).to_contain_text("Vote saved", timeout=30_000)
+                expect(page.locator("#arena-status")).to_contain_text("Voted")  # the next run's line replaces it
                 revealed = page.locator("#arena-cards .ta-card h3").all_inner_texts()
                 assert sorted(title.split(" · ")[1] for title in revealed) == sorted(VARIANTS)  # names shown now
                 expect(page.locator("#arena-vote-row")).to_be_hidden()
@@ -66,7 +68,7 @@ def test_blind_votes_in_the_arena_fill_the_leaderboard_in_chromium(live_app, liv
             assert [vote["winner"] for vote in votes] == choices
             assert all({answer["variant"].split("@")[0] for answer in vote["answers"]} == set(VARIANTS)
                        for vote in votes)
-            assert len({vote["query"] for vote in votes}) == QUERIES
+            assert len({(vote["query"], vote["input"]) for vote in votes}) == QUERIES  # ten demo questions
 
             page.get_by_role("tab", name="Leaderboard").click()
             expect(page.locator("#lb-summary")).to_contain_text(re.compile(r"\d+ votes"), timeout=60_000)
