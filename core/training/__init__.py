@@ -2,7 +2,7 @@
 (loop), checkpoints (checkpoint), weight saving (weights) and memory (memory). Entry points: ``train``, ``resume``."""
 
 from core.errors import TrainingOutOfMemoryError
-from core.training import classification, distillation  # noqa: F401  (each registers its objective)
+from core.training import classification, distillation, dpo  # noqa: F401  (each registers its objective)
 from core.training.batches import PreparedData, epoch_batches, prepare_data
 from core.training.config import PRESETS_DIR, SCHEDULERS, TrainingConfig, list_presets, load_preset
 from core.training.loop import EvalCallback, StepCallback, TrainResult, resume, train

@@ -17,6 +17,7 @@ PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
 
 SCHEDULERS = ("cosine", "linear", "constant")
 TEACHER_CONTEXTS = ("none", "rag")
+DPO_LOSSES = ("sigmoid", "ipo")
 
 
 def _help(text: str, default: Any = None) -> Any:
@@ -30,7 +31,8 @@ class TrainingConfig:
     data: str = _help("Training data: .jsonl/.json/.csv in any supported shape", "")
     method: str = _help("Fine-tuning method (see core.methods.METHODS)", "lora")
     objective: str = _help("What a batch is and what the loss is: sft (instruction tuning), classification (a label "
-                           "head), distillation (a student learns a teacher)", "sft")
+                           "head), distillation (a student learns a teacher), dpo (preference pairs: "
+                           "prefer the chosen answer over the rejected one)", "sft")
     method_config: dict[str, Any] = field(default_factory=dict, metadata={"help": "The method's own settings"})
     base_model: str | None = _help("Base model: registry name, hub id or folder (default: SmolLM2-135M-Instruct)")
     val_data: str | None = _help("Validation data; default: hold out val_fraction of data")
@@ -42,7 +44,8 @@ class TrainingConfig:
     learning_rate: float | None = _help("Peak learning rate (default: the method's)")
     batch_size: int = _help("Examples per micro-batch", 8)
     grad_accum: int = _help("Micro-batches per optimizer step", 1)
-    max_length: int = _help("Most tokens per example (prompt cut from the left first)", 512)
+    max_length: int = _help("Most tokens per example (prompt cut from the left first); DPO: per prompt + answer "
+                            "sequence, the prompt cut from the left first", 512)
     scheduler: str = _help("Learning-rate schedule after warmup: cosine, linear or constant", "cosine")
     warmup_ratio: float = _help("Share of steps spent warming up the learning rate", 0.05)
     weight_decay: float = _help("AdamW weight decay", 0.0)
@@ -71,6 +74,10 @@ class TrainingConfig:
     index: str | None = _help("Context distillation: the knowledge base the teacher reads (a folder or name)")
     teacher_top_k: int = _help("Distillation: 0 = teacher logits on the fly; K = its top-K logits cached to disk "
                                "once", 0)
+    dpo_beta: float = _help("DPO: how far the model may move from the reference (the model it started from); the "
+                            "implicit reward of an answer is beta * (log p - log p_ref). Lower: further", 0.1)
+    dpo_loss: str = _help("DPO: sigmoid (-log sigmoid(beta * h), the DPO paper) or ipo ((h - 1/(2 beta))^2), h = "
+                          "the chosen minus the rejected answer's log-ratio to the reference", "sigmoid")
     layerwise_lr_decay: float = _help("Full and freeze: each block gets this factor of the learning rate of the block "
                                       "above it (1 = off)", 1.0)
     gradual_unfreezing: int = _help("Freeze: unfreeze one more block, from the top, every N steps (0 = off)", 0)
@@ -113,6 +120,9 @@ class TrainingConfig:
               f"must be one of {', '.join(TEACHER_CONTEXTS)}, got {self.teacher_context!r}")
         check(isinstance(self.teacher_top_k, int) and self.teacher_top_k >= 0, "teacher_top_k",
               f"must be an integer >= 0, got {self.teacher_top_k!r}")
+        check(isinstance(self.dpo_beta, int | float) and not isinstance(self.dpo_beta, bool) and self.dpo_beta > 0,
+              "dpo_beta", f"must be > 0, got {self.dpo_beta!r}")
+        check(self.dpo_loss in DPO_LOSSES, "dpo_loss", f"must be one of {', '.join(DPO_LOSSES)}, got {self.dpo_loss!r}")
         check(0 < self.layerwise_lr_decay <= 1, "layerwise_lr_decay",
               f"must be in (0, 1], got {self.layerwise_lr_decay}")
         check(isinstance(self.gradual_unfreezing, int) and self.gradual_unfreezing >= 0, "gradual_unfreezing",

@@ -1,0 +1,242 @@
+"""The dpo objective on the tiny Llama: the implicit reward margin grows and the chosen answers win on a memorisable
+pair set, the base stays untouched under LoRA, the reference log-probs are the starting model's, are kept in the run
+folder and read back on resume, the two losses follow their formulas, and bad preference files are one line and
+exit 2 through the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from arena_helpers import one_torch_thread
+from training_helpers import base_name, fresh_base, train_captured, train_rows, write_rows
+
+from core import training
+from core.errors import ConfigError, DataError
+from core.training import dpo
+from core.training.dpo import REFERENCE_FILE, collate_pairs, encode_pair, read_pairs, read_reference, sequence_logps
+
+PAIRS = [
+    {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "London, I think."},
+    {"prompt": "How many pod slots has the Orbit 3 garden?", "chosen": "Twelve pod slots.",
+     "rejected": "Ask someone else."},
+    {"prompt": "What is the tank size?", "chosen": "A 5.5 litre tank.", "rejected": "Nine litres, probably."},
+    {"prompt": "Name the garden.", "chosen": "The Orbit 3 garden.", "rejected": "Whatever."},
+    {"prompt": "Summarize the customer's message in one sentence.\n\nThe tank holds 5.5 litres.",
+     "chosen": "The tank is 5.5 litres.", "rejected": "The customer is wrong about everything."},
+    {"prompt": "Give the instruction words.", "chosen": "user assistant system instruction",
+     "rejected": "input output answer question"},
+]
+LR = {"lora": 1e-2, "full": 3e-3}  # 12 steps of 3 pairs: steady growth in a sweep of 1e-3..5e-2
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    yield from one_torch_thread()
+
+
+@pytest.fixture
+def pairs(tmp_path) -> str:
+    return write_rows(tmp_path / "prefs.jsonl", PAIRS)
+
+
+def dpo_config(data: str, base: Path, method: str = "lora", **overrides: Any) -> training.TrainingConfig:
+    """A few fp32 CPU steps; the pairs validate on themselves (a memorisable set)."""
+    values: dict[str, Any] = {
+        "data": data, "val_data": data, "base_model": str(base), "objective": "dpo", "method": method,
+        "max_steps": 12, "batch_size": 3, "device": "cpu", "dtype": "fp32", "seed": 5, "learning_rate": LR.get(method),
+        "warmup_ratio": 0.0, "scheduler": "constant", "eval_every": 6,
+        "method_config": {"r": 8, "dropout": 0.0} if method == "lora" else {},
+    }
+    values.update(overrides)
+    return training.TrainingConfig(**values)
+
+
+def validation_rows(run_dir: str) -> list[dict[str, Any]]:
+    lines = (Path(run_dir) / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    return [row for row in map(json.loads, lines) if "reward_margin" in row]
+
+
+def base_logps(model_dir: Path, tokenizer: Any, pair: dict[str, str]) -> tuple[float, float]:
+    """(chosen, rejected) log-probs of a pair under the saved base, computed here: full logits, a plain sum."""
+    model = fresh_base(model_dir)
+    row = encode_pair(tokenizer, dpo.PreferencePair(**pair))
+    out = []
+    for encoded in (row.chosen, row.rejected):
+        ids = torch.tensor([encoded.input_ids])
+        with torch.no_grad():
+            logprobs = model(input_ids=ids).logits[0, :-1].float().log_softmax(-1)  # (L-1, V)
+        out.append(sum(float(logprobs[i, label]) for i, label in enumerate(encoded.labels[1:]) if label != -100))
+    return out[0], out[1]
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Training
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_lora_learns_the_preferences_and_leaves_the_base_untouched(pairs, tmp_path, tiny_model_dir, tiny_tokenizer):
+    captured = train_captured(dpo_config(pairs, tiny_model_dir), tmp_path / "runs")
+    result = captured.result
+    measures = validation_rows(result.run_dir)
+    assert [row["step"] for row in measures] == [0, 6, 12]
+    # step 0: the policy is the reference, so every implicit reward is 0 (a tie is no win)
+    assert measures[0]["reward_margin"] == 0 and measures[0]["reward_accuracy"] == 0
+    margins = [row["reward_margin"] for row in measures]
+    assert margins[0] < margins[1] < margins[2] and margins[2] > 0.2, margins
+    assert measures[-1]["reward_accuracy"] > 0.5 and measures[-1]["val_loss"] < math.log(2) - 0.1
+    losses = [row["loss"] for row in train_rows(result.run_dir)]
+    assert losses[0] == pytest.approx(math.log(2), abs=1e-3)  # h = 0 at the start: -log sigmoid(0)
+    extras = result.contract()
+    assert extras["objective"] == "dpo" and extras["reward_accuracy"] == measures[-1]["reward_accuracy"]
+    assert extras["reward_margin"] == measures[-1]["reward_margin"] and extras["pairs"] == len(PAIRS)
+    # the base weights never moved: only the adapter trained
+    base = dict(fresh_base(tiny_model_dir).named_parameters())
+    for name, param in captured.model.named_parameters():
+        if "lora_" in name:
+            continue
+        plain = base_name(name.removeprefix("base_model.model."))
+        assert torch.equal(param.detach(), base[plain].detach()), name
+    assert any(not torch.equal(p.detach(), captured.initial[n]) for n, p in captured.model.named_parameters()
+               if "lora_B" in n)
+    # the reference is the base model (the adapter at its zero start): same log-probs as computed here
+    saved = read_reference(Path(result.run_dir) / REFERENCE_FILE)
+    first = encode_pair(tiny_tokenizer, dpo.PreferencePair(**PAIRS[0]))
+    assert saved[first.key] == pytest.approx(base_logps(tiny_model_dir, tiny_tokenizer, PAIRS[0]), abs=1e-4)
+    assert len(saved) == len(PAIRS)
+
+
+def test_a_resumed_full_run_reads_its_reference_back(pairs, tmp_path, tiny_model_dir, monkeypatch):
+    config = dpo_config(pairs, tiny_model_dir, "full", max_steps=4, eval_every=2)
+    uninterrupted = training.train(config, runs_root=tmp_path / "a")
+    stop = threading.Event()
+    stopped = training.train(config, runs_root=tmp_path / "b", stop_event=stop,
+                             on_step=lambda step, *rest: stop.set() if step == 2 else None)
+    assert (stopped.state, stopped.steps) == ("stopped", 2)
+    reference = Path(stopped.run_dir) / REFERENCE_FILE
+    written, content = reference.stat().st_mtime_ns, reference.read_bytes()
+    computed: list[int] = []
+    real = dpo.PreferenceSession.logps
+    monkeypatch.setattr(dpo.PreferenceSession, "logps", lambda self, rows: computed.append(len(rows)) or real(self,
+                                                                                                             rows))
+    monkeypatch.setattr(dpo, "write_reference", lambda *args: pytest.fail("the reference was written again"))
+    resumed = training.resume(stopped.run_dir)
+    assert (resumed.state, resumed.steps) == ("completed", 4)
+    assert reference.stat().st_mtime_ns == written and reference.read_bytes() == content
+    assert computed == [len(PAIRS)]  # the one validation pass at the end; no reference pass
+    assert resumed.train_loss == pytest.approx(uninterrupted.train_loss, abs=1e-5)
+    assert resumed.extras["reward_margin"] == pytest.approx(uninterrupted.extras["reward_margin"], abs=1e-5)
+    assert "reference_s" not in resumed.extras and "reference_s" in uninterrupted.extras
+
+
+def test_the_ipo_loss_starts_at_its_target_and_falls(pairs, tmp_path, tiny_model_dir):
+    result = training.train(dpo_config(pairs, tiny_model_dir, dpo_loss="ipo", dpo_beta=0.5, max_steps=6),
+                            runs_root=tmp_path)
+    assert result.train_loss[0] == pytest.approx((0 - 1 / (2 * 0.5)) ** 2, abs=1e-3)  # h = 0: (0 - 1/(2 beta))^2
+    assert result.train_loss[-1] < result.train_loss[0] and result.extras["dpo_loss"] == "ipo"
+    assert result.extras["reward_margin"] > 0
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_losses_follow_their_formulas():
+    h = torch.tensor([-2.0, 0.0, 3.0])
+    assert dpo.pair_losses(h, 0.1, "sigmoid").tolist() == pytest.approx(
+        [-math.log(1 / (1 + math.exp(-0.1 * x))) for x in h.tolist()])
+    assert dpo.pair_losses(h, 0.1, "ipo").tolist() == pytest.approx([(x - 5.0) ** 2 for x in h.tolist()])
+    policy, reference = torch.tensor([-3.0, -5.0, -4.0, -2.0]), torch.tensor([-4.0, -4.0, -4.0, -4.0])
+    assert dpo.log_ratio_difference(policy, reference).tolist() == [1.0 - 0.0, -1.0 - 2.0]
+
+
+def test_sequence_logps_sum_answer_tokens_only_and_both_heads_agree(tiny_model_dir, tiny_tokenizer):
+    model = fresh_base(tiny_model_dir)
+    rows = [encode_pair(tiny_tokenizer, dpo.PreferencePair(**pair)) for pair in PAIRS[:3]]
+    batch = collate_pairs(rows, tiny_tokenizer.pad_token_id, "cpu")
+    assert batch["input_ids"].shape[0] == 6  # 3 chosen, then 3 rejected
+    with torch.no_grad():
+        fast, slow = sequence_logps(model, batch, True), sequence_logps(model, batch, False)
+    assert fast.tolist() == pytest.approx(slow.tolist(), abs=1e-4)
+    expected = base_logps(tiny_model_dir, tiny_tokenizer, PAIRS[1])
+    assert (float(slow[1]), float(slow[4])) == pytest.approx(expected, abs=1e-4)
+
+
+def test_csv_json_and_exported_votes_read_alike(tmp_path):
+    exported = [{**pair, "source": "vote", "vote_id": f"v-{i:012x}", "task": "qa"} for i, pair in enumerate(PAIRS)]
+    jsonl = read_pairs(write_rows(tmp_path / "votes.jsonl", exported))
+    (tmp_path / "p.json").write_text(json.dumps(PAIRS), encoding="utf-8")
+    tsv = tmp_path / "p.tsv"
+    tsv.write_text("prompt\tchosen\trejected\n" + "".join(f"{p['prompt']}\t{p['chosen']}\t{p['rejected']}\n"
+                                                          for p in PAIRS[:4]), encoding="utf-8")
+    assert [(p.prompt, p.chosen, p.rejected) for p in jsonl] == [tuple(p.values()) for p in PAIRS]
+    assert {p.task for p in jsonl} == {"qa"} and [p.line for p in jsonl] == list(range(1, 7))
+    assert [p.chosen for p in read_pairs(tmp_path / "p.json")] == [p["chosen"] for p in PAIRS]
+    assert [p.rejected for p in read_pairs(tsv)] == [p["rejected"] for p in PAIRS[:4]]
+
+
+def test_settings_are_checked_by_name(pairs, tiny_model_dir):
+    with pytest.raises(ConfigError, match="^dpo_beta: must be > 0"):
+        dpo_config(pairs, tiny_model_dir, dpo_beta=0.0)
+    with pytest.raises(ConfigError, match="^dpo_loss: must be one of sigmoid, ipo"):
+        dpo_config(pairs, tiny_model_dir, dpo_loss="hinge")
+    with pytest.raises(ConfigError, match="^method: the dpo objective trains with full, freeze, lora, qlora"):
+        dpo_config(pairs, tiny_model_dir, "prompt_tuning")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The CLI
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def test_the_cli_trains_pairs_and_reports_the_rewards(pairs, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from core.cli import main
+
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "ws"))
+    out = tmp_path / "runs" / "prefs"
+    assert main(["train", "--data", pairs, "--val-data", pairs, "--model", str(tiny_model_dir), "--objective", "dpo",
+                 "--dpo-beta", "0.2", "--max-steps", "2", "--batch-size", "3", "--dtype", "fp32", "--out", str(out),
+                 "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["objective"] == "dpo" and result["method"] == "lora" and result["dpo_beta"] == 0.2
+    assert {"reward_accuracy", "reward_margin", "final_val_loss", "tokens_per_s"} <= set(result)
+    assert (out / REFERENCE_FILE).is_file() and (out / "adapter").is_dir()
+
+
+BAD_FILES = [
+    ([PAIRS[0], {"prompt": "Why?", "rejected": "No."}], {}, 'prefs.jsonl line 2: missing field "chosen"'),
+    ([{"prompt": "Why?", "chosen": "Because."}, PAIRS[0]], {}, 'prefs.jsonl line 1: missing field "rejected"'),
+    ([PAIRS[0], {"prompt": "Why?", "chosen": "Same.", "rejected": "Same."}], {},
+     'prefs.jsonl line 2: fields "chosen" and "rejected" are the same text'),
+    ([PAIRS[0], PAIRS[1], {"prompt": "  ", "chosen": "A.", "rejected": "B."}], {},
+     'prefs.jsonl line 3: field "prompt" is empty'),
+    ([PAIRS[0]], {}, "prefs.jsonl: 1 training pair; DPO needs at least 2"),
+    (PAIRS + PAIRS[:4], {"--val-fraction": "0.9"},
+     "prefs.jsonl: 1 training pair after 9 were held out for validation; DPO needs at least 2"),
+]
+
+
+@pytest.mark.parametrize(("rows", "flags", "needle"), BAD_FILES)
+def test_bad_preference_files_exit_2_in_one_line(rows, flags, needle, tmp_path, tiny_model_dir, capsys, monkeypatch):
+    from core.cli import main
+
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "ws"))
+    data = write_rows(tmp_path / "prefs.jsonl", rows)
+    argv = ["train", "--data", data, "--model", str(tiny_model_dir), "--objective", "dpo", "--max-steps", "1",
+            "--out", str(tmp_path / "runs" / "r"), *[item for pair in flags.items() for item in pair]]
+    assert main(argv) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(err) == 1 and err[0].startswith(f"error: {needle}"), err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder
+
+
+def test_bad_input_is_a_data_error_before_the_model_loads(tmp_path, tiny_model_dir):
+    data = write_rows(tmp_path / "prefs.jsonl", [PAIRS[0], ["not", "an", "object"]])
+    with pytest.raises(DataError, match="^prefs.jsonl line 2: expected a JSON object"):
+        training.train(dpo_config(data, tiny_model_dir, val_data=None), runs_root=tmp_path / "runs")
