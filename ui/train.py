@@ -25,7 +25,8 @@ from core.errors import JobBusyError
 from core.methods import METHODS, get_method
 from core.text import fmt_duration, one_line
 from core.training import OBJECTIVES, SCHEDULERS, TrainingConfig, get_objective, list_presets, load_preset
-from core.training.config import TEACHER_CONTEXTS
+from core.training.config import DPO_LOSSES, TEACHER_CONTEXTS
+from core.training.dpo import read_pairs
 from ui.common import field_default, field_help, index_choices, run_choices
 from ui.visitors import scoped
 
@@ -43,6 +44,7 @@ OBJECTIVE_LABELS = {  # the widget labels of the objectives' own fields (their h
     "student_layers": "Student layers (0 = use the student model)", "distill_alpha": "KL weight (alpha)",
     "distill_temperature": "Temperature", "teacher_context": "Teacher context",
     "index": "Knowledge base the teacher reads", "teacher_top_k": "Cache the teacher's top-K logits (0 = on the fly)",
+    "dpo_beta": "DPO beta (β: how far from the reference)", "dpo_loss": "Preference loss",
 }
 
 
@@ -53,6 +55,9 @@ def dataset_choices(engine: Engine) -> list[tuple[str, str]]:
     """(label, path) of the demo splits and every uploaded dataset."""
     demo = [("demo train set (389 rows: QA, summaries, labels)", str(demo_path("train.jsonl"))),
             ("demo validation set", str(demo_path("validation.jsonl")))]
+    if demo_path("preferences.jsonl").is_file():  # what the DPO objective trains on
+        demo.append(("demo preference pairs (60: prompt, chosen, rejected; for DPO)",
+                     str(demo_path("preferences.jsonl"))))
     return demo + [(f"uploaded: {path.name}", str(path)) for path in list_uploads(engine.workspace.uploads, "datasets")]
 
 
@@ -64,7 +69,14 @@ def describe_dataset(path: str | None) -> tuple[str, pd.DataFrame]:
     try:
         dataset = load_examples(path)
     except (DataError, ValueError, OSError) as err:
-        return f"<span class='ta-error'>✗ {html.escape(one_line(err))}</span>", empty
+        try:  # a preference file (prompt, chosen, rejected) is not instruction data: the DPO objective reads it
+            pairs = read_pairs(path)
+        except (DataError, ValueError, OSError):
+            return f"<span class='ta-error'>✗ {html.escape(one_line(err))}</span>", empty
+        rows = [{"task": pair.task or "", "instruction": pair.prompt, "input": "",
+                 "output": f"✓ {pair.chosen}  ✗ {pair.rejected}"} for pair in pairs[:PREVIEW_ROWS]]
+        return (f"✓ {len(pairs)} preference pairs (prompt, chosen ✓, rejected ✗): train them with the "
+                "Preference tuning (dpo) objective", pd.DataFrame(rows, columns=list(empty.columns)))
     tasks = ", ".join(f"{task} {count}" for task, count in sorted(dataset.tasks().items()))
     rows = [{"task": ex.task or "", "instruction": ex.instruction, "input": ex.input, "output": ex.output or ""}
             for ex in dataset.examples[:PREVIEW_ROWS]]
@@ -200,6 +212,8 @@ def _objective_widget(engine: Engine, name: str, value: Any = None) -> gr.compon
                            allow_custom_value=True, elem_id=elem_id)
     if name == "teacher_context":
         return gr.Dropdown(list(TEACHER_CONTEXTS), value=default, label=label, info=info, elem_id=elem_id)
+    if name == "dpo_loss":
+        return gr.Dropdown(list(DPO_LOSSES), value=default, label=label, info=info, elem_id=elem_id)
     if name == "student_layers" or isinstance(default, int | float):
         whole = not isinstance(default, float)  # student_layers (None: not set) and teacher_top_k count things
         return gr.Number(default or 0, label=label, info=info, precision=0 if whole else None, minimum=0,

@@ -15,6 +15,7 @@ from core.methods import METHODS
 from ui.train import (
     HOLD_OUT,
     create_train_tab,
+    dataset_choices,
     describe_dataset,
     form_values,
     loss_chart,
@@ -308,3 +309,16 @@ def test_on_a_shared_app_each_visitor_has_their_own_lists_and_a_place_in_the_que
         fake.release.set()
         scoped(engine, alice).jobs.wait(5)
     assert len(fake.calls) == 1
+
+
+def test_a_preference_file_is_offered_and_previewed_for_dpo(tmp_path):
+    from core.data import demo_path
+
+    engine = Engine(tmp_path / "ws", confined=True)
+    assert str(demo_path("preferences.jsonl")) in {value for _, value in dataset_choices(engine)}
+    line, frame = describe_dataset(str(demo_path("preferences.jsonl")))
+    assert line.startswith("✓ 60 preference pairs") and "dpo" in line
+    assert frame["output"].iloc[0].startswith("✓ ") and " ✗ " in frame["output"].iloc[0]
+    broken = tmp_path / "prefs.jsonl"
+    broken.write_text('{"prompt": "Q?", "chosen": "A", "rejected": "A"}\n{"prompt": "Q2?", "chosen": "B"}\n')
+    assert "✗" in describe_dataset(str(broken))[0]  # neither instruction data nor valid pairs: the loader's line
