@@ -7,6 +7,7 @@ import re
 import time
 from pathlib import Path
 
+import gradio as gr
 import pytest
 
 from core.engine import Engine
@@ -322,3 +323,28 @@ def test_a_preference_file_is_offered_and_previewed_for_dpo(tmp_path):
     broken = tmp_path / "prefs.jsonl"
     broken.write_text('{"prompt": "Q?", "chosen": "A", "rejected": "A"}\n{"prompt": "Q2?", "chosen": "B"}\n')
     assert "✗" in describe_dataset(str(broken))[0]  # neither instruction data nor valid pairs: the loader's line
+
+
+def test_train_from_votes_exports_the_pairs_and_trains_a_dpo_run(tmp_path, tiny_model_dir):
+    """The button's handler on the tiny model: the workspace's votes become pairs and a DPO run that completes."""
+    import json
+
+    engine = Engine(tmp_path / "ws", confined=True)
+    with gr.Blocks() as demo:
+        create_train_tab(engine)
+    on_from_votes = next(fn.fn for fn in demo.fns.values() if fn.fn.__name__ == "on_from_votes")
+    with pytest.raises(gr.Error, match="votes: none yet"):
+        on_from_votes(2, str(tiny_model_dir))  # nothing to learn from yet: one line, nothing started
+    for number in range(12):  # 12 pairs: the preset holds out a fifth to measure the reward on
+        arena = {"query": f"How many pod slots has garden {number}?", "reference": None, "task": "qa",
+                 "results": [{"variant": "zero_shot", "strategy": "zero_shot", "adapter": None, "available": True,
+                              "answer": f"Garden {number} has twelve slots.", "prompt": "p", "metrics": {}},
+                             {"variant": "rag", "strategy": "rag", "adapter": None, "available": True,
+                              "answer": "No idea, ask someone else.", "prompt": "q", "metrics": {}}]}
+        engine.record_vote(arena, "zero_shot", shown=["rag", "zero_shot"])
+    on_from_votes(2, str(tiny_model_dir))
+    done = engine.jobs.wait(120)
+    assert done.state == "completed", done.error
+    config = json.loads((tmp_path / "ws" / "runs" / done.run_id / "config.json").read_text())
+    assert config["objective"] == "dpo" and config["data"].endswith("feedback/preferences.jsonl")
+    assert done.result["reward_accuracy"] is not None and done.result["pairs"] >= 2
