@@ -183,7 +183,8 @@ def test_upload_train_and_refuse_a_second_start(live_app, live_workspace, tmp_pa
     data_update, _, _ = client.predict(handle_file(str(upload)), api_name="/train_upload")
     stored = live_workspace / "uploads" / "datasets" / "my_data.jsonl"
     assert stored.read_text() == upload.read_text()
-    assert data_update["value"] == str(stored) and [str(stored)] == [c[1] for c in data_update["choices"][2:]]
+    uploaded = [value for label, value in data_update["choices"] if label.startswith("uploaded: ")]
+    assert data_update["value"] == str(stored) and uploaded == [str(stored)]
     info, preview = client.predict(str(stored), api_name="/train_preview")
     assert "12 examples" in info and len(preview["data"]) == 5
 
