@@ -11,6 +11,7 @@ from core.data.examples import (
     load_examples,
     row_to_example,
     split_examples,
+    text_field,
 )
 from core.data.files import EXTENSIONS, read_rows
 from core.data.prompts import (
@@ -28,5 +29,5 @@ __all__ = [
     "ASSETS", "DEMO_DIR", "EXTENSIONS", "FALLBACK_TEMPLATE", "MAX_FIELD_CHARS", "MAX_FILE_BYTES", "SHAPES", "DataError",
     "Dataset", "EncodedExample", "Example", "Splits", "build_messages", "demo_path", "detect_shape",
     "encode_for_training", "format_prompt", "load_demo_splits", "load_examples", "read_rows", "render_prompt",
-    "row_to_example", "split_examples",
+    "row_to_example", "split_examples", "text_field",
 ]

@@ -124,7 +124,9 @@ def _check_string(path: Path, line: int, where: str, value: str) -> None:
                         line) from None
 
 
-def _text(path: Path, line: int, row: dict[str, Any], key: str, *, required: bool) -> str:
+def text_field(path: Path, line: int, row: dict[str, Any], key: str, *, required: bool) -> str:
+    """Field ``key`` of a row as text: a string within MAX_FIELD_CHARS with no unpaired surrogate; a missing or
+    blank one is a DataError when ``required`` (else ""). Errors name the file, line and field."""
     if key not in row or row[key] is None:
         if required:
             raise DataError(path, f'missing field "{key}"', line)
@@ -186,10 +188,10 @@ def row_to_example(path: Path, line: int, row: Any, shape: str, *, require_outpu
         fields = _chat_example(path, line, row, require_output)
     else:
         values = {
-            key: _text(path, line, row, key, required=(key != answer or require_output)) for key in required
+            key: text_field(path, line, row, key, required=(key != answer or require_output)) for key in required
         }
         for key in optional:
-            values[key] = _text(path, line, row, key, required=False)
+            values[key] = text_field(path, line, row, key, required=False)
         if shape == "alpaca":
             fields = {"instruction": values["instruction"], "input": values["input"]}
         elif shape == "prompt_completion":
@@ -197,7 +199,7 @@ def row_to_example(path: Path, line: int, row: Any, shape: str, *, require_outpu
         else:
             fields = {"instruction": values["question"], "input": values["context"]}
         fields["output"] = values[answer] if answer in row and row[answer] is not None else None
-    meta = {key: _text(path, line, row, key, required=False) or None for key in _META_FIELDS}
+    meta = {key: text_field(path, line, row, key, required=False) or None for key in _META_FIELDS}
     system = meta["system"] or fields.pop("system", None)
     fields.pop("system", None)
     uid = meta["id"] or f"{path.name}:{line}"

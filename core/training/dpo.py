@@ -42,10 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from core.data import EncodedExample, Example, encode_for_training, read_rows, split_examples
+from core.data import EncodedExample, Example, encode_for_training, read_rows, split_examples, text_field
 from core.errors import DataError
 from core.io import write_atomic
-from core.limits import MAX_FIELD_CHARS, MAX_FILE_BYTES
+from core.limits import MAX_FILE_BYTES
 from core.methods import METHODS as METHOD_REGISTRY
 from core.training.batches import PreparedData, file_sha256
 from core.training.distillation import answer_logits
@@ -116,23 +116,6 @@ class PreferenceRow:
         return self.chosen.truncated or self.rejected.truncated
 
 
-def _text(path: Path, line: int, row: dict[str, Any], column: str) -> str:
-    value = row.get(column)
-    if value is None:
-        raise DataError(path, f'missing field "{column}" (a preference row is {{prompt, chosen, rejected}})', line)
-    if not isinstance(value, str):
-        raise DataError(path, f'field "{column}" must be a string, got {type(value).__name__}', line)
-    if not value.strip():
-        raise DataError(path, f'field "{column}" is empty', line)
-    if len(value) > MAX_FIELD_CHARS:
-        raise DataError(path, f'field "{column}" is {len(value)} characters, over the {MAX_FIELD_CHARS} limit', line)
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise DataError(path, f'field "{column}" holds an unpaired surrogate at character {err.start}', line) from None
-    return value
-
-
 def read_pairs(path: str | Path) -> list[PreferencePair]:
     """The pairs of one preference file; bad rows are one DataError naming the file and line."""
     path = Path(path)
@@ -141,7 +124,7 @@ def read_pairs(path: str | Path) -> list[PreferencePair]:
         if not isinstance(row, dict):
             raise DataError(path, f"expected a JSON object {{prompt, chosen, rejected}}, got {type(row).__name__}",
                             line)
-        prompt, chosen, rejected = (_text(path, line, row, column) for column in COLUMNS)
+        prompt, chosen, rejected = (text_field(path, line, row, column, required=True) for column in COLUMNS)
         if chosen.strip() == rejected.strip():
             raise DataError(path, 'fields "chosen" and "rejected" are the same text (nothing to prefer)', line)
         task = row.get("task")
