@@ -100,7 +100,7 @@ class VisitorMiddleware:
         self.secure = secure
 
     def protected_roots(self) -> list[Path]:
-        roots = [self.visitors.instance.workspace.root]
+        roots = [self.visitors.instance_root]
         if self.visitors.settings.persistent is not None:
             roots.append(self.visitors.settings.persistent)
         return [root.resolve() for root in roots]

@@ -68,7 +68,8 @@ class Engine(RunsMixin, KnowledgeMixin, ArenaMixin, FeedbackMixin):
         self.instance: Engine | None = None  # a visitor's engine: the instance's engine it is a view of
         self.quota: VisitorQuota | None = None  # a visitor's engine: their limits
         # a shared instance (a public Space): every visitor gets a view of this engine (core.engine.visitors)
-        self.visitors = Visitors(self, visitors) if visitors is not None and visitors.enabled else None
+        self.visitors = (Visitors(self.workspace.root, visitors, lambda folder, owner, quota: self.scoped(
+            folder, owner=owner, quota=quota)) if visitors is not None and visitors.enabled else None)
 
     def scoped(self, folder: str | Path, *, owner: str, quota: VisitorQuota | None = None) -> Engine:
         """A view of this engine for one visitor: the same loaded models, caches and training queue; its own

@@ -25,7 +25,7 @@ import shutil
 import threading
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +36,10 @@ from core.io import folder_bytes
 from core.text import fmt_bytes
 
 if TYPE_CHECKING:
-    from core.engine.engine import Engine
     from core.training import TrainingConfig
+
+ViewFactory = Callable[[Path, str, "VisitorQuota"], Any]
+"""(workspace folder, owner, quota) -> a visitor's engine: ``Engine.scoped`` of the instance's engine."""
 
 logger = logging.getLogger(__name__)
 
@@ -177,13 +179,14 @@ class Visitors:
     """The visitors of one instance: their workspaces and engines, upload counts, the training queue and the sweep.
     Owned by the instance's engine (``Engine.visitors``)."""
 
-    def __init__(self, engine: Engine, settings: VisitorSettings) -> None:
-        self.instance = engine
+    def __init__(self, instance_root: Path, settings: VisitorSettings, make_view: ViewFactory) -> None:
+        self.instance_root = Path(instance_root)  # the instance's workspace: the shared demo items live here
         self.settings = settings
-        self.root = engine.workspace.root / VISITORS
+        self.root = self.instance_root / VISITORS
         self.queue = JobQueue(waiting=settings.queue)
+        self._make_view = make_view
         self._lock = threading.Lock()
-        self._engines: dict[str, Engine] = {}
+        self._engines: dict[str, Any] = {}
         self._uploads: dict[str, deque[float]] = {}
         self._touched: dict[str, float] = {}
         self._gpu: bool | None = None
@@ -194,13 +197,13 @@ class Visitors:
             return self.settings.persistent / VISITORS / visitor.key
         return self.root / visitor.key
 
-    def engine(self, visitor: Visitor) -> Engine:
+    def engine(self, visitor: Visitor) -> Any:
         """``visitor``'s engine (made on their first request, then kept); marks them as active."""
         with self._lock:
             view = self._engines.get(visitor.key)
         if view is None:
             folder = self.folder(visitor)
-            view = self.instance.scoped(folder, owner=visitor.key, quota=VisitorQuota(self, visitor, folder))
+            view = self._make_view(folder, visitor.key, VisitorQuota(self, visitor, folder))
             with self._lock:
                 view = self._engines.setdefault(visitor.key, view)
         self.touch(visitor.key, view.workspace.root)
