@@ -279,7 +279,7 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
         line = f"Vote saved ({verdict}). {names}. {len(engine.list_votes())} votes in this workspace: see the " \
                "Leaderboard tab."
         return (line, "Voted: the cards now show their variants.", render_cards(rows, order=voted["order"]),
-                gr.update(visible=False), gr.update(choices=[], value=None), None, saved["id"])
+                gr.update(visible=False), gr.update(choices=[], value=None), None)
 
     pick.change(on_pick, [pick], [query, reference, context, task])
     # a query typed by hand (.input does not fire when on_pick fills it) clears the demo question's reference and the
@@ -297,8 +297,7 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
     for trigger in (run.click, query.submit):  # a new run: no vote on the previous answers from here on
         trigger(lambda: (gr.update(visible=False), ""), None, [vote_row, vote_status], queue=False,
                 api_visibility="private")
-    vote_id = gr.State(None)
-    submit_vote.click(on_vote, [vote, shown], [vote_status, status, cards, vote_row, vote, shown, vote_id],
+    submit_vote.click(on_vote, [vote, shown], [vote_status, status, cards, vote_row, vote, shown],
                       api_visibility="private")
 
     def vote_api(arena: dict, winner: str, shown_variants: list[str], input_text: str = "", blind: bool = True,

@@ -488,7 +488,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
     def on_data(path: str | None, request: gr.Request | None = None):
         engine = scoped(instance, request)
         if path and path not in {value for _, value in dataset_choices(engine)}:  # only what this visitor is offered
-            return describe_dataset(None)[0] + NOT_OFFERED, describe_dataset(None)[1]
+            return NOT_OFFERED, describe_dataset(None)[1]
         return describe_dataset(path)
 
     upload.upload(on_upload, [upload], [data, val_data, upload], api_name="train_upload")

@@ -9,19 +9,15 @@ Both see the shared demo items. The sweep of stale workspaces is tested in tests
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 from app_helpers import served_app
+from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS
 from verdict_helpers import install_eval
 
 from core.engine.visitors import Visitor
 from ui.visitors import VISITOR_COOKIE
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 SECRET = "The zorblax launch moves to the lunar depot in May; only Alice knows the date."
 
 
