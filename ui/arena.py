@@ -287,16 +287,15 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
     query.input(None, None, [reference, pick], js=CLEAR_REFERENCE)
     inputs = [query, reference, task, context, variants, adapter, index, shots, rag_k, max_new_tokens, temperature,
               top_p, repetition, stop, base_model, blind]
-    # one queue group for the button and Enter: at most two Arena requests run at once, the rest wait their turn
-    # (the State output is not part of the API's answer: /arena still returns status and cards)
-    clicked = run.click(on_run, inputs, [status, cards, shown], api_name="arena", concurrency_limit=2,
-                        concurrency_id="arena")
-    entered = query.submit(on_run, inputs, [status, cards, shown], concurrency_limit=2, concurrency_id="arena")
-    for event in (clicked, entered):  # then the vote row, when the answers can be compared
-        event.success(on_shown, [shown], [vote_row, vote, vote_status], queue=False, api_visibility="private")
-    for trigger in (run.click, query.submit):  # a new run: no vote on the previous answers from here on
-        trigger(lambda: (gr.update(visible=False), ""), None, [vote_row, vote_status], queue=False,
-                api_visibility="private")
+    # a new run hides the vote row first, then answers (one queue group for the button and Enter: at most two Arena
+    # requests run at once, the rest wait their turn), then shows the vote row when the answers can be compared. One
+    # chain, so the hiding can never land after the showing. The State output is not part of the API's answer: /arena
+    # still returns status and cards.
+    for trigger, api_name in ((run.click, "arena"), (query.submit, None)):
+        answered = trigger(lambda: (gr.update(visible=False), ""), None, [vote_row, vote_status], queue=False,
+                           api_visibility="private").then(
+            on_run, inputs, [status, cards, shown], api_name=api_name, concurrency_limit=2, concurrency_id="arena")
+        answered.success(on_shown, [shown], [vote_row, vote, vote_status], queue=False, api_visibility="private")
     submit_vote.click(on_vote, [vote, shown], [vote_status, status, cards, vote_row, vote, shown],
                       api_visibility="private")
 
