@@ -14,6 +14,7 @@ import sys
 import traceback
 
 from core.cli.arena import COMMANDS as ARENA_COMMANDS
+from core.cli.benchmarks import COMMANDS as BENCHMARK_COMMANDS
 from core.cli.common import CliError, Command, Result
 from core.cli.feedback import COMMANDS as FEEDBACK_COMMANDS
 from core.cli.knowledge import COMMANDS as KNOWLEDGE_COMMANDS
@@ -21,7 +22,8 @@ from core.cli.training import COMMANDS as TRAINING_COMMANDS
 from core.engine import Engine
 from core.errors import TuneArenaError
 
-COMMANDS: tuple[Command, ...] = (*TRAINING_COMMANDS, *KNOWLEDGE_COMMANDS, *ARENA_COMMANDS, *FEEDBACK_COMMANDS)
+COMMANDS: tuple[Command, ...] = (*TRAINING_COMMANDS, *KNOWLEDGE_COMMANDS, *ARENA_COMMANDS, *FEEDBACK_COMMANDS,
+                                  *BENCHMARK_COMMANDS)
 QUIET_LOGGERS = ("httpx", "urllib3", "huggingface_hub", "transformers", "sentence_transformers", "faiss")
 
 

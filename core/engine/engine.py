@@ -13,6 +13,7 @@ from typing import Any
 
 from core.data import load_examples
 from core.engine.arena import ArenaMixin
+from core.engine.benchmarks import BenchmarksMixin
 from core.engine.feedback import FeedbackMixin
 from core.engine.jobs import TrainingJobs
 from core.engine.knowledge import KnowledgeMixin
@@ -39,7 +40,7 @@ logger = logging.getLogger(__name__)
 __all__ = ["DEMO_EVAL", "DEMO_INDEX", "DEMO_RUN", "Engine"]
 
 
-class Engine(RunsMixin, KnowledgeMixin, ArenaMixin, FeedbackMixin):
+class Engine(RunsMixin, KnowledgeMixin, ArenaMixin, FeedbackMixin, BenchmarksMixin):
     """Owns every piece of mutable state of a process: the workspace and the loaded models.
 
     Nothing loads in ``__init__``; models load on first use and are shared afterwards.

@@ -1,5 +1,5 @@
-"""The user's workspace: runs/, indexes/, evals/, uploads/, exports/ and feedback/ under ``$TUNE_ARENA_WORKSPACE``
-(default ./workspace).
+"""The user's workspace: runs/, indexes/, evals/, uploads/, exports/, feedback/ and benchmarks/ under
+``$TUNE_ARENA_WORKSPACE`` (default ./workspace).
 
 On a shared instance (core.engine.visitors) each visitor has a workspace of their own under ``visitors/<id>/``;
 its ``shared`` root is the instance's workspace, whose demo run, demo index and demo evaluation every visitor reads
@@ -13,7 +13,7 @@ from pathlib import Path
 
 from core.errors import ConfigError
 
-SUBFOLDERS = ("runs", "indexes", "evals", "uploads", "exports", "feedback")
+SUBFOLDERS = ("runs", "indexes", "evals", "uploads", "exports", "feedback", "benchmarks")
 DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
 DEMO_INDEX = "demo"  # indexes/demo: the demo corpus, built on first use
 DEMO_EVAL = "demo-eval"  # evals/demo-eval: the shipped demo evaluation (assets/demo/eval-demo)
@@ -69,6 +69,11 @@ class Workspace:
     def feedback(self) -> Path:
         """People's votes on arena answers (``votes.jsonl``) and the preference pairs exported from them."""
         return self.root / "feedback"
+
+    @property
+    def benchmarks(self) -> Path:
+        """Saved lm-evaluation-harness benchmarks, one ``<id>.json`` each."""
+        return self.root / "benchmarks"
 
     @property
     def demo_root(self) -> Path:

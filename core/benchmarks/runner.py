@@ -1,0 +1,283 @@
+"""A benchmark: the same lm-evaluation-harness tasks run on a base model and on fine-tuned runs of it, scored with the
+harness's own metrics and standard errors, and each run's change from the base (catastrophic forgetting on general
+tasks, gain on the tuned one) as a paired difference over the same examples, with a 95% interval and a p-value.
+
+    config = BenchmarkConfig(tasks=["tune_arena_probe", "tune_arena_knowledge"], limit=50)
+    result = run_benchmark([BenchmarkModel("base", load_base), BenchmarkModel("my-run", load_run)], config)
+    result["tasks"]["tune_arena_probe"]["my-run"]   # {"contains": 0.82, "stderr": 0.05, "n": 48, ...}
+    result["deltas"]["my-run"]["tune_arena_probe"]  # {"metric": "contains", "delta": -0.08, "low": ..., ...}
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import re
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.arena.stats import paired_bootstrap, paired_permutation_p
+from core.benchmarks.harness import BACKENDS, make_lm
+from core.benchmarks.tasks import check_include, resolve_tasks
+from core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from core.models import LoadedModel
+
+logger = logging.getLogger(__name__)
+
+BASE = "base"
+# what a hub download failure looks like when this machine cannot reach the hub (offline mode or no network)
+_OFFLINE_SIGNS = ("offline", "couldn't reach", "could not reach", "connection", "resolve", "network",
+                  "max retries", "name or service", "temporary failure", "doesn't exist on the hub", "not found")
+
+
+def _help(text: str, default: Any = None, **extra: Any) -> Any:
+    if callable(default):
+        return field(default_factory=default, metadata={"help": text, **extra})
+    return field(default=default, metadata={"help": text, **extra})
+
+
+@dataclass
+class BenchmarkConfig:
+    """What to run: harness task names (tasks, groups or tags) and how."""
+
+    tasks: list[str] = _help("Harness task, group or tag names (benchmark --list: the ones available offline)", list)
+    limit: int | None = _help("Score at most this many examples per task (None: all)", None)
+    shots: int | None = _help("Few-shot examples in each prompt (None: each task's own default, mostly 0)", None)
+    include: list[str] = _help("Folders of your own task YAMLs (the harness's include path)", list)
+    batch_size: int = _help("Requests per forward pass", 16)
+    chat_template: bool = _help("Wrap each prompt in the model's chat template when it has one (instruct models, "
+                                "the way they are used and tuned here); off: raw prompts, as in most leaderboards",
+                                True)
+    backend: str = _help("hf: the harness's HF backend; engine: generation through the engine's batch decoder",
+                         "hf")
+    bootstrap_iters: int = _help("Bootstrap resamples for the harness's standard errors and the deltas' intervals",
+                                 1000)
+    seed: int = _help("Seed of sampling, few-shot choice and the bootstrap", 0)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.tasks, str):
+            self.tasks = [name.strip() for name in self.tasks.split(",")]
+        self.tasks = [name for name in dict.fromkeys(name.strip() for name in self.tasks) if name]
+        if not self.tasks:
+            raise ConfigError("tasks: name at least one task (benchmark --list shows the tasks available offline)")
+        for name, value, low in (("limit", self.limit, 1), ("shots", self.shots, 0)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+                raise ConfigError(f"{name}: must be an integer >= {low}, got {value!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or not 1 <= self.batch_size <= 512:
+            raise ConfigError(f"batch_size: must be an integer between 1 and 512, got {self.batch_size!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if not isinstance(self.bootstrap_iters, int) or self.bootstrap_iters < 0:
+            raise ConfigError(f"bootstrap_iters: must be an integer >= 0, got {self.bootstrap_iters!r}")
+
+
+@dataclass(frozen=True)
+class BenchmarkModel:
+    """One model to benchmark: its label in the results (``base`` or a run id), how to load it, and facts kept with
+    the results (method, objective). ``skip``: why the model cannot take these tasks (it is reported, not run)."""
+
+    label: str
+    load: Callable[[], LoadedModel]
+    facts: dict[str, Any] = field(default_factory=dict)
+    skip: str | None = None
+
+
+def _metric_name(key: str) -> tuple[str, bool] | None:
+    """``"acc,none"`` -> ("acc", False); ``"acc_stderr,none"`` -> ("acc", True); ``"exact_match,strict-match"`` ->
+    ("exact_match (strict-match)", False); anything else (alias, name, sample_len) -> None."""
+    if "," not in key:
+        return None
+    metric, _, filter_name = key.partition(",")
+    stderr = metric.endswith("_stderr")
+    metric = metric.removesuffix("_stderr")
+    return (metric if filter_name == "none" else f"{metric} ({filter_name})"), stderr
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
+        value) else None
+
+
+def scores(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The harness's ``results`` per task as ``{task: {<primary metric>: value, "stderr": s, "metric": name, "n": n,
+    "metrics": {metric: {"value", "stderr"}}}}``; the primary metric is the task's first one."""
+    out: dict[str, dict[str, Any]] = {}
+    n_samples = raw.get("n-samples") or {}
+    for task, values in (raw.get("results") or {}).items():
+        metrics: dict[str, dict[str, float | None]] = {}
+        for key, value in values.items():
+            named = _metric_name(key)
+            if named is None:
+                continue
+            name, is_stderr = named
+            metrics.setdefault(name, {"value": None, "stderr": None})["stderr" if is_stderr else "value"] = \
+                _number(value)
+        metrics = {name: row for name, row in metrics.items() if row["value"] is not None}
+        if not metrics:
+            continue
+        primary = next(iter(metrics))
+        count = (n_samples.get(task) or {}).get("effective") or values.get("sample_len")
+        out[task] = {primary: metrics[primary]["value"], "stderr": metrics[primary]["stderr"], "metric": primary,
+                     "n": count, "metrics": metrics}
+    return out
+
+
+def sample_values(raw: dict[str, Any], groups: dict[str, list[str]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Per-example scores ``{task: {metric: {example key: value}}}`` from the harness's logged samples; a group's
+    examples are its tasks' (keyed ``task/doc_id``), so a group's paired delta pools them as its size-weighted mean
+    does."""
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for task, samples in (raw.get("samples") or {}).items():
+        for sample in samples:
+            for metric in sample.get("metrics") or ():
+                value = _number(sample.get(metric))
+                if value is None:
+                    continue
+                name = metric if sample.get("filter", "none") == "none" else f"{metric} ({sample['filter']})"
+                out.setdefault(task, {}).setdefault(name, {})[f"{task}/{sample['doc_id']}"] = value
+    for group, members in groups.items():
+        pooled: dict[str, dict[str, float]] = {}
+        for member in members:
+            for metric, values in out.get(member, {}).items():
+                pooled.setdefault(metric, {}).update(values)
+        if pooled:
+            out[group] = pooled
+    return out
+
+
+def paired_delta(base: dict[str, float], run: dict[str, float], *, seed: int, resamples: int) -> dict[str, Any]:
+    """run - base over the examples both scored: ``delta``, its 95% bootstrap interval ``low``..``high``, the
+    sign-flip ``p`` and ``n``."""
+    keys = sorted(set(base) & set(run))
+    if not keys:
+        return {"delta": None, "low": None, "high": None, "p": None, "n": 0}
+    ours, theirs = [run[k] for k in keys], [base[k] for k in keys]
+    delta, low, high = paired_bootstrap(ours, theirs, n_resamples=max(resamples, 1), seed=seed)
+    p = paired_permutation_p(ours, theirs, n_resamples=max(resamples, 1), seed=seed)
+    return {"delta": round(delta, 6), "low": round(low, 6), "high": round(high, 6), "p": round(p, 6),
+            "n": len(keys)}
+
+
+def _group_map(raw: dict[str, Any]) -> dict[str, list[str]]:
+    """Each group of the run with all its leaf tasks (nested groups flattened)."""
+    direct = {name.split("|")[0] if isinstance(name, str) else name: list(members)
+              for name, members in (raw.get("group_subtasks") or {}).items() if members}
+
+    def leaves(name: str, seen: frozenset = frozenset()) -> list[str]:
+        if name not in direct or name in seen:
+            return [name]
+        return [leaf for member in direct[name] for leaf in leaves(member, seen | {name})]
+
+    return {group: leaves(group) for group in direct}
+
+
+def _hub_dataset_error(task: str, err: BaseException) -> ConfigError | None:
+    """One line for a task whose dataset is on the Hugging Face Hub and cannot be fetched here, else None."""
+    text = f"{type(err).__name__}: {err}".lower()
+    if not any(sign in text for sign in _OFFLINE_SIGNS):
+        return None
+    named = re.search(r"(?:reach|find|for) '([^']+)'", str(err))
+    dataset = f" {named.group(1)}" if named else ""
+    return ConfigError(f"tasks: {task} needs its dataset{dataset} from the Hugging Face Hub, which this machine "
+                       "cannot reach (offline); run it once with a network (datasets are cached) or bring the data "
+                       "as your own task with --include")
+
+
+def load_tasks(manager: Any, names: Sequence[str]) -> dict[str, Any]:
+    """The tasks built (their data read) one name at a time, so a dataset that cannot be had names its task."""
+    from lm_eval.tasks import get_task_dict
+
+    built: dict[str, Any] = {}
+    for name in names:
+        try:
+            built.update(get_task_dict([name], manager))
+        except Exception as err:  # the harness and datasets raise many kinds; each becomes one line
+            offline = _hub_dataset_error(name, err)
+            if offline is not None:
+                raise offline from None
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ConfigError(f"tasks: {name} could not be loaded: {first[:300]}") from None
+    return built
+
+
+def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
+                  on_progress: Callable[[dict[str, Any]], None] | None = None,
+                  stop: threading.Event | None = None) -> dict[str, Any]:
+    """Run ``config.tasks`` on each model in turn (the first is the base the others are compared with) and return
+    ``{"tasks": {task: {label: scores}}, "deltas": {label: {task: {...}}}, "groups", "models", "config", "wall_s",
+    "per_model_s"}``. ``on_progress`` gets ``{"model", "index", "models", "stage", "done", "total"}``."""
+    from lm_eval import simple_evaluate
+
+    start = time.perf_counter()
+    include = check_include(config.include)
+    manager = resolve_tasks(config.tasks, include)
+    load_tasks(manager, config.tasks)  # every task's data, before any model loads: one line for what is missing
+    tasks: dict[str, dict[str, Any]] = {}
+    per_sample: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    groups: dict[str, list[str]] = {}
+    facts: dict[str, dict[str, Any]] = {}
+    per_model_s: dict[str, float] = {}
+    for index, entry in enumerate(models):
+        facts[entry.label] = {**entry.facts, **({"skipped": entry.skip} if entry.skip else {})}
+        if entry.skip:
+            logger.info("benchmark: %s skipped: %s", entry.label, entry.skip)
+            continue
+
+        def report(stage: str, done: int, total: int, label: str = entry.label, number: int = index) -> None:
+            if on_progress is not None:
+                on_progress({"model": label, "index": number, "models": len(models), "stage": stage, "done": done,
+                             "total": total})
+
+        report("loading", 0, 1)
+        begin = time.perf_counter()
+        loaded = entry.load()
+        try:
+            lm = make_lm(loaded, backend=config.backend, batch_size=config.batch_size, progress=report, stop=stop)
+            use_template = config.chat_template and bool(getattr(loaded.tokenizer, "chat_template", None))
+            raw = simple_evaluate(model=lm, tasks=list(config.tasks), num_fewshot=config.shots, limit=config.limit,
+                                  task_manager=manager, log_samples=True, apply_chat_template=use_template,
+                                  bootstrap_iters=config.bootstrap_iters, random_seed=config.seed,
+                                  numpy_random_seed=config.seed, torch_random_seed=config.seed,
+                                  fewshot_random_seed=config.seed, verbosity=None)
+        finally:
+            del loaded
+            gc.collect()
+        per_model_s[entry.label] = round(time.perf_counter() - begin, 2)
+        groups.update(_group_map(raw))
+        facts[entry.label]["chat_template"] = use_template
+        for task, row in scores(raw).items():
+            tasks.setdefault(task, {})[entry.label] = row
+        per_sample[entry.label] = sample_values(raw, groups)
+        report("done", 1, 1)
+    deltas = _deltas(tasks, per_sample, models[0].label if models else BASE, config)
+    return {"tasks": tasks, "deltas": deltas, "groups": groups, "models": facts,
+            "config": asdict(config), "wall_s": round(time.perf_counter() - start, 2), "per_model_s": per_model_s}
+
+
+def _deltas(tasks: dict[str, dict[str, Any]], per_sample: dict[str, Any], base: str,
+            config: BenchmarkConfig) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for task, rows in tasks.items():
+        if base not in rows:
+            continue
+        metric = rows[base]["metric"]
+        for label, row in rows.items():
+            if label == base or row.get("metric") != metric:
+                continue
+            paired = paired_delta(per_sample.get(base, {}).get(task, {}).get(metric, {}),
+                                  per_sample.get(label, {}).get(task, {}).get(metric, {}),
+                                  seed=config.seed, resamples=config.bootstrap_iters)
+            if paired["delta"] is None:  # no per-example scores (a metric over the whole set): unpaired
+                difference = row[metric] - rows[base][metric]
+                spread = math.hypot(row["stderr"] or 0.0, rows[base]["stderr"] or 0.0)
+                paired = {"delta": round(difference, 6), "low": round(difference - 1.96 * spread, 6),
+                          "high": round(difference + 1.96 * spread, 6), "p": None, "n": row.get("n")}
+            out.setdefault(label, {})[task] = {"metric": metric, "base": rows[base][metric], "run": row[metric],
+                                               **paired}
+    return out
