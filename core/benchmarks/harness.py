@@ -98,7 +98,8 @@ def decode_requests(model: Any, tokenizer: Any, requests: list[tuple[str, dict]]
                     default_max: int) -> list[str]:
     """``generate_until`` answers through the engine's batch decoder: requests grouped by their generation
     arguments (``until``, ``max_gen_toks``, ``do_sample``, ``temperature``, ``top_p``), answers in request order,
-    each cut at its first stop string as the harness does."""
+    each cut at its first stop string as the harness does and stripped of surrounding whitespace (the harness's HF
+    backend keeps a leading space; the bundled tasks' metrics ignore it)."""
     from core.inference import GenerationConfig
     from core.inference.decoder import generate_batch
 

@@ -255,6 +255,8 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
             tasks.setdefault(task, {})[entry.label] = row
         per_sample[entry.label] = sample_values(raw, groups)
         report("done", 1, 1)
+    order = [name for requested in config.tasks for name in (requested, *groups.get(requested, ()))]
+    tasks = {name: tasks[name] for name in dict.fromkeys([*order, *tasks]) if name in tasks}  # a group, its tasks
     deltas = _deltas(tasks, per_sample, models[0].label if models else BASE, config)
     return {"tasks": tasks, "deltas": deltas, "groups": groups, "models": facts,
             "config": asdict(config), "wall_s": round(time.perf_counter() - start, 2), "per_model_s": per_model_s}

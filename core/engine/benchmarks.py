@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from core.benchmarks import BASE, BenchmarkConfig, BenchmarkModel, list_tasks, run_benchmark
+from core.engine.workspace import DEMO_RUN
 from core.errors import ConfigError, RunStateError
 from core.inference import is_classification_run
 from core.io import write_json
@@ -55,6 +56,8 @@ class BenchmarksMixin:
         return list_tasks(include)
 
     def _benchmark_model(self, adapter: str, base_name: str) -> BenchmarkModel:
+        if adapter == DEMO_RUN and self.instance is None:  # the shipped demo adapter, by its name, on a fresh clone
+            self.install_demo_run()
         folder = self.checked_run(adapter)
         run = Run(folder)
         if run.state == "running":
@@ -156,16 +159,25 @@ class BenchmarksMixin:
                     raise ConfigError(f"benchmark: {path.name} cannot be read ({str(err).splitlines()[0]})") from None
         raise ConfigError(f"benchmark: no saved benchmark {benchmark_id!r} (see list_benchmarks)")
 
-    def forgetting(self, run_id: str) -> dict[str, Any] | None:
-        """The newest saved benchmark with ``run_id`` in it: ``{"benchmark": id, "deltas": {task: delta row}}``
-        (each row: metric, base, run, delta, low, high, p, n), or None when no benchmark has the run."""
+    def forgetting_index(self) -> dict[str, dict[str, Any]]:
+        """Each run's forgetting from the newest saved benchmark that has it: ``{run_id: {"benchmark": id, "deltas":
+        {task: delta row}}}``, the top-level tasks only (a group's subtasks left out); each row: metric, base, run,
+        delta, low, high, p, n."""
+        index: dict[str, dict[str, Any]] = {}
         for path in self._benchmark_files():
             try:
                 saved = json.loads(path.read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 continue
-            deltas = (saved.get("deltas") or {}).get(run_id)
-            if deltas:
-                return {"benchmark": saved.get("id", path.stem), "deltas": deltas}
-        return None
+            members = {task for tasks in (saved.get("groups") or {}).values() for task in tasks}
+            for run_id, deltas in (saved.get("deltas") or {}).items():
+                if run_id in index or not isinstance(deltas, dict):
+                    continue
+                top = {task: row for task, row in deltas.items() if task not in members}
+                if top:
+                    index[run_id] = {"benchmark": saved.get("id", path.stem), "deltas": top}
+        return index
 
+    def forgetting(self, run_id: str) -> dict[str, Any] | None:
+        """``run_id``'s entry of ``forgetting_index``, or None when no saved benchmark has the run."""
+        return self.forgetting_index().get(run_id)

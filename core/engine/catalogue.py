@@ -25,10 +25,11 @@ SCORES = ("rougeL", "token_f1", "accuracy")
 """The evaluation means a row carries (None when not measured)."""
 ROW_KEYS = (*CONTRACT_KEYS, "state_text", "error", "total_params", "trainable_percent", "tokens_per_s",
             "total_steps", "first_val_loss", "final_train_loss", "eval", "variant", *SCORES, "objective",
-            "val_accuracy")
+            "val_accuracy", "forgetting")
 """Every key of a catalogue row, in order. ``objective``: what the run trained (sft, classification, ...): a
 classification run answers ``finetuned`` variants with labels (its ``accuracy`` is the score to read);
-``val_accuracy``: its validation accuracy at the end of training."""
+``val_accuracy``: its validation accuracy at the end of training; ``forgetting``: its change from the base on
+benchmark tasks (Engine.forgetting_index), None until a benchmark has the run."""
 FINETUNED = "finetuned"  # the arena strategy whose scores measure a run on its own (finetuned_rag mixes in RAG)
 COST_KEYS = ("trainable_params", "wall_s")  # the costs the trade-off chart puts on its x axes
 

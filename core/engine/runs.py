@@ -142,7 +142,8 @@ class RunsMixin:
 
     def list_runs(self, runs_root: str | Path | None = None) -> list[dict]:
         """The run catalogue, newest first: one row per run folder (core.engine.catalogue.ROW_KEYS; the CLI's
-        ``runs --json`` rows are these), with the scores of the newest evaluation of this workspace that used it.
+        ``runs --json`` rows are these), with the scores of the newest evaluation of this workspace that used it and
+        the run's ``forgetting`` from the newest benchmark that has it (``forgetting_index``).
         A folder that cannot be read gives a row with state ``unreadable`` and its ``error``. ``runs_root`` lists
         another runs folder: an unconfined engine only (a confined one lists its own runs/ alone)."""
         store = self.runs
@@ -153,7 +154,11 @@ class RunsMixin:
             if root.exists() and not root.is_dir():
                 raise ConfigError(f"runs: {root} is not a folder")
             store = RunStore(root)
-        return catalogue(store.list(), self.list_evals())
+        rows = catalogue(store.list(), self.list_evals())
+        forgetting = self.forgetting_index()
+        for row in rows:
+            row["forgetting"] = forgetting.get(row["run_id"])
+        return rows
 
     def run_details(self, run: str | Path) -> dict:
         """One run in full (``find_run``'s rules): its catalogue ``row``, ``config``, ``card``, ``files``, loss curves,
