@@ -100,3 +100,13 @@ def test_methods_bench_smoke(bundled_home, tmp_path, monkeypatch):
         assert row["peak_mem_MiB"] > 0 and 0 <= row["rougeL"] <= 1
     assert rows["ia3"]["trainable_%"] < rows["lora"]["trainable_%"]  # IA3 trains scales, LoRA matrices
     assert 0 <= rows["(base, zero_shot)"]["rougeL"] <= 1
+
+
+@pytest.mark.integration
+def test_benchmarks_bench_smoke(bundled_home):
+    result = _run_bench("benchmarks", bundled_home)
+    backends = {row["backend"]: row for row in result["backends"]}
+    assert set(backends) == {"hf", "engine"}
+    assert all(row["tokens"] > 0 and row["tokens_per_s"] > 0 for row in backends.values())
+    assert result["answers"] == 8 and 0 <= result["answers_identical"] <= 8
+    assert result["loglikelihood"]["requests"] == 32 and result["decision"]

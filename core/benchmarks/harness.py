@@ -54,6 +54,8 @@ def make_lm(loaded: LoadedModel, *, backend: str = "hf", batch_size: int = 16, p
 
         def _run(self, kind: str, requests: list, call: Callable[[list], list]) -> list:
             done: list = []
+            if progress is not None:
+                progress(kind, 0, len(requests))
             for start in range(0, len(requests), CHUNK):
                 if stop is not None and stop.is_set():
                     raise BenchmarkStopped("benchmark: stopped")
