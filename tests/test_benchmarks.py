@@ -282,3 +282,20 @@ def test_cli_bad_benchmarks_exit_2_with_one_error_line(argv, needle, capsys, tmp
     captured = capsys.readouterr()
     errors = [line for line in captured.err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and needle in errors[0] and captured.out == ""
+
+
+def test_a_classification_head_takes_the_multiple_choice_task_over_its_labels(tmp_path, tiny_model_dir):
+    labels = ["billing", "shipping", "technical", "returns", "account", "feedback"]
+    data = write_rows(tmp_path / "tickets.jsonl", [{"text": f"{label} question number {i}", "label": label}
+                                                    for label in labels for i in range(2)])
+    run = training.train(tiny_config(data, tiny_model_dir, objective="classification", method="full", max_steps=2,
+                                     val_fraction=0.0, val_data=data), runs_root=tmp_path / "runs")
+    engine = Engine(tmp_path / "ws", device="cpu", dtype="fp32")
+    result = engine.benchmark(["tune_arena_tickets", "tune_arena_probe"], adapters=[run.run_dir],
+                              model=str(tiny_model_dir), limit=4, batch_size=4)
+    run_id = Path(run.run_dir).name
+    tickets = result["tasks"]["tune_arena_tickets"]
+    assert set(tickets) == {BASE, run_id} and tickets[run_id]["n"] == 4 and 0 <= tickets[run_id]["acc"] <= 1
+    assert run_id not in result["tasks"]["tune_arena_probe"]  # a head writes no text
+    assert "generate_until" in result["models"][run_id]["not_applicable"]["tune_arena_probe"]
+    assert result["deltas"][run_id]["tune_arena_tickets"]["n"] == 4

@@ -13,7 +13,7 @@ bench.benchmarks measures both); log-likelihoods always use the harness's own ba
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from core.errors import TuneArenaError
@@ -125,3 +125,65 @@ def decode_requests(model: Any, tokenizer: Any, requests: list[tuple[str, dict]]
         for position, result in zip(positions, generated, strict=True):
             answers[position] = result.text
     return answers
+
+
+def choices_fit(task: Any, labels: Sequence[str], sample: int = 50) -> str | None:
+    """Why a classification head with ``labels`` cannot take harness ``task`` (None when it can): the task must be
+    multiple choice over options that are all among the labels (case and surrounding spaces ignored)."""
+    if getattr(task, "OUTPUT_TYPE", None) != "multiple_choice":
+        return f"{getattr(task, 'OUTPUT_TYPE', 'this')} task: a classification head only picks among its labels"
+    known = {label.strip().lower() for label in labels}
+    for doc in list(task.eval_docs)[:sample]:
+        options = task.doc_to_choice(doc)
+        outside = [str(option) for option in options if str(option).strip().lower() not in known]
+        if outside:
+            return f"its options ({', '.join(outside[:3])}) are not the head's labels"
+    return None
+
+
+def make_classifier_lm(classifier: Any, *, progress: Progress | None = None,
+                       stop: threading.Event | None = None) -> Any:
+    """An lm_eval ``LM`` over a classification run (core.inference.Classifier) for multiple-choice tasks whose options
+    are its labels: the log-likelihood of an option is the head's log-probability of that label for the prompt (the
+    context, read as the head reads a text), greedy when it is the head's top label."""
+    import torch
+    from lm_eval.api.model import LM
+
+    index = {label.strip().lower(): number for number, label in enumerate(classifier.labels)}
+
+    class ClassifierLM(LM):
+        def loglikelihood(self, requests, disable_tqdm: bool = False):
+            contexts = list(dict.fromkeys(request.args[0] for request in requests))
+            scores: dict[str, Any] = {}
+            if progress is not None:
+                progress("loglikelihood", 0, len(requests))
+            for start in range(0, len(contexts), CHUNK // 8):
+                if stop is not None and stop.is_set():
+                    raise BenchmarkStopped("benchmark: stopped")
+                part = contexts[start : start + CHUNK // 8]
+                for begin in range(0, len(part), 16):
+                    batch = part[begin : begin + 16]
+                    for context, row in zip(batch, torch.log_softmax(classifier.logits(batch), -1).cpu(),
+                                            strict=True):
+                        scores[context] = row  # (num_labels,)
+                if progress is not None:
+                    progress("loglikelihood", min(len(requests), round(len(requests) * len(scores) / len(contexts))),
+                             len(requests))
+            out = []
+            for request in requests:
+                context, continuation = request.args
+                row = scores[context]
+                label = index.get(continuation.strip().lower())
+                if label is None:
+                    raise TuneArenaError(f"benchmark: {continuation.strip()!r} is not a label of "
+                                         f"{classifier.run_dir.name}")
+                out.append((float(row[label]), bool(int(row.argmax()) == label)))
+            return out
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = False):
+            raise TuneArenaError("benchmark: a classification head has no likelihood of free text")
+
+        def generate_until(self, requests, disable_tqdm: bool = False):
+            raise TuneArenaError("benchmark: a classification head does not write text")
+
+    return ClassifierLM()

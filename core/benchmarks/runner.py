@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.arena.stats import paired_bootstrap, paired_permutation_p
-from core.benchmarks.harness import BACKENDS, make_lm
+from core.benchmarks.harness import BACKENDS, choices_fit, make_classifier_lm, make_lm
 from core.benchmarks.tasks import check_include, resolve_tasks
 from core.errors import ConfigError
 
@@ -80,12 +80,15 @@ class BenchmarkConfig:
 @dataclass(frozen=True)
 class BenchmarkModel:
     """One model to benchmark: its label in the results (``base`` or a run id), how to load it, and facts kept with
-    the results (method, objective). ``skip``: why the model cannot take these tasks (it is reported, not run)."""
+    the results (method, objective). ``skip``: why the model cannot take these tasks (it is reported, not run).
+    A classification head (``classifier``) runs the tasks that are multiple choice over its labels; the others are
+    listed in its facts' ``not_applicable`` with the reason."""
 
     label: str
-    load: Callable[[], LoadedModel]
+    load: Callable[[], LoadedModel | Any]
     facts: dict[str, Any] = field(default_factory=dict)
     skip: str | None = None
+    classifier: bool = False  # ``load`` gives a core.inference.Classifier: multiple-choice tasks over its labels only
 
 
 def _metric_name(key: str) -> tuple[str, bool] | None:
@@ -190,13 +193,12 @@ def _hub_dataset_error(task: str, err: BaseException) -> ConfigError | None:
 
 
 def load_tasks(manager: Any, names: Sequence[str]) -> dict[str, Any]:
-    """The tasks built (their data read) one name at a time, so a dataset that cannot be had names its task."""
-    from lm_eval.tasks import get_task_dict
-
+    """The leaf tasks of ``names`` built (their data read) one name at a time, so a dataset that cannot be had
+    names its task: ``{task name: harness Task}``."""
     built: dict[str, Any] = {}
     for name in names:
         try:
-            built.update(get_task_dict([name], manager))
+            built.update(manager.load([name])["tasks"])
         except Exception as err:  # the harness and datasets raise many kinds; each becomes one line
             offline = _hub_dataset_error(name, err)
             if offline is not None:
@@ -217,7 +219,7 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
     start = time.perf_counter()
     include = check_include(config.include)
     manager = resolve_tasks(config.tasks, include)
-    load_tasks(manager, config.tasks)  # every task's data, before any model loads: one line for what is missing
+    leaves = load_tasks(manager, config.tasks)  # every task's data, before any model loads: one line if missing
     tasks: dict[str, dict[str, Any]] = {}
     per_sample: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     groups: dict[str, list[str]] = {}
@@ -237,10 +239,21 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
         report("loading", 0, 1)
         begin = time.perf_counter()
         loaded = entry.load()
+        names, use_template = list(config.tasks), False
         try:
-            lm = make_lm(loaded, backend=config.backend, batch_size=config.batch_size, progress=report, stop=stop)
-            use_template = config.chat_template and bool(getattr(loaded.tokenizer, "chat_template", None))
-            raw = simple_evaluate(model=lm, tasks=list(config.tasks), num_fewshot=config.shots, limit=config.limit,
+            if entry.classifier:
+                reasons = {name: choices_fit(task, loaded.labels) for name, task in leaves.items()}
+                names = [name for name, reason in reasons.items() if reason is None]
+                facts[entry.label]["not_applicable"] = {name: reason for name, reason in reasons.items() if reason}
+                if not names:
+                    facts[entry.label]["skipped"] = "no task here is multiple choice over its labels"
+                    continue
+                lm = make_classifier_lm(loaded, progress=report, stop=stop)
+            else:
+                lm = make_lm(loaded, backend=config.backend, batch_size=config.batch_size, progress=report,
+                             stop=stop)
+                use_template = config.chat_template and bool(getattr(loaded.tokenizer, "chat_template", None))
+            raw = simple_evaluate(model=lm, tasks=names, num_fewshot=config.shots, limit=config.limit,
                                   task_manager=manager, log_samples=True, apply_chat_template=use_template,
                                   bootstrap_iters=config.bootstrap_iters, random_seed=config.seed,
                                   numpy_random_seed=config.seed, torch_random_seed=config.seed,

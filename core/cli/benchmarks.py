@@ -62,6 +62,8 @@ def _human(result: Result) -> None:
     for label, facts in result["models"].items():
         if facts.get("skipped"):
             print(f"  {label}: not run: {facts['skipped']}")
+        for task, reason in (facts.get("not_applicable") or {}).items():
+            print(f"  {label}: not run on {task}: {reason}")
     for task, rows in result["tasks"].items():
         cells = []
         for label in labels:

@@ -21,7 +21,7 @@ from typing import Any
 from core.benchmarks import BASE, BenchmarkConfig, BenchmarkModel, list_tasks, run_benchmark
 from core.engine.workspace import DEMO_RUN
 from core.errors import ConfigError, RunStateError
-from core.inference import is_classification_run
+from core.inference import is_classification_run, load_classifier
 from core.io import write_json
 from core.methods import METHODS
 from core.methods.loading import load_trained_model
@@ -67,11 +67,12 @@ class BenchmarksMixin:
         method = config.get("method")
         facts = {"run_dir": str(folder), "method": method, "objective": config.get("objective") or "sft",
                  "base_model": config.get("base_model") or default_base_model()}
+        device, dtype = self.models.device, self.models.dtype
+        if is_classification_run(folder):  # multiple-choice tasks over its labels; the others are said to not fit
+            return BenchmarkModel(run.run_id, lambda: load_classifier(folder, device=device, dtype=dtype), facts,
+                                  classifier=True)
         skip = None
-        if is_classification_run(folder):
-            skip = ("a classification head picks one of its labels for a text; it does not score or write text, "
-                    "which every harness task asks of a model (its val_accuracy is its score)")
-        elif method in METHODS and METHODS[method].task_routed:
+        if method in METHODS and METHODS[method].task_routed:
             skip = ("multi-task prompt tuning picks its prompt by the row's task id, and the harness's requests "
                     "carry none; benchmark a single-task run instead")
         elif facts["objective"] != "distillation":
@@ -79,7 +80,6 @@ class BenchmarksMixin:
             if ours.name != theirs.name and ours.location != theirs.location:
                 raise ConfigError(f"adapter: {run.run_id} was trained on {theirs.name}, not on the benchmark's base "
                                   f"model {ours.name}; its deltas would compare different models (pass --model)")
-        device, dtype = self.models.device, self.models.dtype
         return BenchmarkModel(run.run_id, lambda: load_trained_model(folder, device=device, dtype=dtype), facts,
                               skip)
 
