@@ -165,7 +165,9 @@ class RunsMixin:
         why it cannot be merged (``merge_refusal``, None when it can) and its ``export_dir``. See
         core.engine.catalogue.run_details."""
         found = self.find_run(run)
-        return run_details(found, self.list_evals(), self.export_dir(found))
+        details = run_details(found, self.list_evals(), self.export_dir(found))
+        details["row"]["forgetting"] = self.forgetting(found.run_id)
+        return details
 
     def training_config(self, values: dict, *, preset: str | None = None) -> TrainingConfig:
         """A TrainingConfig from a person's choices (``TrainingConfig.build``: preset < values < method settings)."""
