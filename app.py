@@ -25,7 +25,7 @@ from core.engine.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from core.engine.visitors import VisitorSettings  # noqa: E402
 from core.io import folder_bytes  # noqa: E402
 from core.text import fmt_bytes  # noqa: E402
-from ui import arena, evaluate, knowledge, leaderboard, runs, train  # noqa: E402
+from ui import arena, benchmarks, evaluate, knowledge, leaderboard, runs, train  # noqa: E402
 from ui.common import index_choices, run_choices  # noqa: E402
 from ui.verdict import arena_verdict  # noqa: E402
 from ui.visitors import VisitorMiddleware, scoped, visitor_of  # noqa: E402
@@ -59,6 +59,8 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
                 arena_parts = arena.create_arena_tab(engine)
             with gr.Tab("Evaluate", id="evaluate") as evaluate_tab:
                 evaluate_parts = evaluate.create_evaluate_tab(engine)
+            with gr.Tab("Benchmarks", id="benchmarks") as benchmarks_tab:
+                benchmarks_parts = benchmarks.create_benchmarks_tab(engine)
             with gr.Tab("Leaderboard", id="leaderboard") as leaderboard_tab:
                 leaderboard_parts = leaderboard.create_leaderboard_tab(engine)
             with gr.Tab("Train", id="train") as train_tab:
@@ -80,6 +82,8 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
 
         fn, inputs, outputs = leaderboard_parts["refresh"]  # the votes cast so far, whenever the tab is opened
         leaderboard_tab.select(fn, inputs, outputs, api_visibility="private")
+        fn, inputs, outputs = benchmarks_parts["refresh"]  # runs trained and benchmarks saved since, when opened
+        benchmarks_tab.select(fn, inputs, outputs, queue=False, api_visibility="private")
 
         # an evaluation saved in the Evaluate tab shows up under the Arena's cards when the Arena is opened again
         def verdict(task: str | None, request: gr.Request | None = None) -> str:
@@ -93,7 +97,8 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
 
             demo.load(who, None, [visitor], queue=False, api_visibility="private")
             for tab, parts in ((train_tab, train_parts), (knowledge_tab, knowledge_parts), (runs_tab, runs_parts),
-                               (arena_tab, arena_parts), (evaluate_tab, evaluate_parts)):
+                               (arena_tab, arena_parts), (evaluate_tab, evaluate_parts),
+                               (benchmarks_tab, benchmarks_parts)):
                 if "refresh" in parts:
                     fn, inputs, outputs = parts["refresh"]
                     demo.load(fn, inputs, outputs, queue=False, api_visibility="private")

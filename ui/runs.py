@@ -3,7 +3,8 @@ one run's details (loss curves, settings, card, files) with delete and merge-and
 
 Layout, wiring and formatting only. The rows come from ``engine.list_runs()`` (the run catalogue ``python -m core
 runs`` prints too), one run from ``engine.run_details``; the actions are ``engine.delete_run`` and
-``engine.merge_run``; the charts are drawn by ``core.charts``.
+``engine.merge_run``; the charts are drawn by ``core.charts``. A run's forgetting (its change from the base in the
+newest saved benchmark, ``row["forgetting"]``) is formatted by ui.bench_views.
 """
 
 from __future__ import annotations
@@ -22,13 +23,14 @@ from core.engine import Engine
 from core.engine.catalogue import headline_facts, tradeoff_groups
 from core.io import folder_bytes
 from core.text import fmt_bytes, fmt_count, fmt_duration, fmt_number, fmt_percent, one_line
+from ui.bench_views import forgetting_cell, forgetting_line
 from ui.visitors import scoped
 
 logger = logging.getLogger(__name__)
 
 COLUMNS = ("run", "objective", "method", "state", "trainable params", "trainable %", "weights MB", "wall time",
            "tokens/s", "steps", "val loss first", "val loss final", "train loss final", "ROUGE-L", "token F1",
-           "accuracy", "evaluation")
+           "accuracy", "evaluation", "forgetting")
 FILE_COLUMNS = ("file", "size")
 SCORE_LABELS = (("rougeL", "ROUGE-L"), ("token_f1", "token F1"), ("accuracy", "accuracy"))
 NO_RUNS = "No runs yet: train one in the Train tab (or python -m core train); each finished run becomes a point here."
@@ -55,7 +57,7 @@ def table_rows(rows: Sequence[dict[str, Any]]) -> list[list[str]]:
             "" if steps is None else (f"{steps}/{total}" if total else str(steps)),
             fmt_number(row.get("first_val_loss"), 4), fmt_number(row.get("final_val_loss"), 4),
             fmt_number(row.get("final_train_loss"), 4), *[fmt_number(row.get(key), 3) for key, _ in SCORE_LABELS],
-            row.get("eval") or "",
+            row.get("eval") or "", forgetting_cell(row.get("forgetting")),
         ])
     return table
 
@@ -114,9 +116,10 @@ def _settings(values: dict[str, Any]) -> str:
     return ", ".join(f"{k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in values.items()) or "none"
 
 
-def run_overview(details: dict[str, Any]) -> str:
-    """Markdown of ``engine.run_details``: state, headline numbers, data, method settings, evaluation scores and
-    whether it can be merged (and where to)."""
+def run_overview(details: dict[str, Any], forgetting: dict[str, Any] | None = None) -> str:
+    """Markdown of ``engine.run_details``: state, headline numbers, data, method settings, evaluation scores, its
+    forgetting (``forgetting``, else the row's: the newest benchmark's change from the base per task) and whether it
+    can be merged (and where to)."""
     row = details["row"]
     if row["state"] == "unreadable":
         return f"**{row['run_id']}**: {row['state_text']}"
@@ -144,6 +147,7 @@ def run_overview(details: dict[str, Any]) -> str:
         lines.append(f"Evaluated in `{row['eval']}` as `{row['variant']}`: {scores or 'no scores'}")
     else:
         lines.append("Not evaluated yet (Evaluate tab: choose this run as the fine-tuned adapter).")
+    lines.append(forgetting_line(forgetting or row.get("forgetting")))
     refusal, out = details.get("merge_refusal"), details["export_dir"]
     if refusal:
         lines.append(f"**Merge and export:** not available — {refusal.removeprefix('merge: ')}.")
@@ -191,7 +195,8 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, Any]
     with gr.Row(equal_height=True):
         summary = gr.Markdown(headline(initial, engine.runs.root), elem_id="runs-summary")
         refresh = gr.Button("Refresh", size="sm", scale=0, min_width=120, elem_id="runs-refresh")
-    widths = {"run": "230px", "objective": "110px", "method": "120px", "state": "190px", "evaluation": "220px"}
+    widths = {"run": "230px", "objective": "110px", "method": "120px", "state": "190px", "evaluation": "220px",
+              "forgetting": "260px"}
     table = gr.Dataframe(value=table_frame(initial), headers=list(COLUMNS), interactive=False, wrap=True,
                          column_widths=[widths.get(column, "100px") for column in COLUMNS], max_height=420,
                          pinned_columns=1, show_search="search",
@@ -246,7 +251,12 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, Any]
         except (OSError, ValueError) as err:
             gr.Warning(one_line(err))
             return "", "", None, "", files_frame(None), False
-        return (run_overview(details), curves_html(details), details["config"], card_text(details),
+        try:  # the run's change from the base in the newest benchmark that has it
+            forgetting = details["row"].get("forgetting") or engine.forgetting(details["row"]["run_id"])
+        except (OSError, ValueError) as err:
+            logger.warning("forgetting of %s not read: %s", run_id, one_line(err))
+            forgetting = None
+        return (run_overview(details, forgetting), curves_html(details), details["config"], card_text(details),
                 files_frame(details), False)
 
     def on_delete(run_id: str | None, confirmed: bool, request: gr.Request | None = None):

@@ -16,8 +16,9 @@ def test_building_the_app_loads_no_model(tmp_path):
     assert {"arena-run", "arena-blind", "arena-vote", "train-start", "train-stop", "train-chart", "train-from-votes",
             "lb-table", "lb-export"} <= ids
     top = next(block for block in demo.blocks.values() if type(block).__name__ == "Tabs")  # the first: the app's
-    assert [tab.label for tab in top.children] == ["Arena", "Evaluate", "Leaderboard", "Train", "Knowledge base",
-                                                          "Runs"]
+    assert [tab.label for tab in top.children] == ["Arena", "Evaluate", "Benchmarks", "Leaderboard", "Train",
+                                                   "Knowledge base", "Runs"]
+    assert {"bench-tasks", "bench-runs", "bench-run", "bench-stop", "bench-table", "bench-past"} <= ids
     assert [run.run_id for run in engine.runs.list()] == ["demo-quick-lora"]  # the shipped adapter, ready
     assert all((tmp_path / "ws" / name).is_dir() for name in ("runs", "indexes", "evals", "uploads"))
 

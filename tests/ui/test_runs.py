@@ -48,7 +48,8 @@ def test_a_completed_run_gives_one_formatted_row(engine):
     assert row == {"run": LORA, "objective": "sft", "method": "lora", "state": "completed", "trainable params": "1.84M",
                    "trainable %": "1.35%", "weights MB": "7.37", "wall time": "2m 05s", "tokens/s": "175",
                    "steps": "30/30", "val loss first": "2.5000", "val loss final": "1.6000",
-                   "train loss final": "1.5000", "ROUGE-L": "", "token F1": "", "accuracy": "", "evaluation": ""}
+                   "train loss final": "1.5000", "ROUGE-L": "", "token F1": "", "accuracy": "", "evaluation": "",
+                   "forgetting": "—"}
     frame = tab.table_frame(rows)
     assert list(frame.columns) == list(tab.COLUMNS) and len(frame) == 1
 
@@ -101,6 +102,7 @@ def test_run_overview_curves_and_files(engine):
     overview = tab.run_overview(details)
     assert "r=8, alpha=16, target_modules=all-linear" in overview
     assert "val loss 2.5000 → 1.6000" in overview and "Not evaluated yet" in overview
+    assert "Forgetting: not benchmarked yet" in overview
     assert f"exports/{LORA}-merged" in overview and "1.84M trainable of 136M (1.35%)" in overview
     files = dict(tab.files_frame(details).values.tolist())
     assert files["adapter/adapter_model.safetensors"] == "4 KB" and ".card.md.123.tmp" not in files
