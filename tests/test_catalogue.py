@@ -193,3 +193,21 @@ def test_tradeoff_groups_never_put_two_objectives_quality_measures_on_one_axis()
         "Classification heads": ("accuracy", ["head-eval"]),
         "Classification heads not evaluated yet": ("val_accuracy", ["head"]),
     }
+
+
+def test_benchmarked_runs_get_a_chart_group_per_task_set_with_their_mean_delta():
+    from core.engine.catalogue import benchmark_groups
+
+    def row(run_id: str, deltas: dict[str, float] | None) -> dict:
+        forgetting = None if deltas is None else {"benchmark": "b", "deltas": {
+            task: {"metric": "acc", "delta": value} for task, value in deltas.items()}}
+        return {"run_id": run_id, "method": "lora", "trainable_params": 10, "wall_s": 5.0, "state": "completed",
+                "forgetting": forgetting}
+
+    groups = benchmark_groups([row("a", {"tune_arena_probe": -0.2, "tune_arena_tickets": 0.1}),
+                               row("b", {"tune_arena_tickets": 0.1, "tune_arena_probe": 0.0}),
+                               row("c", {"tune_arena_probe": -0.4}), row("d", None)])
+    assert len(groups) == 2  # {probe, tickets} and {probe} are not compared on one axis
+    pair = next(group for group in groups if len(group.points) == 2)
+    assert "probe, tickets" in pair.title and pair.key == "benchmark_delta" and pair.higher_better
+    assert {point["run_id"]: round(point["benchmark_delta"], 6) for point in pair.points} == {"a": -0.05, "b": 0.05}

@@ -212,8 +212,9 @@ def tradeoff_groups(rows: Sequence[dict[str, Any]]) -> list[TradeoffGroup]:
     ``COST_KEYS``, for runs with a result (not running). Quality is the evaluation's ROUGE-L (higher is better)
     for evaluated runs that generate; else the final validation loss (lower is better), one group per objective
     (an SFT loss and a distillation loss are different measures); classification heads, which answer with a label,
-    by their test accuracy once evaluated, else their validation accuracy. Quality measures are never mixed on one
-    axis. Empty groups are left out."""
+    by their test accuracy once evaluated, else their validation accuracy; and runs benchmarked on the same tasks by
+    their mean change from the base (``benchmark_groups``). Quality measures are never mixed on one axis. Empty
+    groups are left out."""
     usable = [r for r in rows if all(r.get(key) for key in COST_KEYS) and r.get("state") not in ("running", None)]
     heads = [r for r in usable if r.get("objective") == "classification"]
     generating = [r for r in usable if r.get("objective") != "classification"]
@@ -235,10 +236,29 @@ def tradeoff_groups(rows: Sequence[dict[str, Any]]) -> list[TradeoffGroup]:
                       "validation accuracy  ↑ better", "val_accuracy", True,
                       [r for r in heads if r.get("accuracy") is None and r.get("val_accuracy") is not None]),
     ]
+    candidates += benchmark_groups(usable)
     groups = [group for group in candidates if group.points]
     for group in groups:
         group.fronts = {key: pareto_front([(float(r[key]), float(r[group.key])) for r in group.points],
                                           group.higher_better) for key in COST_KEYS}
+    return groups
+
+
+def benchmark_groups(rows: Sequence[dict[str, Any]]) -> list[TradeoffGroup]:
+    """Runs with a ``forgetting`` entry, one group per set of benchmark tasks (means over different tasks do not
+    compare): y is the mean of the run's deltas over those tasks, ``benchmark_delta`` (higher is better; below 0 the
+    run lost ground outside, or on, its task)."""
+    by_tasks: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for row in rows:
+        deltas = (row.get("forgetting") or {}).get("deltas") or {}
+        values = [entry["delta"] for entry in deltas.values() if isinstance(entry.get("delta"), int | float)]
+        if values:
+            by_tasks.setdefault(tuple(sorted(deltas)), []).append({**row, "benchmark_delta": sum(values) / len(values)})
+    groups = []
+    for tasks, points in sorted(by_tasks.items()):
+        names = ", ".join(task.removeprefix("tune_arena_") for task in tasks)
+        groups.append(TradeoffGroup(f"Benchmarked runs: mean change from the base on {names} (higher is better; "
+                                    "below 0: forgetting)", "Δ vs base  ↑ better", "benchmark_delta", True, points))
     return groups
 
 
