@@ -19,6 +19,14 @@ class CliError(Exception):
     """A bad argument: printed as one line, exit code 2 (as a core.errors.TuneArenaError)."""
 
 
+class Delegated(Exception):  # noqa: N818 - not an error: the command ran elsewhere
+    """The command ran in other processes (``--num-processes``), which printed its result: exit with ``code``."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__(code)
+        self.code = code
+
+
 @dataclass(frozen=True)
 class Command:
     """One ``python -m core <name>`` command: its arguments, and ``run(args, engine) -> result`` (the ``--json``

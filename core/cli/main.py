@@ -15,10 +15,11 @@ import traceback
 
 from core.cli.arena import COMMANDS as ARENA_COMMANDS
 from core.cli.benchmarks import COMMANDS as BENCHMARK_COMMANDS
-from core.cli.common import CliError, Command, Result
+from core.cli.common import CliError, Command, Delegated, Result
 from core.cli.feedback import COMMANDS as FEEDBACK_COMMANDS
 from core.cli.knowledge import COMMANDS as KNOWLEDGE_COMMANDS
 from core.cli.training import COMMANDS as TRAINING_COMMANDS
+from core.distributed import current
 from core.engine import Engine
 from core.errors import TuneArenaError
 
@@ -70,15 +71,24 @@ def run(args: argparse.Namespace) -> Result:
 def main(argv: list[str] | None = None) -> int:
     """``python -m core ...``; returns the exit code."""
     _configure_logging()
+    follower = current().rank != 0  # a data-parallel job's other processes: rank 0 prints the result and errors
+    if follower:
+        logging.getLogger().setLevel(logging.WARNING)
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # for --num-processes: the same command again
         result = run(args)
+        if follower:
+            return 0
         if args.json:
             print(json.dumps(result))
         else:
             (args.command.human or _print_human)(result)
+    except Delegated as done:
+        return done.code
     except (CliError, TuneArenaError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        if not follower:
+            print(f"error: {err}", file=sys.stderr)
         return 2
     except SystemExit as exit_:  # --help
         return exit_.code if isinstance(exit_.code, int) else 0

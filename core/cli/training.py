@@ -10,11 +10,16 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from core.cli.common import CliError, Command, EngineFactory, Result, StepProgress
+from core.cli.common import CliError, Command, Delegated, EngineFactory, Result, StepProgress
+from core.cli.launch import inside_launch, launch
 from core.cli.options import Option, add_options, field_names, option_values
 from core.data import SHAPES
+from core.distributed import current
 from core.methods import METHODS
+from core.models import load_tokenizer
+from core.runs import new_run_id
 from core.training import OBJECTIVES, SCHEDULERS, TrainingConfig, list_presets
+from core.training.batches import prepare_data
 from core.training.config import TEACHER_CONTEXTS
 
 logger = logging.getLogger(__name__)
@@ -120,8 +125,13 @@ def cmd_train(args: argparse.Namespace, engine: EngineFactory) -> Result:
 
     values = None if args.resume else training_values(args)  # flags checked before the workspace is opened
     config = None if values is None else engine().training_config(values, preset=args.preset)
+    processes = _processes(args, config, engine)
+    if processes > 1:  # this command again in that many processes, one data-parallel job (core.cli.launch)
+        raise Delegated(launch(_launch_argv(args, config, engine), processes))
     progress = StepProgress()
     callbacks = {"on_step": progress.step, "on_eval": progress.eval, "stop_event": stop}
+    if not current().is_main:  # a data-parallel job's other processes: rank 0 shows the progress
+        callbacks.update(on_step=None, on_eval=None)
     previous = signal.signal(signal.SIGINT, on_interrupt)
     try:
         if config is None:
@@ -133,6 +143,37 @@ def cmd_train(args: argparse.Namespace, engine: EngineFactory) -> Result:
     logger.info("run %s %s: %d/%d steps, %.0f tokens/s, %s", result.run_id, result.state, result.steps,
                 result.total_steps, result.tokens_per_s, result.run_dir)
     return result.contract()
+
+
+def _processes(args: argparse.Namespace, config: TrainingConfig | None, engine: EngineFactory) -> int:
+    """How many processes this command must launch: none inside a launched job; else ``--num-processes``, or for
+    ``--resume`` the run's own count when the flag is not given."""
+    if inside_launch():
+        return 1
+    if config is not None:
+        return config.num_processes
+    if args.num_processes is not None:
+        return args.num_processes
+    found = engine().find_run(_run_ref(args.resume, folder_first=True))
+    return int(found.config.get("num_processes") or 1)
+
+
+def _launch_argv(args: argparse.Namespace, config: TrainingConfig | None, engine: EngineFactory) -> list[str]:
+    """The command line every process runs: this one, with the run folder chosen here for a new run (so every
+    process writes to, or reads, the same one), after the checks that fail before any process starts: the data
+    read and encoded, a distillation teacher found; a resumed run must be resumable."""
+    argv = list(args.argv)
+    if config is None:
+        found = engine().find_run(_run_ref(args.resume, folder_first=True))
+        found.check_resumable()
+        if args.num_processes is None:
+            argv += ["--num-processes", str(found.config.get("num_processes") or 1)]
+        return argv
+    checked, _ = engine().training_resources(config)
+    prepare_data(checked, lambda: load_tokenizer(checked.base_model))
+    if not args.out:
+        argv += ["--out", str(engine().workspace.runs / new_run_id(config.method))]
+    return argv
 
 
 # ---- runs ----------------------------------------------------------------------------------------------------------

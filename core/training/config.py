@@ -44,6 +44,9 @@ class TrainingConfig:
     learning_rate: float | None = _help("Peak learning rate (default: the method's)")
     batch_size: int = _help("Examples per micro-batch", 8)
     grad_accum: int = _help("Micro-batches per optimizer step", 1)
+    num_processes: int = _help("Processes training together, data parallel (gloo between CPU processes, NCCL between "
+                               "GPUs): each step's batch is batch_size x num_processes examples, split between them; "
+                               "the steps, schedule and losses are those of one process with that batch", 1)
     max_length: int = _help("Most tokens per example (prompt cut from the left first); DPO: per prompt + answer "
                             "sequence, the prompt cut from the left first", 512)
     scheduler: str = _help("Learning-rate schedule after warmup: cosine, linear or constant", "cosine")
@@ -97,6 +100,9 @@ class TrainingConfig:
               f"must be an integer >= 1, got {self.max_steps!r}")
         check(self.learning_rate is None or 0 < self.learning_rate < 1, "learning_rate",
               f"must be in (0, 1), got {self.learning_rate}")
+        check(isinstance(self.num_processes, int) and not isinstance(self.num_processes, bool)
+              and 1 <= self.num_processes <= 1024, "num_processes",
+              f"must be an integer in 1..1024, got {self.num_processes!r}")
         for name in ("batch_size", "grad_accum", "keep_checkpoints"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 1, name, f"must be an integer >= 1, got {value!r}")

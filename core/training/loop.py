@@ -9,6 +9,13 @@ of similar length (group by length, padded to the longest in the batch); gradien
 weighted by the objective's units (answer tokens); AdamW; warmup then cosine/linear/constant; gradient clipping; a
 seed fixes init, order and dropout. Trainable weights are fp32; the forward pass runs under autocast when the dtype
 policy picks bf16/fp16.
+
+Data parallel (``num_processes`` > 1, launched by ``core.cli.launch``, torchrun or ``accelerate launch``): every process
+plans the steps of one process with the global batch (batch_size x num_processes), takes its contiguous share of each
+micro-batch, weighs its loss by its share of the global units, and the gradients are summed over the processes
+(core.distributed) before clipping and the optimizer step, so each step is the one-process step with the global batch.
+Rank 0 alone writes the run (config, status, metrics, validation, checkpoints, weights); a run resumes with another
+process count (the global batch is the run's, fixed at its start).
 """
 
 from __future__ import annotations
@@ -23,10 +30,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import distributed
 from core.errors import ConfigError, QuotaError, RunStateError, TrainingOutOfMemoryError
 from core.io import folder_bytes, remove_folder, write_atomic, write_json
 from core.methods import get_method
-from core.models import load_tokenizer
+from core.models import load_tokenizer, pick_device
 from core.runs import Run, RunStore, render_card
 from core.training.batches import PreparedData, epoch_batches, prepare_data
 from core.training.checkpoint import _adalora_allocator, finalize_adalora, load_checkpoint, save_checkpoint
@@ -66,6 +74,7 @@ class TrainResult:
     base_model: str = ""
     objective: str = "sft"
     extras: dict[str, Any] = field(default_factory=dict)  # the objective's own results (TrainingSession.summary)
+    world_size: int = 1  # processes that trained together (data parallel)
 
     @property
     def trainable_percent(self) -> float:
@@ -78,9 +87,31 @@ class TrainResult:
         out = {k: getattr(self, k) for k in keys}
         out.update(state=self.state, steps=self.steps, total_steps=self.total_steps,
                    trainable_percent=round(self.trainable_percent, 4), first_val_loss=self.first_val_loss,
-                   device=self.device, dtype=self.dtype, objective=self.objective)
+                   device=self.device, dtype=self.dtype, objective=self.objective, world_size=self.world_size)
         out.update(self.extras)
         return out
+
+
+class _Follower(Run):
+    """The run as a process other than rank 0 sees it: read, never written (rank 0 writes it)."""
+
+    def set_status(self, state: str, **extra: Any) -> None:
+        pass
+
+    def append_metrics(self, row: dict[str, Any]) -> None:
+        pass
+
+    def truncate_metrics(self, last_step: int) -> None:
+        pass
+
+
+def _join(config: TrainingConfig) -> distributed.World:
+    """This process's place in a data-parallel job (world size 1 alone); CUDA ranks take their own GPU."""
+    world = distributed.init(pick_device(config.device))
+    if world.distributed and world.size > config.batch_size * config.num_processes:
+        raise ConfigError(f"num_processes: {world.size} processes for a batch of "
+                          f"{config.batch_size * config.num_processes} examples; some would have nothing to do")
+    return world
 
 
 def _validate(run: Run, session: Any, step: int, on_eval: EvalCallback | None) -> float | None:
@@ -94,8 +125,9 @@ def _validate(run: Run, session: Any, step: int, on_eval: EvalCallback | None) -
 
 
 def _plan(config: TrainingConfig, n_train: int) -> tuple[int, int, int, int, int]:
-    """(micro-batches per epoch, total optimizer steps, warmup steps, eval every, checkpoint every)."""
-    micro_per_epoch = math.ceil(n_train / config.batch_size)
+    """(micro-batches per epoch, total optimizer steps, warmup steps, eval every, checkpoint every), for the global
+    micro-batch: batch_size x num_processes examples."""
+    micro_per_epoch = math.ceil(n_train / (config.batch_size * config.num_processes))
     steps_per_epoch = max(1, math.ceil(micro_per_epoch / config.grad_accum))
     total = config.max_steps or max(1, math.ceil(config.epochs * steps_per_epoch))
     warmup = int(total * config.warmup_ratio)
@@ -136,7 +168,14 @@ def train(
         raise QuotaError(f"{'max_steps' if config.max_steps else 'epochs'}: this run would take {planned} optimizer "
                          f"steps, over the {step_limit} a training job may take on this CPU instance; lower "
                          f"{'Max steps' if config.max_steps else 'Epochs or set Max steps'}")
-    run = store.create({"format": 1, **config.to_dict()}, run_dir)
+    world = _join(config)
+    if world.distributed and run_dir is None:
+        raise ConfigError("out: a data-parallel run needs its folder (run_dir) given to every process")
+    if world.is_main:
+        run = store.create({"format": 1, **config.to_dict()}, run_dir)
+    distributed.barrier()  # the folder and its config exist before the other processes read it
+    if not world.is_main:
+        run = _Follower(Path(run_dir))
     return _run(run, config, None, on_step, on_eval, stop_event, data, resources)
 
 
@@ -151,9 +190,14 @@ def resume(
     """Continue a run from its latest checkpoint (also after the process was killed): same data order, optimizer,
     scheduler and RNG state, so the steps after the checkpoint repeat what an uninterrupted run would do."""
     run = Run(Path(run_dir))
-    run.check_resumable()
+    if distributed.current().is_main:
+        run.check_resumable()
     values = {k: v for k, v in run.config.items() if k != "format"}
     config = TrainingConfig.from_dict(values)
+    world = _join(config)
+    distributed.barrier()  # another process count than the run started with is fine: its global batch is kept
+    if not world.is_main:
+        run = _Follower(run.path)
     checkpoint = run.latest_checkpoint()
     data = prepare_data(config, lambda: load_tokenizer(config.base_model))
     return _run(run, config, checkpoint, on_step, on_eval, stop_event, data, resources)
@@ -193,6 +237,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     import torch
 
     method = get_method(config.method)
+    world = distributed.current()  # joined in train()/resume()
     random.seed(config.seed)
     torch.manual_seed(config.seed)
     micro_per_epoch, total, warmup, eval_every, checkpoint_every = _plan(config, len(data.train))
@@ -224,38 +269,47 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     lengths = [len(e.input_ids) for e in data.train]
     cache: dict[int, list[list[int]]] = {}
 
+    global_batch = config.batch_size * config.num_processes
+
     def micro_batch(position: int) -> list[int]:
+        """This process's examples of the global micro-batch at ``position`` (all of them for one process)."""
         epoch, index = divmod(position, micro_per_epoch)
         if epoch not in cache:
             cache.clear()
-            cache[epoch] = epoch_batches(lengths, config.batch_size, config.seed, epoch, config.group_by_length)
-        return cache[epoch][index]
+            cache[epoch] = epoch_batches(lengths, global_batch, config.seed, epoch, config.group_by_length)
+        return distributed.shard(cache[epoch][index], world)
 
     allocator = _adalora_allocator(model)
     val_losses = [row["val_loss"] for row in run.metrics() if "val_loss" in row]
     train_losses = [row["loss"] for row in run.metrics() if "loss" in row]
     state = "completed"
     with PeakMemory(device) as memory:
-        if checkpoint is None and data.val:  # the starting point of the validation curve
+        if checkpoint is None and data.val and world.is_main:  # the starting point of the validation curve
             val = _validate(run, session, 0, on_eval)
             val_losses.append(val)
         while step < total:
             step_start = time.perf_counter()
             session.before_step(step)
-            batches = [session.collate([data.train[i] for i in micro_batch(step * config.grad_accum + k)])
-                       for k in range(config.grad_accum)]
-            step_tokens = sum(session.units(b) for b in batches) or 1
-            step_loss = 0.0
+            shares = [micro_batch(step * config.grad_accum + k) for k in range(config.grad_accum)]
+            batches = [session.collate([data.train[i] for i in share]) for share in shares if share]
+            local_units = sum(session.units(b) for b in batches)
+            step_tokens = int(distributed.all_sum([local_units])[0]) or 1  # every process's units
+            step_loss, step_seen = 0.0, 0
             for batch in batches:
                 n = session.units(batch)
                 if n == 0:
                     continue
                 with autocast(device, compute):
                     loss = session.loss(batch)
-                scaled = loss * (n / step_tokens)  # token-weighted mean over the accumulation window
+                scaled = loss * (n / step_tokens)  # token-weighted mean over the accumulation window (and processes)
                 (scaler.scale(scaled) if scaler else scaled).backward()
                 step_loss += float(loss.detach()) * n / step_tokens
-                tokens_seen += int(batch["attention_mask"].sum())
+                step_seen += int(batch["attention_mask"].sum())
+            if world.distributed:  # the global batch's gradient on every process, then the same step everywhere
+                distributed.all_sum_grads(session.trainable())
+                step_loss, step_seen = distributed.all_sum([step_loss, step_seen])
+                step_seen = int(step_seen)
+            tokens_seen += step_seen
             if scaler:
                 scaler.unscale_(optimizer)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(session.trainable(),
@@ -281,9 +335,11 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
             if on_step:
                 on_step(step, total, step_loss, current_lr, rate, eta)
             stopping = stop_event is not None and stop_event.is_set()
-            if data.val and (step % eval_every == 0 or step == total or stopping):
+            if world.distributed:  # one process stopped (Ctrl-C reaches them all, a UI stop only one): all stop
+                stopping = distributed.all_sum([float(stopping)])[0] > 0
+            if data.val and world.is_main and (step % eval_every == 0 or step == total or stopping):
                 val_losses.append(_validate(run, session, step, on_eval))
-            if step % checkpoint_every == 0 or stopping or step == total:
+            if world.is_main and (step % checkpoint_every == 0 or stopping or step == total):
                 save_checkpoint(run, model, optimizer, scheduler, step,
                                 {"tokens_seen": tokens_seen, "train_s": train_s, "total_steps": total,
                                  "data_sha256": data.sha256},
@@ -294,7 +350,8 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
                 logger.info("stopped at step %d/%d", step, total)
                 break
     finalize_adalora(model)
-    weights = session.save(run)
+    weights = session.save(run) if world.is_main else run.path
+    distributed.barrier()  # the weights are on disk before any process returns
     result = TrainResult(
         run_dir=str(run.path), run_id=run.run_id, method=config.method, state=state, steps=step, total_steps=total,
         trainable_params=trainable, total_params=total_params, adapter_bytes=folder_bytes(weights),
@@ -305,8 +362,10 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
         wall_s=round(time.perf_counter() - start_wall, 3), train_examples=len(data.train),
         val_examples=len(data.val), data_sha256=data.sha256, device=device,
         dtype=str(compute).removeprefix("torch."), base_model=session.base_model_name, objective=config.objective,
-        extras=session.summary(),
+        extras=session.summary(), world_size=world.size,
     )
+    if not world.is_main:
+        return result
     write_json(run.path / "result.json", asdict(result))
     run.set_status(state, step=step, total_steps=total)
     if state == "completed":  # a completed run cannot resume: its checkpoints (optimizer state) are dead weight

@@ -1,0 +1,144 @@
+"""Data-parallel training (core.distributed, core.cli.launch, the loop's shards): two CPU processes (gloo) train the
+tiny model step for step as one process with the doubled batch, only rank 0 writes the run, a killed two-process run
+resumes (with the same or another process count) to the uninterrupted run's weights, and a bad start fails with one
+line and leaves no process behind."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from training_helpers import write_rows
+
+from core.distributed import World, all_sum, current, shard
+
+ROOT = Path(__file__).resolve().parent.parent
+LOSS_TOL = 1e-4  # per-step loss, 1 vs 2 processes: the same sums in another order (float32)
+WEIGHT_TOL = 1e-4  # largest absolute difference of any adapter weight after training
+
+
+def test_shards_cover_the_batch_in_order_and_differ_by_at_most_one():
+    items = list(range(7))
+    shares = [shard(items, World(rank, 3)) for rank in range(3)]
+    assert shares == [[0, 1, 2], [3, 4], [5, 6]]
+    assert [shard([1], World(rank, 2)) for rank in range(2)] == [[1], []]  # a share may be empty
+    assert shard(items, World()) == items
+
+
+def test_one_process_is_world_size_one_and_sums_are_its_own(monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert current() == World() and current().is_main and not current().distributed
+    assert all_sum([1.5, 2]) == [1.5, 2.0]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("dp-data")
+    rows = [{"instruction": f"Name colour number {i}", "output": " ".join(["red", "green", "blue"][: 1 + i % 3])}
+            for i in range(30)]
+    return write_rows(folder / "train.jsonl", rows)
+
+
+def _train(tmp_path: Path, data: str, model: Path, out: str, *extra: str, timeout: float = 240) -> dict:
+    env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-m", "core", "train", "--data", data, "--model", str(model),
+                           "--method", "lora", "--device", "cpu", "--dtype", "fp32", "--val-fraction", "0",
+                           "--set", "dropout=0", "--lr", "0.01", "--out", str(tmp_path / out), "--json", *extra],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def _weights(run: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(next((run / "adapter").glob("*.safetensors"))))
+
+
+def _max_difference(a: dict, b: dict) -> float:
+    assert set(a) == set(b)
+    return max(float((a[key] - b[key]).abs().max()) for key in a)
+
+
+def test_two_processes_train_as_one_process_with_the_doubled_batch(tmp_path, data, tiny_model_dir):
+    one = _train(tmp_path, data, tiny_model_dir, "one", "--batch-size", "6", "--max-steps", "5")
+    # 3 examples per process per micro-batch, 2 micro-batches per step: uneven lengths, accumulation, two ranks
+    two = _train(tmp_path, data, tiny_model_dir, "two", "--batch-size", "3", "--grad-accum", "1",
+                 "--num-processes", "2", "--max-steps", "5")
+    assert two["world_size"] == 2 and one["world_size"] == 1
+    assert two["total_steps"] == one["total_steps"] == 5
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=LOSS_TOL)
+    assert _max_difference(_weights(tmp_path / "one"), _weights(tmp_path / "two")) < WEIGHT_TOL
+    metrics = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in metrics if "loss" in row] == [1, 2, 3, 4, 5]  # written once, by rank 0
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["num_processes"] == 2
+    assert json.loads((tmp_path / "two" / "status.json").read_text())["state"] == "completed"
+
+
+def _kill_after_first_checkpoint(tmp_path: Path, data: str, model: Path, out: str, *extra: str) -> None:
+    env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.Popen([sys.executable, "-m", "core", "train", "--data", data, "--model", str(model),
+                             "--method", "lora", "--device", "cpu", "--dtype", "fp32", "--val-fraction", "0",
+                             "--set", "dropout=0", "--lr", "0.01", "--out", str(tmp_path / out), "--json", *extra],
+                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    checkpoints = tmp_path / out / "checkpoints"
+    deadline = time.monotonic() + 180
+    try:
+        while time.monotonic() < deadline and not (checkpoints.is_dir() and any(
+                not path.name.startswith(".") for path in checkpoints.iterdir())):
+            assert proc.poll() is None, "the run ended before it could be killed"
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
+    finally:
+        proc.wait(timeout=30)
+    status = json.loads((tmp_path / out / "status.json").read_text())
+    assert status["state"] == "running" and 0 < status["step"] < 60
+
+
+@pytest.mark.parametrize("resume_processes", ["2", "1"])
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, data, tiny_model_dir,
+                                                                       resume_processes):
+    steps = ["--max-steps", "60", "--checkpoint-every", "10"]
+    whole = _train(tmp_path, data, tiny_model_dir, "whole", "--batch-size", "6", *steps)
+    _kill_after_first_checkpoint(tmp_path, data, tiny_model_dir, "killed", "--batch-size", "3",
+                                 "--num-processes", "2", *steps)
+    env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
+    env.pop("WORLD_SIZE", None)
+    proc = subprocess.run([sys.executable, "-m", "core", "train", "--resume", str(tmp_path / "killed"),
+                           "--num-processes", resume_processes, "--json"], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    resumed = json.loads(proc.stdout)
+    assert resumed["state"] == "completed" and resumed["world_size"] == int(resume_processes)
+    assert resumed["train_loss"][-1] == pytest.approx(whole["train_loss"][-1], abs=LOSS_TOL)
+    assert _max_difference(_weights(tmp_path / "whole"), _weights(tmp_path / "killed")) < WEIGHT_TOL
+
+
+def test_a_bad_start_is_one_line_and_a_failing_rank_ends_the_job(tmp_path, data, tiny_model_dir):
+    env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
+    env.pop("WORLD_SIZE", None)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{not json\n', encoding="utf-8")
+    base = [sys.executable, "-m", "core", "train", "--model", str(tiny_model_dir), "--device", "cpu",
+            "--num-processes", "2", "--max-steps", "2", "--json"]
+    proc = subprocess.run([*base, "--data", str(bad)], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "bad.jsonl line 2" in errors[0] and proc.stdout == ""
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "config.json").write_text("{}", encoding="utf-8")  # rank 0 refuses this folder
+    start = time.monotonic()
+    proc = subprocess.run([*base, "--data", data, "--out", str(tmp_path / "taken")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and "already holds a run" in errors[0]
+    assert time.monotonic() - start < 100  # rank 1, waiting for the folder, was ended rather than left waiting
