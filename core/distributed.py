@@ -132,3 +132,15 @@ def shard(items: Sequence[T], world: World) -> list[T]:
     base, extra = divmod(len(items), world.size)
     start = world.rank * base + min(world.rank, extra)
     return list(items[start : start + base + (1 if world.rank < extra else 0)])
+
+
+def gather_to_main(value: T) -> list[T] | None:
+    """Every process's ``value`` in rank order on rank 0 (None on the others); ``[value]`` for one process. The
+    values travel pickled between this job's own processes (never a file)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list[Any] | None = [None] * dist.get_world_size() if dist.get_rank() == 0 else None
+    dist.gather_object(value, gathered, dst=0)
+    return gathered

@@ -142,3 +142,41 @@ def test_a_bad_start_is_one_line_and_a_failing_rank_ends_the_job(tmp_path, data,
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and "already holds a run" in errors[0]
     assert time.monotonic() - start < 100  # rank 1, waiting for the folder, was ended rather than left waiting
+
+
+# how long, where, and how many rows shared a generation batch: facts of the run, not of the results
+TIMES = {"generate_s", "latency_s", "batch_s", "wall_s", "metrics_s", "eval_dir", "report", "batch_size"}
+
+
+def _without_times(value):
+    if isinstance(value, dict):
+        return {key: _without_times(item) for key, item in value.items() if key not in TIMES}
+    if isinstance(value, list):
+        return [_without_times(item) for item in value]
+    if isinstance(value, float):  # embedding similarity: the same vectors, batched differently (~1e-8)
+        return round(value, 6)
+    return value
+
+
+def test_an_evaluation_over_two_processes_writes_the_one_process_results(tmp_path, data, tiny_model_dir):
+    _train(tmp_path, data, tiny_model_dir, "taught", "--batch-size", "6", "--max-steps", "40", "--lr", "0.02")
+    test = write_rows(tmp_path / "test.jsonl", [{"instruction": f"Name colour number {i}", "task": "qa",
+                                                 "output": ["red", "green blue", "blue"][i % 3]} for i in range(9)])
+    env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
+    env.pop("WORLD_SIZE", None)
+    saved = {}
+    for processes in ("1", "2"):
+        out = tmp_path / f"eval-{processes}"
+        proc = subprocess.run([sys.executable, "-m", "core", "eval", "--data", test, "--model", str(tiny_model_dir),
+                               "--variants", "finetuned,few_shot", "--adapter", str(tmp_path / "taught"),
+                               "--few-shot", data, "--max-new-tokens", "8",
+                               "--out", str(out), "--num-processes", processes, "--json"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert json.loads(proc.stdout)["n"] == 9  # one document, from rank 0
+        saved[processes] = json.loads((out / "results.json").read_text(encoding="utf-8"))
+    one, two = saved["1"], saved["2"]
+    assert [row["id"] for row in two["rows"]] == [row["id"] for row in one["rows"]]  # example order kept
+    assert sum(bool(row["answer"]) for row in one["rows"]) >= 9  # the taught run answers: texts to compare
+    for key in ("rows", "summary", "by_task", "comparisons", "verdict", "cost"):
+        assert _without_times(two[key]) == _without_times(one[key]), key

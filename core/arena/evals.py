@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core import distributed
 from core.arena.evidence import evidence
 from core.arena.metrics import CLASSIFICATION_TASK, bootstrap_ci
 from core.arena.report import render_html
@@ -111,17 +112,34 @@ def run_eval(
     source_in_index: Callable[[str], bool] | None = None,
 ) -> EvalResult:
     """Run every variant over ``examples`` (batched across examples), score, summarise, weigh the evidence and save
-    to ``out_dir``. ``source_in_index(source)``: whether a document is in the knowledge base (the slice rule)."""
+    to ``out_dir``. ``source_in_index(source)``: whether a document is in the knowledge base (the slice rule).
+
+    In a data-parallel job (core.distributed) each process answers and scores its contiguous share of the examples;
+    rank 0 gathers them in order and summarises, weighs and saves as one process would (the other processes return
+    their share's result, unsaved)."""
     if not examples:
         raise ConfigError("data: no examples to evaluate")
     start = time.perf_counter()
     labels = dataset_label_set(examples)
     label_sets = [labels if example.task == CLASSIFICATION_TASK else None for example in examples]
-    table = run_examples(examples, config, context, label_sets=label_sets, on_progress=on_progress, score=False)
+    world = distributed.current()
+    mine = distributed.shard(range(len(examples)), world)  # all of them for one process
+    part = [examples[i] for i in mine]
+    table = run_examples(part, config, context, label_sets=[label_sets[i] for i in mine], on_progress=on_progress,
+                         score=False)
     generate_s = time.perf_counter() - start
     metrics_start = time.perf_counter()
-    score_results(examples, table, context, label_sets)  # timed apart from generation
+    score_results(part, table, context, [label_sets[i] for i in mine])  # timed apart from generation
     metrics_s = time.perf_counter() - metrics_start
+    if world.distributed:  # rank 0 gathers the scored answers in example order and goes on alone
+        parts = distributed.gather_to_main((table, generate_s, metrics_s))
+        if not world.is_main:
+            return EvalResult(eval_dir=str(out_dir), n=len(part), variants=[r.variant for r in table[0]] if table
+                              else [], summary={}, rows=[], wall_s=time.perf_counter() - start,
+                              generate_s=generate_s, metrics_s=metrics_s, evidence={})
+        table = [results for shard_table, _, _ in parts for results in shard_table]
+        generate_s = max(item[1] for item in parts)
+        metrics_s = max(item[2] for item in parts)
     rows = [_row(example, result) for example, results in zip(examples, table, strict=True) for result in results]
     summary = summarise(rows, seed=config.seed)
     found = evidence(examples, table, rows, config, context, data_path=data_path, source_in_index=source_in_index)

@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import logging
 
+from core import distributed
 from core.arena import ArenaConfig
+from core.arena.evals import new_eval_id
 from core.arena.prompting import SHOT_SELECTIONS
-from core.cli.common import Command, EngineFactory, Result, StageProgress
+from core.cli.common import CliError, Command, Delegated, EngineFactory, Result, StageProgress
+from core.cli.launch import inside_launch, launch
 from core.cli.options import Option, add_options, field_names, option_values
-from core.data import demo_path
+from core.data import demo_path, load_examples
 from core.inference import DECODERS, GenerationConfig
+from core.models import pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -90,6 +94,9 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", choices=("html",), help="also name the self-contained evidence report "
                         "(report.html in the evaluation folder: verdicts, pair table, slices, cost, every answer, "
                         "provenance; always written)")
+    parser.add_argument("--num-processes", type=int, metavar="N",
+                        help="split the examples over N processes, each with its own model (data parallel; gloo on "
+                             "CPU, NCCL on GPUs); one results file, as one process writes it (default: 1)")
     _variant_arguments(parser, max_new_tokens=64)
 
 
@@ -97,8 +104,18 @@ def cmd_eval(args: argparse.Namespace, engine: EngineFactory) -> Result:
     tasks = [task.strip() for task in args.tasks.split(",")] if args.tasks else None
     data = args.data or str(demo_path("test.jsonl"))
     config = arena_config(args)
+    if args.num_processes is not None and not 1 <= args.num_processes <= 1024:
+        raise CliError(f"--num-processes: must be in 1..1024, got {args.num_processes}")
+    if (args.num_processes or 1) > 1 and not inside_launch():  # the same command in N processes, one job
+        load_examples(data)  # a bad test file: one line here, before any process starts
+        argv = list(args.argv)
+        if not args.out:  # every process must know the one folder rank 0 writes
+            argv += ["--out", str(engine().workspace.evals / new_eval_id(data))]
+        raise Delegated(launch(argv, args.num_processes))
+    if inside_launch():  # this process's place in the job, before its model loads (its own GPU on CUDA)
+        distributed.init(pick_device(engine().models.device))
     result = engine().evaluate(data, config, out=args.out, limit=args.limit, tasks=tasks, model=args.model,
-                               on_progress=StageProgress())
+                               on_progress=StageProgress() if distributed.current().is_main else None)
     contract = result.contract()
     if args.report:
         logger.info("report: %s", contract["report"])
