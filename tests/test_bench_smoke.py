@@ -110,3 +110,42 @@ def test_benchmarks_bench_smoke(bundled_home):
     assert all(row["tokens"] > 0 and row["tokens_per_s"] > 0 for row in backends.values())
     assert result["answers"] == 8 and 0 <= result["answers_identical"] <= 8
     assert result["loglikelihood"]["requests"] == 32 and result["decision"]
+
+
+@pytest.mark.integration
+def test_gpu_bench_smoke(bundled_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "workspace"))
+    monkeypatch.delenv("OUT", raising=False)  # no copy of the result file anywhere else
+    result = _run_bench("gpu", bundled_home)
+    assert result["benchmark"] == "gpu" and result["smoke"] is True
+    steps = {row["step"]: row for row in result["steps"]}
+    assert set(steps) == {"a_cuda", "a_model", "b_lora_bf16", "b_lora_fp16", "c_qlora", "e_ours_vs_trl",
+                          "g_data_parallel", "d_generation", "f_evaluation", "f_evaluation_vllm"}
+    for row in steps.values():  # every step has its figures or the reason it has none
+        assert row["status"] in ("ok", "skipped", "error")
+        assert row["figures"] if row["status"] == "ok" else row["reason"], row
+        assert row["seconds"] >= 0 and row["estimate_h100_s"] > 0
+    assert result["errors"] == 0, [row["reason"] for row in steps.values() if row["status"] == "error"]
+    assert isinstance(steps["a_cuda"]["figures"]["cuda_available"], bool)
+    assert steps["a_cuda"]["figures"]["vllm"]  # a version, or "not installed"
+    if not steps["a_cuda"]["figures"]["cuda_available"]:
+        assert {name for name, row in steps.items() if row["status"] == "skipped"} >= {
+            "b_lora_fp16", "c_qlora", "e_ours_vs_trl", "g_data_parallel", "f_evaluation_vllm"}
+        assert steps["b_lora_fp16"]["reason"] == "no CUDA"
+    lora = steps["b_lora_bf16"]["figures"]
+    assert lora["loss_finite"] and lora["tokens_per_s"] > 0 and lora["peak_mem_mib"] > 0
+    generation = steps["d_generation"]["figures"]["decoders"]
+    assert set(generation) == {"auto", "hf"} and all(row["rows"] == 2 for row in generation.values())
+    evaluation = steps["f_evaluation"]["figures"]
+    assert evaluation["cells"] == 4 and evaluation["examples_per_s"] > 0 and evaluation["tokens_per_s"] > 0
+
+
+@pytest.mark.integration
+def test_distributed_bench_smoke(bundled_home):
+    result = _run_bench("distributed", bundled_home)
+    one, two = result["runs"]
+    assert (one["world_size"], two["world_size"]) == (1, 2) and one["global_batch"] == two["global_batch"]
+    assert one["tokens_per_s"] > 0 and two["tokens_per_s"] > 0
+    # the same steps; bf16 autocast rounds a batch of 2 padded rows and two batches of 1 differently (2.4e-2 seen),
+    # fp32 agrees to 1e-6 (tests/test_distributed.py)
+    assert result["max_loss_difference"] < 0.1

@@ -1,0 +1,72 @@
+"""Data-parallel LoRA training of the bundled SmolLM2-135M: one process with batch 2B vs ``--num-processes 2`` with
+batch B each (the same global batch, so the same steps and losses), through the CLI as a user runs it.
+
+    python -m bench.distributed [--smoke] [--steps N] [--batch-size B]
+
+Writes bench/results/distributed.json (smoke: bench/results/smoke/distributed.json): per process count the
+tokens/s the run reports (global: every process's tokens), wall time and the loss per step, and the largest
+per-step loss difference between the two. On a 2-core CPU two processes share the same two cores (one thread each
+instead of two), so this measures the overhead of the all-reduce and the split, not a speed-up; on N GPUs each
+process has its own device (bench.gpu).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from bench.common import print_table, write_result
+from core.data import demo_path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _train(out: Path, processes: int, batch: int, steps: int, workspace: Path) -> dict[str, Any]:
+    env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "core", "train", "--data", str(demo_path("train.jsonl")), "--method", "lora",
+               "--max-steps", str(steps), "--batch-size", str(batch), "--num-processes", str(processes),
+               "--val-fraction", "0", "--set", "dropout=0", "--seed", "42", "--out", str(out), "--json"]
+    start = time.perf_counter()
+    proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
+    if proc.returncode != 0:
+        raise SystemExit(f"train with {processes} process(es) failed:\n{proc.stderr[-2000:]}")
+    result = json.loads(proc.stdout)
+    return {"processes": processes, "batch_per_process": batch, "global_batch": batch * processes,
+            "world_size": result["world_size"], "steps": result["steps"], "tokens_per_s": result["tokens_per_s"],
+            "wall_s": round(time.perf_counter() - start, 1), "train_loss": result["train_loss"],
+            "final_train_loss": result["final_train_loss"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="2 steps of batch 2 (a check that it runs)")
+    parser.add_argument("--steps", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=4, help="per process with 2 processes (one: twice it)")
+    args = parser.parse_args()
+    steps, batch = (2, 1) if args.smoke else (args.steps, args.batch_size)
+    with tempfile.TemporaryDirectory() as folder:
+        root = Path(folder)
+        rows = [_train(root / "one", 1, 2 * batch, steps, root / "ws"),
+                _train(root / "two", 2, batch, steps, root / "ws")]
+    largest = max(abs(a - b) for a, b in zip(rows[0]["train_loss"], rows[1]["train_loss"], strict=True))
+    ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"] if rows[0]["tokens_per_s"] else None
+    print_table(rows, ["processes", "batch_per_process", "global_batch", "steps", "tokens_per_s", "wall_s",
+                       "final_train_loss"])
+    print(f"largest per-step loss difference: {largest:.2e}; 2 processes / 1 process tokens/s: "
+          f"{ratio:.2f}x" if ratio else "")
+    path = write_result("distributed", {"runs": rows, "max_loss_difference": largest, "two_over_one": ratio,
+                                        "steps": steps}, smoke=args.smoke)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
