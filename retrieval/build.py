@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from retrieval.documents import LoadResult, load_documents
 from retrieval.embeddings import Embedder
 from retrieval.folder import IndexFolderError, IndexLimitError, NothingToIndexError, is_index_folder, read_manifest
 from retrieval.index import BuildResult, IndexConfig, KnowledgeBase, Progress
+from retrieval.stores import QdrantStore, default_collection, probe_store
 
 logger = logging.getLogger(__name__)
 
@@ -41,10 +43,16 @@ def build_index(
     ``embedder`` may be a function () -> Embedder: it is called only once some document could be read, so bad input
     fails fast, without loading a model. Over ``max_documents`` documents or ``max_chunks`` chunks (default:
     ``index_limits()``) raises IndexLimitError before anything is embedded; an index already in ``out`` is kept.
+
+    Backend qdrant with a ``qdrant_url``: the collection (default ``tune-arena-<out's name>``) is created on the
+    server; one already there is replaced only if ``out``'s index uses it, or with ``rebuild``. With ``rebuild``, an
+    unreadable index in ``out`` (a server collection changed by an interrupted update) is rebuilt, not refused.
     """
     start = time.perf_counter()
     out = Path(out).expanduser()
     index_config = index_config or IndexConfig()
+    if index_config.qdrant_url and not index_config.collection:
+        index_config = replace(index_config, collection=default_collection(out))
     chunking = chunking or ChunkingConfig()
     loaded: LoadResult = load_documents(paths, text_column=text_column)
     if not loaded.documents:  # before any progress line: a CLI user then sees the one error line only
@@ -57,6 +65,7 @@ def build_index(
         raise IndexLimitError(f"{len(loaded.documents)} documents (a .jsonl/.csv row is one) are over the "
                               f"{max_documents} one index takes; index fewer files or rows, or raise "
                               "TUNE_ARENA_MAX_DOCUMENTS")
+    probe_store(index_config)  # an unreachable Qdrant server fails here, before a model loads
     if callable(embedder) and not hasattr(embedder, "embed"):
         embedder = embedder()
     if on_progress:
@@ -75,7 +84,12 @@ def build_index(
             raise IndexFolderError(f"index {out} was built with embedding model {manifest['embedding_model']}, not "
                               f"{embedder.name}; use another --out or rebuild it")
         if manifest["embedding_model"] == embedder.name:
-            existing = KnowledgeBase.load(out, embedder)
+            try:
+                existing = KnowledgeBase.load(out, embedder)
+            except IndexFolderError as err:
+                if not rebuild:
+                    raise
+                logger.warning("rebuilding %s from scratch: %s", out, err)
     same_layout = (existing is not None and not rebuild and existing.chunking == chunking
                    and existing.index_config == index_config)
     cache: dict[str, np.ndarray] = {}
@@ -83,8 +97,17 @@ def build_index(
         kb = existing
     else:
         kb = KnowledgeBase(embedder, index_config=index_config, chunking=chunking)
+        if isinstance(kb.store, QdrantStore):  # a server collection of this name: replaced only if ours
+            kb.store.replace = rebuild or _same_collection(existing, index_config)
+            kb.store.preflight()  # refused now, before anything is embedded
         if existing is not None and existing.index_config.contextual == index_config.contextual:
-            cache = {chunk.hash: existing.index.reconstruct(chunk.id) for chunk in existing.chunks.values()}
+            ids = sorted(existing.chunks)
+            vectors = existing.vectors(ids)  # (n, d), one batch
+            cache = {existing.chunks[chunk_id].hash: vectors[row] for row, chunk_id in enumerate(ids)}
+        if (existing is not None and existing.index_config.qdrant_url
+                and not _same_collection(kb, existing.index_config)):
+            warnings.append(f"the index no longer uses {existing.store.label}; delete that collection on the server "
+                            "if nothing else needs it")
     counts = kb.sync(loaded.documents, on_progress=on_progress, vector_cache=cache,
                      max_chunks=max_chunks or default_chunks)
     kb.build_s = time.perf_counter() - start
@@ -93,10 +116,12 @@ def build_index(
     kb.save(out)
     if on_progress:
         on_progress("save", 1, 1)
+    if existing is not None and existing is not kb:
+        existing.close()
     rebuilt = bool(counts.pop("rebuilt")) or not same_layout
     result = BuildResult(index_dir=str(out), documents=len(kb.documents), chunks=len(kb.chunks),
                          skipped=loaded.skipped, wall_s=time.perf_counter() - start, warnings=warnings,
-                         rebuilt=rebuilt, **counts)
+                         rebuilt=rebuilt, store=kb.store.describe(), **counts)
     if not same_layout and existing is not None:  # counts relative to the index that was there before
         old_docs = existing.documents
         result.added = sum(1 for source in kb.documents if source not in old_docs)
@@ -107,3 +132,9 @@ def build_index(
     logger.info("indexed %d documents into %d chunks in %.1f s (%d embedded, %d reused)", result.documents,
                 result.chunks, result.wall_s, result.embedded, result.reused)
     return result
+
+
+def _same_collection(kb: KnowledgeBase | None, config: IndexConfig) -> bool:
+    """Whether ``kb`` keeps its vectors in the Qdrant server collection ``config`` names."""
+    return (kb is not None and bool(config.qdrant_url) and kb.index_config.qdrant_url == config.qdrant_url
+            and kb.index_config.collection == config.collection)

@@ -1,10 +1,14 @@
-"""The index folder on disk: its three files, its errors, and the checks that run before anything is loaded.
+"""The index folder on disk: its files, its errors, and the checks that run before anything is loaded.
 
-    <index>/index.faiss    the FAISS index (ids = chunk ids); flat (IndexFlatIP), hnsw (IndexHNSWFlat) or ivf
-    <index>/chunks.jsonl   one chunk per line: id, doc_id, source, title, headings, start, end, text, n_tokens, hash
-    <index>/manifest.json  embedding model, dimension, index and chunking settings, documents with hashes, counts
+    <index>/chunks.jsonl         one chunk per line: id, doc_id, source, title, headings, start, end, text, n_tokens,
+                                 hash
+    <index>/manifest.json        embedding model, dimension, index (store) and chunking settings, documents with hashes,
+                                 counts
+    <index>/index.faiss          backend faiss: the FAISS index (ids = chunk ids); flat (IndexFlatIP), hnsw or ivf
+    <index>/vectors.safetensors  backend qdrant, local mode: ids (n,) int64 and vectors (n, d) float32
+                                 (backend qdrant, server mode: the vectors live in the server's collection)
 
-Never pickled: JSON beside ``index.faiss``. Every problem is an IndexFolderError naming the file and what is wrong.
+Never pickled: JSON beside the store's own file. Every problem is an IndexFolderError naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -23,7 +27,10 @@ from retrieval.chunking import ChunkSpan
 
 FORMAT = 1
 INDEX_TYPES = ("flat", "hnsw", "ivf")
-FILES = ("index.faiss", "chunks.jsonl", "manifest.json")
+BACKENDS = ("faiss", "qdrant")
+FAISS_FILE = "index.faiss"
+VECTORS_FILE = "vectors.safetensors"
+FILES = ("chunks.jsonl", "manifest.json")  # every index folder; the store's own files: ``store_files``
 
 
 @dataclass(frozen=True)
@@ -85,6 +92,35 @@ def read_chunks(path: Path) -> dict[int, Chunk]:
     return chunks
 
 
+def read_vectors(path: Path, dimension: int) -> tuple[np.ndarray, np.ndarray]:
+    """(ids (n,) int64, vectors (n, d) float32) of a vectors.safetensors; IndexFolderError naming it otherwise."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        reason = " ".join(str(err).split())[:160] or type(err).__name__
+        raise IndexFolderError(f"{path}: not a readable vectors file ({reason}); rebuild the index") from None
+    ids, vectors = tensors.get("ids"), tensors.get("vectors")
+    if ids is None or vectors is None:
+        raise IndexFolderError(f"{path}: needs the tensors 'ids' and 'vectors', has {sorted(tensors)}; rebuild the "
+                               "index")
+    if ids.dtype != np.int64 or ids.ndim != 1 or vectors.dtype != np.float32 or vectors.ndim != 2:
+        raise IndexFolderError(f"{path}: ids must be int64 (n,) and vectors float32 (n, d), got {ids.dtype} "
+                               f"{ids.shape} and {vectors.dtype} {vectors.shape}; rebuild the index")
+    if vectors.shape[1] != dimension:
+        raise IndexFolderError(f"{path}: vectors of dimension {vectors.shape[1]}, but manifest.json says {dimension}; "
+                               "rebuild the index")
+    if len(ids) != len(vectors):
+        raise IndexFolderError(f"{path}: {len(ids)} ids for {len(vectors)} vectors; rebuild the index")
+    if len(ids) and (ids.min() < 0 or len(np.unique(ids)) != len(ids)):
+        raise IndexFolderError(f"{path}: chunk ids must be distinct and non-negative; rebuild the index")
+    if not np.isfinite(vectors).all():
+        raise IndexFolderError(f"{path}: holds NaN or infinite values; rebuild the index")
+    return ids, vectors
+
+
 def check_index_kind(folder: Path, index: faiss.Index, index_type: str, dimension: int) -> None:
     """The FAISS structure the manifest's index_type builds, of the manifest's dimension."""
     kind_ok = isinstance(index, faiss.IndexIVF) if index_type == "ivf" else isinstance(index, faiss.IndexIDMap2)
@@ -137,6 +173,18 @@ def check_manifest_fields(path: Path, manifest: dict[str, Any]) -> None:
             raise IndexFolderError(f"{path}: document {source!r:.120}: needs sha256 and a list of chunk_ids")
 
 
+def store_files(settings: dict[str, Any]) -> tuple[str, ...]:
+    """The files the vector store of manifest ``index`` settings keeps in the folder: index.faiss (faiss, also when
+    the manifest predates backends), vectors.safetensors (qdrant local mode), none (qdrant server mode). An unknown
+    backend needs none here: loading its settings names it."""
+    backend = settings.get("backend", "faiss")
+    if backend == "faiss":
+        return (FAISS_FILE,)
+    if backend == "qdrant":
+        return () if settings.get("qdrant_url") else (VECTORS_FILE,)
+    return ()
+
+
 def is_index_folder(folder: str | Path) -> bool:
     return (Path(folder).expanduser() / "manifest.json").is_file()
 
@@ -162,4 +210,7 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
         if key not in manifest:
             raise IndexFolderError(f"{folder / 'manifest.json'}: missing field '{key}'")
     check_manifest_fields(folder / "manifest.json", manifest)
+    missing = [name for name in store_files(manifest.get("index", {})) if not (folder / name).is_file()]
+    if missing:
+        raise IndexFolderError(f"{folder} is not an index folder (missing {', '.join(missing)})")
     return manifest

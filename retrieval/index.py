@@ -1,13 +1,21 @@
-"""The knowledge base: chunks + FAISS index + manifest, persisted to one folder, updated incrementally.
+"""The knowledge base: chunks + a vector store + manifest, persisted to one folder, updated incrementally.
 
-    <index>/index.faiss    the FAISS index (ids = chunk ids); flat (IndexFlatIP), hnsw (IndexHNSWFlat) or ivf
-    <index>/chunks.jsonl   one chunk per line: id, doc_id, source, title, headings, start, end, text, n_tokens, hash
-    <index>/manifest.json  embedding model, dimension, index and chunking settings, documents with hashes, counts
+    <index>/chunks.jsonl         one chunk per line: id, doc_id, source, title, headings, start, end, text, n_tokens,
+                                 hash
+    <index>/manifest.json        embedding model, dimension, index (store) and chunking settings, documents with
+                                 hashes, counts
+    <index>/index.faiss          backend faiss (default): flat (IndexFlatIP), hnsw (IndexHNSWFlat) or ivf
+    <index>/vectors.safetensors  backend qdrant, local mode (server mode: the collection on the Qdrant server)
+
+The store (retrieval.stores: FAISS or Qdrant) only holds vectors by chunk id; chunks, BM25, hybrid fusion, MMR, the
+incremental update and the embedding-model check are the same for every backend.
 
 Never pickled. Saving goes through core.io.atomic_folder (a fsynced sibling folder swapped in); a process killed at any
-moment leaves either the previous index or the new one (``load`` finishes an interrupted swap).
+moment leaves either the previous index or the new one (``load`` finishes an interrupted swap). A Qdrant server's
+collection is updated in place, before the folder: an interrupted update there is found on the next load (counts
+differ) and fixed with a rebuild.
 Re-indexing reuses the vector of every chunk whose embedded text is unchanged (looked up by hash), so an unchanged
-document embeds nothing, and only added, changed or deleted documents touch the FAISS index.
+document embeds nothing, and only added, changed or deleted documents touch the vector store.
 """
 
 from __future__ import annotations
@@ -15,14 +23,14 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from core.errors import ConfigError
@@ -32,18 +40,24 @@ from retrieval.chunking import ChunkingConfig, ChunkSpan, chunk_document
 from retrieval.documents import Document, Skipped
 from retrieval.embeddings import Embedder
 from retrieval.folder import (
+    BACKENDS,
     FORMAT,
     INDEX_TYPES,
     Chunk,
     IndexFolderError,
     IndexLimitError,
-    check_index_kind,
-    faiss_ids,
-    faiss_reason,
     read_chunks,
     read_manifest,
 )
 from retrieval.search import BM25, mmr, reciprocal_rank_fusion
+from retrieval.stores import (
+    COLLECTION_NAME,
+    FaissStore,
+    VectorStore,
+    default_collection,
+    load_store,
+    new_store,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -52,10 +66,11 @@ Progress = Callable[[str, int, int], None]  # (stage, done, total); stages: load
 
 @dataclass
 class IndexConfig:
-    """The FAISS structure and how chunks are embedded."""
+    """The vector store (FAISS or Qdrant), its structure, and how chunks are embedded."""
 
     index_type: str = field(default="flat", metadata={
-        "help": "flat = exact inner product; hnsw = graph search for large corpora; ivf = inverted lists"})
+        "help": "flat = exact inner product; hnsw = graph search for large corpora; ivf = inverted lists (FAISS "
+                "only)"})
     hnsw_m: int = field(default=32, metadata={"help": "HNSW neighbours per node"})
     hnsw_ef_construction: int = field(default=80, metadata={"help": "HNSW candidate list while building"})
     hnsw_ef_search: int = field(default=64, metadata={"help": "HNSW candidate list while searching"})
@@ -63,10 +78,37 @@ class IndexConfig:
     ivf_nprobe: int = field(default=8, metadata={"help": "IVF lists searched per query"})
     contextual: bool = field(default=True, metadata={
         "help": "embed each chunk with its document title and heading path in front"})
+    backend: str = field(default="faiss", metadata={
+        "help": "vector store: faiss = index.faiss in the index folder; qdrant = Qdrant, in memory from the index "
+                "folder, or on a server with qdrant_url"})
+    qdrant_url: str | None = field(default=None, metadata={
+        "help": "backend qdrant: URL of a Qdrant server or cluster (API key from $QDRANT_API_KEY); the vectors "
+                "then live there, not in the index folder"})
+    collection: str | None = field(default=None, metadata={
+        "help": "backend qdrant with a qdrant_url: the server's collection (default: tune-arena-<index folder "
+                "name>)"})
 
     def __post_init__(self) -> None:
         if self.index_type not in INDEX_TYPES:
             raise ConfigError(f"index_type: must be one of {', '.join(INDEX_TYPES)}, got {self.index_type!r}")
+        if self.backend not in BACKENDS:
+            raise ConfigError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "qdrant" and self.index_type == "ivf":
+            raise ConfigError("index_type: ivf is a FAISS structure; with backend qdrant use flat (exact search) or "
+                              "hnsw (Qdrant's own graph on a server)")
+        if self.qdrant_url is not None:
+            if self.backend != "qdrant":
+                raise ConfigError(f"qdrant_url: only for backend qdrant, not {self.backend}")
+            if not isinstance(self.qdrant_url, str) or not re.fullmatch(r"https?://[^\s/]+(/\S*)?",
+                                                                         self.qdrant_url):
+                raise ConfigError(f"qdrant_url: must be an http:// or https:// URL, got {self.qdrant_url!r:.120}")
+        if self.collection is not None:
+            if self.qdrant_url is None:
+                raise ConfigError("collection: names a collection on a Qdrant server; give qdrant_url too (local "
+                                  "mode keeps its vectors in the index folder)")
+            if not isinstance(self.collection, str) or not COLLECTION_NAME.fullmatch(self.collection):
+                raise ConfigError("collection: 1 to 255 letters, digits, _ . or -, got "
+                                  f"{self.collection!r:.120}")
         for name in ("hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -114,14 +156,16 @@ class BuildResult:
     reused: int = 0
     rebuilt: bool = True
     warnings: list[str] = field(default_factory=list)
+    store: dict[str, Any] = field(default_factory=lambda: {"backend": "faiss"})  # VectorStore.describe()
 
     def contract(self) -> dict[str, Any]:
-        """The CLI ``index`` JSON: index_dir, documents, chunks, skipped, wall_s, plus the update counts."""
+        """The CLI ``index`` JSON: index_dir, documents, chunks, skipped, wall_s, plus the update counts and the
+        store: backend (qdrant: mode local|server, and qdrant_url, collection on a server)."""
         return {"index_dir": self.index_dir, "documents": self.documents, "chunks": self.chunks,
                 "skipped": [item.to_dict() for item in self.skipped], "wall_s": round(self.wall_s, 3),
                 "added": self.added, "changed": self.changed, "removed": self.removed, "unchanged": self.unchanged,
                 "embedded": self.embedded, "reused": self.reused, "rebuilt": self.rebuilt,
-                "warnings": self.warnings}
+                "warnings": self.warnings, **self.store}
 
 
 def embed_text(span: ChunkSpan | Chunk, contextual: bool) -> str:
@@ -137,62 +181,28 @@ def _hash(text: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# FAISS structures
-# --------------------------------------------------------------------------------------------------------------------
-
-
-def new_faiss_index(config: IndexConfig, dimension: int, train_vectors: np.ndarray | None = None) -> faiss.Index:
-    """An empty index with external ids, trained on ``train_vectors`` for IVF."""
-    if config.index_type == "flat":
-        return faiss.IndexIDMap2(faiss.IndexFlatIP(dimension))
-    if config.index_type == "hnsw":
-        hnsw = faiss.IndexHNSWFlat(dimension, config.hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        hnsw.hnsw.efConstruction = config.hnsw_ef_construction
-        hnsw.hnsw.efSearch = config.hnsw_ef_search
-        return faiss.IndexIDMap2(hnsw)
-    n = 0 if train_vectors is None else len(train_vectors)
-    nlist = config.ivf_nlist or int(4 * np.sqrt(max(n, 1)))
-    nlist = max(1, min(nlist, n // 39 if n >= 39 else 1))
-    quantizer = faiss.IndexFlatIP(dimension)
-    ivf = faiss.IndexIVFFlat(quantizer, dimension, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.own_fields = True
-    quantizer.this.disown()
-    if n:
-        ivf.train(train_vectors)
-    ivf.set_direct_map_type(faiss.DirectMap.Hashtable)
-    ivf.nprobe = min(config.ivf_nprobe, nlist)
-    return ivf
-
-
-def _supports_removal(config: IndexConfig) -> bool:
-    return config.index_type in ("flat", "ivf")
-
-
-def _configure_search(index: faiss.Index, config: IndexConfig) -> None:
-    inner = faiss.downcast_index(index.index) if isinstance(index, faiss.IndexIDMap2) else index
-    if isinstance(inner, faiss.IndexHNSWFlat):
-        inner.hnsw.efSearch = config.hnsw_ef_search
-    if isinstance(index, faiss.IndexIVF):
-        index.nprobe = min(config.ivf_nprobe, index.nlist)
-
-
-# --------------------------------------------------------------------------------------------------------------------
 # The knowledge base
 # --------------------------------------------------------------------------------------------------------------------
 
 
 class KnowledgeBase:
-    """Chunks, their FAISS index and the manifest, in memory. Thread-safe for concurrent searches."""
+    """Chunks, their vector store and the manifest, in memory. Thread-safe for concurrent searches.
+
+    A Qdrant server store (``index_config.qdrant_url``) without a ``collection`` takes ``tune-arena-<folder name>``.
+    """
 
     def __init__(self, embedder: Embedder, *, index_config: IndexConfig | None = None,
-                 chunking: ChunkingConfig | None = None, folder: Path | None = None) -> None:
+                 chunking: ChunkingConfig | None = None, folder: Path | None = None,
+                 store: VectorStore | None = None) -> None:
         self.embedder = embedder
         self.index_config = index_config or IndexConfig()
+        if self.index_config.qdrant_url and not self.index_config.collection and folder is not None:
+            self.index_config = replace(self.index_config, collection=default_collection(folder))
         self.chunking = chunking or ChunkingConfig()
         self.folder = folder
         self.chunks: dict[int, Chunk] = {}
         self.documents: dict[str, dict[str, Any]] = {}  # source -> {doc_id, sha256, title, chunk_ids}
-        self.index: faiss.Index = new_faiss_index(self.index_config, embedder.dimension)
+        self.store: VectorStore = store or new_store(self.index_config, embedder.dimension)
         self.trained_on = 0
         self.next_id = 0
         self.created = time.time()
@@ -224,7 +234,7 @@ class KnowledgeBase:
             raise IndexFolderError(f"{target} exists, is not empty and is not an index folder; choose another --out")
         writable_folder(target.parent)  # a read-only place is the person's to fix (ConfigError), not a bug
         with self._lock, atomic_folder(target) as tmp:  # fsynced, then swapped in: never half an index
-            faiss.write_index(self.index, str(tmp / "index.faiss"))
+            self.store.save(tmp)
             with open(tmp / "chunks.jsonl", "w", encoding="utf-8") as handle:
                 for chunk_id in sorted(self.chunks):
                     handle.write(json.dumps(self.chunks[chunk_id].to_dict(), ensure_ascii=False) + "\n")
@@ -247,38 +257,40 @@ class KnowledgeBase:
             chunking = ChunkingConfig(**manifest.get("chunking", {}))
         except (TypeError, ValueError) as err:
             raise IndexFolderError(f"{manifest_path}: bad settings: {err}") from None
-        try:  # FAISS's own binary format: read_index never unpickles
-            index = faiss.read_index(str(folder / "index.faiss"))
-        except RuntimeError as err:
-            reason = faiss_reason(err)
-            raise IndexFolderError(f"{folder / 'index.faiss'}: not a readable FAISS index ({reason})") from None
-        check_index_kind(folder, index, index_config.index_type, manifest["dimension"])
+        if index_config.qdrant_url and not index_config.collection:
+            raise IndexFolderError(f"{manifest_path}: bad settings: backend qdrant with a qdrant_url needs its "
+                                   "collection")
         chunks = read_chunks(folder / "chunks.jsonl")
-        if index.ntotal != len(chunks):
-            raise IndexFolderError(
-                f"{folder}: index.faiss holds {index.ntotal} vectors but chunks.jsonl has {len(chunks)} chunks; "
-                "rebuild the index")
-        ids = faiss_ids(index)
-        if ids is not None and set(ids) != set(chunks):
-            raise IndexFolderError(f"{folder}: the ids in index.faiss and chunks.jsonl differ; rebuild the index")
-        documents = manifest.get("documents", {})
-        counts = manifest.get("counts", {})
-        listed = {chunk_id for doc in documents.values() for chunk_id in doc["chunk_ids"]}
-        if (counts.get("chunks", len(chunks)) != len(chunks) or not listed <= set(chunks)
-                or counts.get("documents", len(documents)) != len(documents)):
-            raise IndexFolderError(
-                f"{manifest_path}: counts {counts.get('documents')} documents / {counts.get('chunks')} chunks do not "
-                f"match the index ({len(documents)} documents, {len(chunks)} chunks); rebuild the index")
-        if callable(embedder) and not hasattr(embedder, "embed"):
-            embedder = embedder(manifest["embedding_model"])
-        if embedder.name != manifest["embedding_model"] or embedder.dimension != manifest["dimension"]:
-            raise IndexFolderError(
-                f"index {folder} was built with embedding model {manifest['embedding_model']} "
-                f"(dimension {manifest['dimension']}), not {embedder.name} (dimension {embedder.dimension}); "
-                "query it with the same model or rebuild it")
-        kb = cls(embedder, index_config=index_config, chunking=chunking, folder=folder)
-        kb.index = index
-        _configure_search(kb.index, index_config)
+        store = load_store(folder, index_config, manifest["dimension"])  # FAISS's format, safetensors: no pickle
+        try:
+            held = store.count  # a server: one request
+            if held != len(chunks):
+                raise IndexFolderError(
+                    f"{folder}: {store.label} holds {held} vectors but chunks.jsonl has {len(chunks)} chunks; "
+                    "rebuild the index")
+            ids = store.ids()
+            if ids is not None and set(ids.tolist()) != set(chunks):
+                raise IndexFolderError(f"{folder}: the ids in {store.label} and chunks.jsonl differ; rebuild the "
+                                       "index")
+            documents = manifest.get("documents", {})
+            counts = manifest.get("counts", {})
+            listed = {chunk_id for doc in documents.values() for chunk_id in doc["chunk_ids"]}
+            if (counts.get("chunks", len(chunks)) != len(chunks) or not listed <= set(chunks)
+                    or counts.get("documents", len(documents)) != len(documents)):
+                raise IndexFolderError(
+                    f"{manifest_path}: counts {counts.get('documents')} documents / {counts.get('chunks')} chunks do "
+                    f"not match the index ({len(documents)} documents, {len(chunks)} chunks); rebuild the index")
+            if callable(embedder) and not hasattr(embedder, "embed"):
+                embedder = embedder(manifest["embedding_model"])
+            if embedder.name != manifest["embedding_model"] or embedder.dimension != manifest["dimension"]:
+                raise IndexFolderError(
+                    f"index {folder} was built with embedding model {manifest['embedding_model']} "
+                    f"(dimension {manifest['dimension']}), not {embedder.name} (dimension {embedder.dimension}); "
+                    "query it with the same model or rebuild it")
+        except BaseException:
+            store.close()
+            raise
+        kb = cls(embedder, index_config=index_config, chunking=chunking, folder=folder, store=store)
         kb.chunks = chunks
         kb.documents = documents
         kb.trained_on = manifest.get("trained_on", len(chunks))
@@ -295,17 +307,28 @@ class KnowledgeBase:
         tokens = [chunk.n_tokens for chunk in self.chunks.values()]
         return {"folder": str(self.folder) if self.folder else None, "embedding_model": self.embedder.name,
                 "dimension": self.embedder.dimension, "index_type": self.index_config.index_type,
-                "documents": len(self.documents), "chunks": len(self.chunks),
+                **self.store.describe(), "documents": len(self.documents), "chunks": len(self.chunks),
                 "mean_chunk_tokens": round(float(np.mean(tokens)), 1) if tokens else 0,
                 "chunk_size": self.chunking.chunk_size, "overlap": self.chunking.overlap,
                 "updated": self.updated, "index_bytes": folder_bytes(self.folder) if self.folder else None}
+
+    @property
+    def index(self) -> Any:
+        """The FAISS index itself (backend faiss); for any backend, ``store`` is the way in."""
+        if not isinstance(self.store, FaissStore):
+            raise AttributeError(f"a {self.store.backend} knowledge base has no FAISS index; use .store")
+        return self.store.index
 
     def vectors(self, ids: Iterable[int]) -> np.ndarray:
         """Stored vectors of chunk ``ids`` (k, d)."""
         ids = list(ids)
         if not ids:
             return np.zeros((0, self.embedder.dimension), dtype=np.float32)
-        return np.stack([self.index.reconstruct(int(i)) for i in ids]).astype(np.float32)
+        return self.store.reconstruct(ids)
+
+    def close(self) -> None:
+        """Release the store's connections (a Qdrant client); the knowledge base is unusable afterwards."""
+        self.store.close()
 
     # ---- building and updating ---------------------------------------------------------------------------------
 
@@ -355,8 +378,10 @@ class KnowledgeBase:
                 report = (lambda done, total: on_progress("embed", done, total)) if on_progress else None
                 fresh = self.embedder.embed([texts[i] for _, i in missing], batch_size=batch_size, on_progress=report)
                 new_vectors = {h: fresh[row] for row, (h, _) in enumerate(missing)}
-            reused = {h: self.index.reconstruct(by_hash[h]) if h in by_hash else cache[h]
-                      for h in set(hashes) if h in by_hash or h in cache}
+            stored_hashes = sorted(h for h in set(hashes) if h in by_hash)
+            stored = self.store.reconstruct([by_hash[h] for h in stored_hashes])  # one batch (a server: one request)
+            reused = {h: cache[h] for h in set(hashes) if h not in by_hash and h in cache}
+            reused.update({h: stored[row] for row, h in enumerate(stored_hashes)})
 
             # chunk records: drop the old chunks of changed and removed documents, add the new ones
             drop_ids = [cid for source in removed_sources + [doc.source for doc in changed]
@@ -380,7 +405,7 @@ class KnowledgeBase:
                 self.documents[document.source] = {"doc_id": document.doc_id, "sha256": document.sha256,
                                                    "title": document.title, "chunk_ids": ids}
             kept_vectors = None
-            rebuild = (bool(drop_ids) and not _supports_removal(self.index_config)) or self._needs_retrain(add_ids)
+            rebuild = (bool(drop_ids) and not self.store.supports_removal) or self._needs_retrain(add_ids)
             if rebuild:
                 kept_ids = [cid for cid in self.chunks if cid not in set(drop_ids) and cid not in set(add_ids)]
                 kept_vectors = self.vectors(kept_ids)
@@ -393,15 +418,12 @@ class KnowledgeBase:
             if rebuild:
                 all_ids = np.array(kept_ids + add_ids, dtype=np.int64)
                 all_vectors = np.concatenate([kept_vectors, add_matrix]) if len(all_ids) else add_matrix
-                self.index = new_faiss_index(self.index_config, self.embedder.dimension, all_vectors)
+                self.store = new_store(self.index_config, self.embedder.dimension, all_vectors)
                 self.trained_on = len(all_ids)
-                if len(all_ids):
-                    self.index.add_with_ids(all_vectors, all_ids)
+                self.store.add(all_ids, all_vectors)
             else:
-                if drop_ids:
-                    self.index.remove_ids(np.array(drop_ids, dtype=np.int64))
-                if add_ids:
-                    self.index.add_with_ids(add_matrix, np.array(add_ids, dtype=np.int64))
+                self.store.remove(drop_ids)
+                self.store.add(add_ids, add_matrix)
             if on_progress:
                 on_progress("index", 1, 1)
             self._bm25 = None
@@ -412,10 +434,7 @@ class KnowledgeBase:
 
     def _needs_retrain(self, add_ids: list[int]) -> bool:
         """IVF centroids are trained once; retrain when the corpus outgrew them 4x (or they were never trained)."""
-        if self.index_config.index_type != "ivf":
-            return False
-        total = len(self.chunks)
-        return not self.index.is_trained or self.trained_on == 0 or total > 4 * max(self.trained_on, 1)
+        return self.store.needs_retrain(len(self.chunks), self.trained_on)
 
     # ---- search ------------------------------------------------------------------------------------------------
 
@@ -437,8 +456,12 @@ class KnowledgeBase:
                 return []
             fetch = min(total, max(fetch_k or 0, k * 4 if (mmr_lambda is not None or hybrid) else k, k))
             query_vector = self.embedder.embed([query])  # (1, d)
-            scores, ids = self.index.search(query_vector, fetch)
-            dense = [(int(i), float(s)) for i, s in zip(ids[0], scores[0], strict=True) if i >= 0]
+            ids, scores = self.store.search(query_vector[0], fetch)  # (fetch',) each, best first
+            dense = [(int(i), float(s)) for i, s in zip(ids, scores, strict=True)]
+            stray = next((i for i, _ in dense if i not in self.chunks), None)
+            if stray is not None:  # a server's collection changed behind the index folder's back
+                raise IndexFolderError(f"{self.folder}: {self.store.label} holds chunk id {stray}, which chunks.jsonl "
+                                       "does not; rebuild the index")
             dense_score = dict(dense)
             ranked: list[tuple[int, float]] = dense
             if hybrid:

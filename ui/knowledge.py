@@ -1,4 +1,5 @@
-"""Knowledge base tab: build or update a FAISS index from uploads, folders or the demo corpus; browse; search.
+"""Knowledge base tab: build or update an index (FAISS, or Qdrant: in memory or, single-user only, on a server) from
+uploads, folders or the demo corpus; browse; search.
 
 Layout and wiring only: widget values -> IndexConfig / ChunkingConfig -> ``engine.build_index`` (progress through
 its ``on_progress``) -> counts and a table of skipped files; picker -> ``engine.knowledge_base(...).stats()``;
@@ -23,7 +24,7 @@ from core.engine import Engine
 from core.engine.uploads import list_uploads
 from core.limits import check_name
 from core.text import fmt_bytes, one_line
-from retrieval import ChunkingConfig, IndexConfig, is_index_folder, read_manifest
+from retrieval import BACKENDS, ChunkingConfig, IndexConfig, is_index_folder, read_manifest
 from retrieval.index import INDEX_TYPES
 from ui.common import DEMO_INDEX, field_help, index_choices
 from ui.visitors import scoped
@@ -40,7 +41,7 @@ STAGES = {  # build_index stage -> (share of the bar before it, share it fills, 
     "load": (0.00, 0.05, "Reading documents"),
     "chunk": (0.05, 0.15, "Chunking"),
     "embed": (0.20, 0.70, "Embedding chunks"),
-    "index": (0.90, 0.05, "Updating the FAISS index"),
+    "index": (0.90, 0.05, "Updating the vector store"),
     "save": (0.95, 0.05, "Saving"),
 }
 SNIPPET_CHARS = 160
@@ -120,7 +121,10 @@ def index_rows(listing: Iterable[dict]) -> list[list[Any]]:
         if "error" in row:
             rows.append([row["name"], f"unreadable: {row['error']}", "", "", "", ""])
             continue
-        rows.append([row["name"], row.get("embedding_model") or "", row.get("index_type") or "",
+        kind = row.get("index_type") or ""
+        if row.get("backend", "faiss") != "faiss":
+            kind = f"{kind} · {row['backend']}"
+        rows.append([row["name"], row.get("embedding_model") or "", kind,
                      row.get("documents", ""), row.get("chunks", ""), format_time(row.get("updated"))])
     return rows
 
@@ -140,11 +144,21 @@ def build_summary(name: str, result: dict[str, Any], *, existed: bool, refused: 
     return "\n".join(lines)
 
 
+def store_label(stats: dict[str, Any]) -> str:
+    """Where the vectors are, for a stats line: ``FAISS``, ``Qdrant (in memory)`` or ``Qdrant collection C at URL``."""
+    if stats.get("backend", "faiss") == "faiss":
+        return "FAISS"
+    if stats.get("mode") == "server":
+        return f"Qdrant collection {stats.get('collection')} at {stats.get('qdrant_url')}"
+    return "Qdrant (in memory)"
+
+
 def stats_markdown(stats: dict[str, Any]) -> str:
     """Markdown for ``KnowledgeBase.stats()``."""
     name = file_label(stats.get("folder") or "") or "knowledge base"
     return (f"**{html.escape(name)}**: {stats['documents']} documents, {stats['chunks']} chunks "
             f"(mean {stats.get('mean_chunk_tokens', 0)} tokens) · {stats.get('index_type')} index · "
+            f"{html.escape(store_label(stats))} · "
             f"{html.escape(str(stats.get('embedding_model')))} ({stats.get('dimension')} dims) · "
             f"chunk size {stats.get('chunk_size')}, overlap {stats.get('overlap')} · "
             f"{fmt_bytes(stats.get('index_bytes')) or '?'} on disk · updated {format_time(stats.get('updated'))}")
@@ -261,6 +275,14 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
                                              label="Contextual prefix", info=field_help(IndexConfig, "contextual"))
                     rebuild = gr.Checkbox(value=False, label="Rebuild from scratch", elem_id="kb-rebuild",
                                           info="otherwise only new and changed documents are embedded")
+                with gr.Row():
+                    backend = gr.Radio(list(BACKENDS), value=defaults_index.backend, label="Vector store",
+                                       info=field_help(IndexConfig, "backend"), elem_id="kb-backend")
+                    # a shared Space offers no server URL: visitors must not make the server reach arbitrary hosts
+                    qdrant_url = (gr.Textbox(label="Qdrant server URL (optional)", elem_id="kb-qdrant-url",
+                                             placeholder="e.g. https://xyz.cloud.qdrant.io:6333",
+                                             info=field_help(IndexConfig, "qdrant_url"))
+                                  if engine.visitors is None else None)
             build = gr.Button("Build / update", variant="primary", elem_id="kb-build")
             build_status = gr.Markdown(elem_id="kb-build-status")
             skipped = gr.Dataframe(table([], SKIPPED_HEADERS), label="Skipped files", interactive=False, wrap=True,
@@ -312,12 +334,14 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
 
     def on_build(uploaded, folder_text, demo, index_name, keep_old, size, over, kind, prefix, scratch,
                  progress=gr.Progress(),  # noqa: B008 (Gradio finds the bar by this default)
-                 request: gr.Request | None = None):
+                 request: gr.Request | None = None, store: str = "faiss", url: str | None = None):
         engine = scoped(instance, request)
         uploads_root = engine.workspace.uploads
         try:
             index_name = check_index_name(index_name)
-            index_config = IndexConfig(index_type=str(kind), contextual=bool(prefix))
+            index_config = IndexConfig(index_type=str(kind), contextual=bool(prefix), backend=str(store or "faiss"),
+                                       qdrant_url=(url or "").strip() or None)
+            engine.check_store(index_config)
             chunking = ChunkingConfig(chunk_size=int(size), overlap=int(over))
         except ValueError as err:
             raise gr.Error(one_line(err)) from None
@@ -418,7 +442,8 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
             return DEMO_INDEX
         return str(scoped(instance, request).index_dir(str(row[0])))
 
-    build_inputs = [files, folders, use_demo, name, keep, chunk_size, overlap, index_type, contextual, rebuild]
+    build_inputs = [files, folders, use_demo, name, keep, chunk_size, overlap, index_type, contextual, rebuild,
+                    backend, *([qdrant_url] if qdrant_url is not None else [])]
     build.click(on_build, build_inputs, [build_status, skipped, indexes, picker, stats, documents],
                 api_name="build_index", concurrency_limit=1, concurrency_id="kb-build")
     search_inputs = [picker, query, k, hybrid, use_mmr, mmr_lambda]
@@ -431,7 +456,8 @@ def create_knowledge_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str,
     indexes.select(on_row, None, [picker])
     return {"files": files, "folders": folders, "use_demo": use_demo, "name": name, "keep": keep,
             "chunk_size": chunk_size, "overlap": overlap, "index_type": index_type, "contextual": contextual,
-            "rebuild": rebuild, "build": build, "build_status": build_status, "skipped": skipped,
+            "rebuild": rebuild, "backend": backend, "qdrant_url": qdrant_url, "build": build,
+            "build_status": build_status, "skipped": skipped,
             "indexes": indexes, "picker": picker, "stats": stats, "documents": documents, "query": query, "k": k,
             "hybrid": hybrid, "mmr": use_mmr, "mmr_lambda": mmr_lambda, "search": search,
             "search_status": search_status, "results": results, "full_text": full_text,

@@ -10,7 +10,7 @@ from pathlib import Path
 from core.cli.common import Command, EngineFactory, Result, StageProgress
 from core.cli.options import Option, add_options, field_names, option_values
 from core.limits import to_name
-from retrieval import ChunkingConfig, IndexConfig
+from retrieval import BACKENDS, ChunkingConfig, IndexConfig
 from retrieval.index import INDEX_TYPES
 
 logger = logging.getLogger(__name__)
@@ -18,6 +18,9 @@ logger = logging.getLogger(__name__)
 INDEX_OPTIONS = (
     Option("index_type", choices=INDEX_TYPES),
     Option("contextual", "--no-context", invert=True, note="embed the chunk text alone"),
+    Option("backend", choices=BACKENDS),
+    Option("qdrant_url", metavar="URL"),
+    Option("collection", metavar="NAME"),
 )
 
 
@@ -107,7 +110,8 @@ def cmd_retrieval_eval(args: argparse.Namespace, engine: EngineFactory) -> Resul
 
 
 COMMANDS = (
-    Command("index", "build or update a FAISS knowledge base from documents", _index_arguments, cmd_index),
+    Command("index", "build or update a knowledge base (FAISS, or Qdrant with --backend qdrant) from documents",
+            _index_arguments, cmd_index),
     Command("search", "top-k chunks of a knowledge base for a query", _search_arguments, cmd_search, _human_search),
     Command("retrieval-eval", "hit@k and MRR of a knowledge base over questions with known source documents",
             _retrieval_eval_arguments, cmd_retrieval_eval),

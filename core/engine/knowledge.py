@@ -14,6 +14,7 @@ from core.limits import check_name, child_folder, writable_folder
 from core.models import default_embedding_model
 from retrieval import (
     BuildResult,
+    IndexConfig,
     KnowledgeBase,
     RetrievalReport,
     SearchHit,
@@ -74,9 +75,18 @@ class KnowledgeMixin:
                                  "workspace and the demo corpus; more with TUNE_ARENA_DOC_ROOTS): upload the files")
         return paths
 
+    def check_store(self, settings: IndexConfig | dict | None) -> None:
+        """A visitor's engine (a shared app) keeps vectors in-process only: a Qdrant server URL would make the
+        server reach whatever host a visitor names. ConfigError naming ``qdrant_url``."""
+        url = settings.get("qdrant_url") if isinstance(settings, dict) else getattr(settings, "qdrant_url", None)
+        if self.instance is not None and url:
+            raise ConfigError("qdrant_url: a Qdrant server is not available on a shared app; use backend faiss or "
+                              "qdrant without a URL (local mode)")
+
     def build_index(self, paths: Iterable[str | Path], out: str | Path, *, embedding_model: str | None = None,
                     **kwargs) -> BuildResult:
         """Build or update an index (``kwargs``: index_config, chunking, text_column, rebuild, on_progress)."""
+        self.check_store(kwargs.get("index_config"))
         folder = self.resolve_index(out)
         check_name(folder.name, "index")  # the name it is found by later (the app, --index NAME)
         if self.workspace.is_shared(folder):
@@ -106,7 +116,8 @@ class KnowledgeMixin:
         """A loaded index, cached until its manifest changes on disk (an index is never re-read per query). The
         embedding model named in its manifest loads only once the index files have been read and checked."""
         folder = self.resolve_index(name_or_path)
-        read_manifest(folder)
+        manifest = read_manifest(folder)
+        self.check_store(manifest.get("index"))
         key = str(folder.resolve())
         stamp = (folder / "manifest.json").stat().st_mtime_ns
         with self._kb_lock:
@@ -148,7 +159,8 @@ class KnowledgeMixin:
             except ValueError as err:
                 rows.append({"name": folder.name, "folder": str(folder), "error": str(err)})
                 continue
+            settings = manifest.get("index", {})
             rows.append({"name": folder.name, "folder": str(folder), "embedding_model": manifest["embedding_model"],
-                         "index_type": manifest.get("index", {}).get("index_type"), **manifest.get("counts", {}),
-                         "updated": manifest.get("updated")})
+                         "index_type": settings.get("index_type"), "backend": settings.get("backend", "faiss"),
+                         **manifest.get("counts", {}), "updated": manifest.get("updated")})
         return rows
