@@ -124,6 +124,8 @@ def cmd_train(args: argparse.Namespace, engine: EngineFactory) -> Result:
         stop.set()
 
     values = None if args.resume else training_values(args)  # flags checked before the workspace is opened
+    if values is not None and inside_launch() and "num_processes" not in values:  # accelerate launch / torchrun:
+        values["num_processes"] = current().size  # the global batch is batch_size per process, as with the flag
     config = None if values is None else engine().training_config(values, preset=args.preset)
     processes = _processes(args, config, engine)
     if processes > 1:  # this command again in that many processes, one data-parallel job (core.cli.launch)
