@@ -96,6 +96,7 @@ class Settings:
     matmul_n: int
     matmul_repeats: int
     group_by_length: bool = True  # ours only: batches of similar-length examples (TrainingConfig's default)
+    device: str | None = None  # None: as on a CPU machine (TRL and hf told use_cpu); "cuda": every contender on it
 
 
 @dataclass
@@ -131,16 +132,24 @@ class Outcome:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def matmul_flops(dtype: Any, n: int, samples: int, min_sample_s: float = 0.25) -> dict[str, float]:
-    """FLOP/s of (n, n) @ (n, n) torch.matmul in ``dtype`` at the current thread count: best and median over
-    ``samples`` timed blocks of back-to-back calls (each block at least ``min_sample_s``)."""
+def matmul_flops(dtype: Any, n: int, samples: int, min_sample_s: float = 0.25,
+                 device: str = "cpu") -> dict[str, float]:
+    """FLOP/s of (n, n) @ (n, n) torch.matmul in ``dtype`` at the current thread count (on ``device``; CUDA timings
+    synchronized): best and median over ``samples`` timed blocks of back-to-back calls (each block at least
+    ``min_sample_s``)."""
     import torch
 
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
+    def sync() -> None:
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    a = torch.randn(n, n).to(device=device, dtype=dtype)
+    b = torch.randn(n, n).to(device=device, dtype=dtype)
+    sync()
     start = time.perf_counter()
     for _ in range(2):  # warm-up, and a first estimate of one call
         torch.matmul(a, b)
+    sync()
     per_call = (time.perf_counter() - start) / 2
     calls = max(1, round(min_sample_s / max(per_call, 1e-6)))
     rates = []
@@ -148,6 +157,7 @@ def matmul_flops(dtype: Any, n: int, samples: int, min_sample_s: float = 0.25) -
         start = time.perf_counter()
         for _ in range(calls):
             torch.matmul(a, b)
+        sync()
         rates.append(2 * n**3 * calls / (time.perf_counter() - start))
     rates.sort()
     return {"best": rates[-1], "median": rates[len(rates) // 2], "calls_per_sample": calls}
@@ -275,7 +285,7 @@ def run_ours(s: Settings, train_file: Path, work: Path) -> Outcome:
                             method_config={"r": s.r, "alpha": s.alpha, "dropout": s.dropout,
                                            "target_modules": TARGETS},
                             max_steps=s.steps, batch_size=s.batch_size, learning_rate=s.lr, seed=s.seed,
-                            max_length=s.max_length, group_by_length=s.group_by_length)
+                            max_length=s.max_length, group_by_length=s.group_by_length, device=s.device)
     load_before = os.getloadavg()[0]
     result = train(config, runs_root=work / "runs")
     rows = [row for row in Run(Path(result.run_dir)).metrics() if "loss" in row]
@@ -288,14 +298,15 @@ def run_ours(s: Settings, train_file: Path, work: Path) -> Outcome:
                    (load_before, os.getloadavg()[0]))
 
 
-def _train_timed(trainer: Any, timer: _StepTimer, adapter: Path) -> tuple[int, tuple[float, float]]:
+def _train_timed(trainer: Any, timer: _StepTimer, adapter: Path,
+                 device: str | None = None) -> tuple[int, tuple[float, float]]:
     """Train a transformers/TRL trainer with its steps timed and its tokens counted; save its adapter. Returns the
-    peak RSS in bytes and the 1-minute load average before and after."""
+    peak RSS in bytes (CUDA: peak allocated GPU memory) and the 1-minute load average before and after."""
     from core.training.memory import PeakMemory
 
     timer.counter, handle = _count_tokens(trainer.model)
     load_before = os.getloadavg()[0]
-    with PeakMemory("cpu") as memory:
+    with PeakMemory(device or "cpu") as memory:
         trainer.train()
     handle.remove()
     trainer.model.save_pretrained(str(adapter))
@@ -310,13 +321,13 @@ def run_trl(s: Settings, examples: list[Example], model_dir: str, work: Path) ->
     rows = [{"prompt": build_messages(ex), "completion": [{"role": "assistant", "content": ex.output}]}
             for ex in examples]
     # use_cpu: TRL's default bf16=True is refused on a machine without a GPU unless use_cpu is set
-    args = SFTConfig(**_trainer_args_common(s, work / "trl"), use_cpu=True)
+    args = SFTConfig(**_trainer_args_common(s, work / "trl"), use_cpu=s.device in (None, "cpu"))
     timer = _StepTimer([0])
     trainer = SFTTrainer(model=model_dir, args=args, train_dataset=Dataset.from_list(rows),
                          peft_config=_peft_config(s), callbacks=[timer])
     setup_s = time.perf_counter() - start
     adapter = work / "trl-adapter"
-    peak, load = _train_timed(trainer, timer, adapter)
+    peak, load = _train_timed(trainer, timer, adapter, s.device)
     in_effect = {k: getattr(args, k) for k in ("bf16", "gradient_checkpointing", "lr_scheduler_type", "warmup_steps",
                                                 "weight_decay", "max_grad_norm", "optim", "max_length", "packing",
                                                 "completion_only_loss", "assistant_only_loss", "loss_type")}
@@ -353,13 +364,14 @@ def run_hf(s: Settings, examples: list[Example], model_dir: str, work: Path) -> 
         remove_columns=["text"])
     set_seed(s.seed)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(model_dir), _peft_config(s))
-    args = TrainingArguments(**_trainer_args_common(s, work / "hf"))
+    args = TrainingArguments(**_trainer_args_common(s, work / "hf"), **({"use_cpu": s.device == "cpu"} if s.device
+                                                                       else {}))
     timer = _StepTimer([0])
     trainer = Trainer(model=model, args=args, train_dataset=dataset,
                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False), callbacks=[timer])
     setup_s = time.perf_counter() - start
     adapter = work / "hf-adapter"
-    peak, load = _train_timed(trainer, timer, adapter)
+    peak, load = _train_timed(trainer, timer, adapter, s.device)
     outcome = Outcome("hf", timer.per_step(), _last_logged_loss(trainer.state.log_history),
                       "last step, all non-pad tokens", peak, round(setup_s, 2), adapter,
                       "bfloat16" if args.bf16 else "float32",

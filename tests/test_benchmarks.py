@@ -82,7 +82,7 @@ def test_bad_settings_name_the_field():
     with pytest.raises(ConfigError, match="^limit:"):
         BenchmarkConfig(tasks=["tune_arena_probe"], limit=0)
     with pytest.raises(ConfigError, match="^backend:"):
-        BenchmarkConfig(tasks=["tune_arena_probe"], backend="vllm")
+        BenchmarkConfig(tasks=["tune_arena_probe"], backend="tgi")
     assert BenchmarkConfig(tasks="tune_arena_probe, tune_arena_tickets,tune_arena_probe").tasks == [
         "tune_arena_probe", "tune_arena_tickets"]
 

@@ -21,9 +21,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from core.arena.stats import paired_bootstrap, paired_permutation_p
-from core.benchmarks.harness import BACKENDS, choices_fit, make_classifier_lm, make_lm
+from core.benchmarks.harness import BACKENDS, VllmModels, choices_fit, make_classifier_lm, make_lm
 from core.benchmarks.tasks import check_include, resolve_tasks
 from core.errors import ConfigError
+from core.inference.generation import vllm_unavailable
+from core.inference.vllm import VllmServing, vllm_serving
 
 if TYPE_CHECKING:
     from core.models import LoadedModel
@@ -54,8 +56,9 @@ class BenchmarkConfig:
     chat_template: bool = _help("Wrap each prompt in the model's chat template when it has one (instruct models, "
                                 "the way they are used and tuned here); off: raw prompts, as in most leaderboards",
                                 True)
-    backend: str = _help("hf: the harness's HF backend; engine: generation through the engine's batch decoder",
-                         "hf")
+    backend: str = _help("hf: the harness's HF backend; engine: generation through the engine's batch decoder; "
+                         "vllm: the harness's vLLM backend (a CUDA GPU and the vllm package; LoRA runs as adapters "
+                         "on the base, full fine-tunes as their own model)", "hf")
     bootstrap_iters: int = _help("Bootstrap resamples for the harness's standard errors and the deltas' intervals",
                                  1000)
     seed: int = _help("Seed of sampling, few-shot choice and the bootstrap", 0)
@@ -73,6 +76,10 @@ class BenchmarkConfig:
             raise ConfigError(f"batch_size: must be an integer between 1 and 512, got {self.batch_size!r}")
         if self.backend not in BACKENDS:
             raise ConfigError(f"backend: must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.backend == "vllm":
+            refusal = vllm_unavailable("backend: vllm")
+            if refusal:
+                raise ConfigError(refusal)
         if not isinstance(self.bootstrap_iters, int) or self.bootstrap_iters < 0:
             raise ConfigError(f"bootstrap_iters: must be an integer >= 0, got {self.bootstrap_iters!r}")
 
@@ -82,13 +89,17 @@ class BenchmarkModel:
     """One model to benchmark: its label in the results (``base`` or a run id), how to load it, and facts kept with
     the results (method, objective). ``skip``: why the model cannot take these tasks (it is reported, not run).
     A classification head (``classifier``) runs the tasks that are multiple choice over its labels; the others are
-    listed in its facts' ``not_applicable`` with the reason."""
+    listed in its facts' ``not_applicable`` with the reason. ``run_dir`` (a run) and ``base_model`` (the base model
+    name: the base's, and the one a LoRA run's adapter is served on) are what the vLLM backend loads instead of
+    calling ``load``."""
 
     label: str
     load: Callable[[], LoadedModel | Any]
     facts: dict[str, Any] = field(default_factory=dict)
     skip: str | None = None
     classifier: bool = False  # ``load`` gives a core.inference.Classifier: multiple-choice tasks over its labels only
+    run_dir: str | None = None
+    base_model: str | None = None
 
 
 def _metric_name(key: str) -> tuple[str, bool] | None:
@@ -217,9 +228,11 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
     from lm_eval import simple_evaluate
 
     start = time.perf_counter()
+    servings = _vllm_servings(models) if config.backend == "vllm" else {}  # a run vLLM cannot serve: one line now
     include = check_include(config.include)
     manager = resolve_tasks(config.tasks, include)
     leaves = load_tasks(manager, config.tasks)  # every task's data, before any model loads: one line if missing
+    engines = _vllm_models(models, servings, config) if config.backend == "vllm" else None
     tasks: dict[str, dict[str, Any]] = {}
     per_sample: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
     groups: dict[str, list[str]] = {}
@@ -238,10 +251,14 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
 
         report("loading", 0, 1)
         begin = time.perf_counter()
-        loaded = entry.load()
+        loaded = entry.load() if engines is None else None
         names, use_template = list(config.tasks), False
         try:
-            if entry.classifier:
+            if engines is not None:  # vLLM loads the model from its folder itself
+                lm = engines.model(entry.label, servings[entry.label], progress=report, stop=stop)
+                use_template = config.chat_template and bool(getattr(lm.tokenizer, "chat_template", None))
+                facts[entry.label]["vllm"] = _served_as(servings[entry.label])
+            elif entry.classifier:
                 reasons = {name: choices_fit(task, loaded.labels) for name, task in leaves.items()}
                 names = [name for name, reason in reasons.items() if reason is None]
                 facts[entry.label]["not_applicable"] = {name: reason for name, reason in reasons.items() if reason}
@@ -258,6 +275,10 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
                                   bootstrap_iters=config.bootstrap_iters, random_seed=config.seed,
                                   numpy_random_seed=config.seed, torch_random_seed=config.seed,
                                   fewshot_random_seed=config.seed, verbosity=None)
+        except BaseException:
+            if engines is not None:  # a failed or stopped vLLM benchmark gives its GPU memory back now
+                engines.close()
+            raise
         finally:
             del loaded
             gc.collect()
@@ -268,11 +289,44 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
             tasks.setdefault(task, {})[entry.label] = row
         per_sample[entry.label] = sample_values(raw, groups)
         report("done", 1, 1)
+    if engines is not None:
+        engines.close()
     order = [name for requested in config.tasks for name in (requested, *groups.get(requested, ()))]
     tasks = {name: tasks[name] for name in dict.fromkeys([*order, *tasks]) if name in tasks}  # a group, its tasks
     deltas = _deltas(tasks, per_sample, models[0].label if models else BASE, config)
     return {"tasks": tasks, "deltas": deltas, "groups": groups, "models": facts,
             "config": asdict(config), "wall_s": round(time.perf_counter() - start, 2), "per_model_s": per_model_s}
+
+
+def _vllm_servings(models: Sequence[BenchmarkModel]) -> dict[str, VllmServing | None]:
+    """How vLLM serves each model (None: the base model itself); ConfigError, one line naming the run and why, for
+    a run it cannot serve (prompt learning, IA3, AdaLoRA, DoRA, classification heads...). Reads configs only."""
+    servings: dict[str, VllmServing | None] = {}
+    for entry in models:
+        if entry.run_dir is None:
+            if entry.base_model is None and entry is not models[0]:
+                raise ConfigError(f"adapter: {entry.label} has no run folder for vLLM to load")
+            servings[entry.label] = None
+        else:
+            servings[entry.label] = vllm_serving(entry.run_dir)
+    return servings
+
+
+def _vllm_models(models: Sequence[BenchmarkModel], servings: dict[str, VllmServing | None],
+                 config: BenchmarkConfig) -> VllmModels:
+    from core.models import loadable_location, pick_dtype, resolve_base_model
+
+    base = next((entry.base_model for entry in models if entry.base_model), None)
+    dtype = str(pick_dtype("cuda")).removeprefix("torch.")
+    return VllmModels(loadable_location(resolve_base_model(base)), list(servings.values()), dtype=dtype,
+                      seed=config.seed)
+
+
+def _served_as(serving: VllmServing | None) -> dict[str, Any]:
+    if serving is None:
+        return {"served": "base model"}
+    return {"served": {"lora": "LoRA adapter on the base model", "model": "its own model folder",
+                       "merge": "merged into a model folder"}[serving.kind], "folder": serving.folder}
 
 
 def _deltas(tasks: dict[str, dict[str, Any]], per_sample: dict[str, Any], base: str,

@@ -71,7 +71,7 @@ class BenchmarksMixin:
         device, dtype = self.models.device, self.models.dtype
         if is_classification_run(folder):  # multiple-choice tasks over its labels; the others are said to not fit
             return BenchmarkModel(run.run_id, lambda: load_classifier(folder, device=device, dtype=dtype), facts,
-                                  classifier=True)
+                                  classifier=True, run_dir=str(folder), base_model=base_name)
         skip = None
         if method in METHODS and METHODS[method].task_routed:
             skip = ("multi-task prompt tuning picks its prompt by the row's task id, and the harness's requests "
@@ -82,7 +82,7 @@ class BenchmarksMixin:
                 raise ConfigError(f"adapter: {run.run_id} was trained on {theirs.name}, not on the benchmark's base "
                                   f"model {ours.name}; its deltas would compare different models (pass --model)")
         return BenchmarkModel(run.run_id, lambda: load_trained_model(folder, device=device, dtype=dtype), facts,
-                              skip)
+                              skip, run_dir=str(folder), base_model=base_name)
 
     def benchmark(self, tasks: Sequence[str] | str, *, adapters: Sequence[str] = (), model: str | None = None,
                   limit: int | None = None, shots: int | None = None, include: Sequence[str | Path] = (),
@@ -111,7 +111,7 @@ class BenchmarksMixin:
         base_name = model or default_base_model()
         device, dtype = self.models.device, self.models.dtype
         entries = [BenchmarkModel(BASE, lambda: load_causal_lm(base_name, device=device, dtype=dtype),
-                                  {"base_model": resolve_base_model(base_name).name})]
+                                  {"base_model": resolve_base_model(base_name).name}, base_model=base_name)]
         seen = {BASE}
         for adapter in adapters:
             entry = self._benchmark_model(adapter, base_name)

@@ -3,18 +3,38 @@ adapters and models with non-standard caches use; core.inference.decoder is the 
 
 from __future__ import annotations
 
+import importlib.util
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from core import distributed
 from core.errors import ConfigError
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 TextCallback = Callable[[int, str], None]  # (row index in the call, answer text so far)
-DECODERS = ("auto", "hf")
+DECODERS = ("auto", "hf", "vllm")
+VLLM_INSTALL = "pip install vllm"
+
+
+def vllm_unavailable(what: str) -> str | None:
+    """Why ``what`` (a setting that asks for vLLM) cannot run here, in one line, or None when it can: vLLM needs its
+    package (a CUDA build, not a project dependency) and a CUDA GPU, and runs in one process (it batches and
+    schedules on its GPU itself; not inside a data-parallel job). Imports neither vllm nor, without it, torch."""
+    if importlib.util.find_spec("vllm") is None:
+        return f"{what} needs the vllm package on a CUDA machine: {VLLM_INSTALL}"
+    import torch
+
+    if not torch.cuda.is_available():
+        return f"{what} needs a CUDA GPU, and torch sees none on this machine"
+    world = distributed.current()
+    if world.distributed:
+        return (f"{what} runs in one process (vLLM batches and schedules on its GPU itself), not in each of a "
+                f"data-parallel job's {world.size} processes; drop --num-processes")
+    return None
 
 
 @dataclass
@@ -30,7 +50,9 @@ class GenerationConfig:
     decoder: str = field(default="auto", metadata={
         "help": "auto: the batch decoder where the model allows it (continuous batching), else model.generate; "
                 "hf: one left-padded model.generate per batch (the reference path), except for prompt-learning "
-                "adapters, which always use the batch decoder"})
+                "adapters, which always use the batch decoder; vllm: the base model and LoRA/QLoRA runs through "
+                "vLLM (one engine, each run's adapter per request; needs the vllm package and a CUDA GPU), the "
+                "other runs through the batch decoder"})
 
     def __post_init__(self) -> None:
         if isinstance(self.max_new_tokens, bool) or not isinstance(self.max_new_tokens, int):
@@ -45,6 +67,10 @@ class GenerationConfig:
             raise ConfigError(f"repetition_penalty: must be >= 1.0, got {self.repetition_penalty}")
         if self.decoder not in DECODERS:
             raise ConfigError(f"decoder: must be one of {', '.join(DECODERS)}, got {self.decoder!r}")
+        if self.decoder == "vllm":
+            refusal = vllm_unavailable("decoder: vllm")
+            if refusal:
+                raise ConfigError(refusal)
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         self.stop = [text for text in self.stop if text]

@@ -4,10 +4,15 @@ LoRA/QLoRA adapters are loaded into one PeftModel under their run id and share a
 ``adapter_names`` ("__base__" for rows without an adapter); whether a run mixes is its method's fact
 (``Method.mixes_in_batch``). Other adapters (prompt learning, IA3, AdaLoRA, DoRA) and fully or layer-wise fine-tuned
 runs get a model of their own and a batch of their own.
+
+With ``GenerationConfig.decoder == "vllm"`` base rows and rows of LoRA-family runs go to one vLLM engine over the
+base model folder, each row with its run's adapter per request (core.inference.vllm); rows of any other run go
+through the batch decoder as above.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import threading
@@ -19,11 +24,12 @@ from typing import TYPE_CHECKING, Any
 from core.data import render_prompt
 from core.errors import AdapterError
 from core.inference.decoder import generate_batch
-from core.inference.generation import Generated, GenerationConfig, TextCallback
+from core.inference.generation import Generated, GenerationConfig, TextCallback, end_ids
 from core.inference.loading import load_trained_model
+from core.inference.vllm import VllmGenerator, adapter_rank, lora_specs, rank_budget, vllm_rows
 from core.methods import METHODS, generation_task_ids, run_tasks
 from core.methods.artifacts import check_run_weights
-from core.models import resolve_base_model
+from core.models import loadable_location, resolve_base_model
 from core.runs import Run
 
 if TYPE_CHECKING:
@@ -59,6 +65,8 @@ class AdapterHost:
         self.adapters: dict[str, AdapterInfo] = {}
         self._peft: Any = None
         self._separate: dict[str, LoadedModel] = {}  # insertion order = least recently used first
+        self._vllm: VllmGenerator | None = None  # made on the first generate with decoder "vllm"
+        self._vllm_adapters: dict[str, tuple[str, int]] = {}  # key -> (adapter folder, LoRA rank), read once
 
     @property
     def tokenizer(self) -> PreTrainedTokenizerBase:
@@ -126,6 +134,9 @@ class AdapterHost:
             if info.mixable and self._peft is not None and len(self._peft.peft_config) > 1:
                 self._peft.delete_adapter(key)  # PEFT keeps at least one; a stale one is never selected
             self._separate.pop(key, None)
+            self._vllm_adapters.pop(key, None)
+            if self._vllm is not None:  # a run added again under this key gets a new id: vLLM reloads it
+                self._vllm.lora_ids.pop(key, None)
 
     def _separate_model(self, key: str) -> LoadedModel:
         if key in self._separate:
@@ -176,6 +187,8 @@ class AdapterHost:
         for key in adapters:
             if key is not None and key not in self.adapters:
                 raise AdapterError(f"adapter: {key} is not loaded; add its run first")
+        if config is not None and config.decoder == "vllm":
+            return self._generate_vllm(prompts, adapters, config, max_batch_size, on_text, on_batch, tasks)
         task_ids: dict[int, int] = {}  # row -> task id, for rows of task-routed adapters
         for row, key in enumerate(adapters):
             if key is not None and self.adapters[key].tasks:
@@ -208,4 +221,65 @@ class AdapterHost:
                                          on_done=finished, task_ids=routed)
                 for row, output in zip(rows, outputs, strict=True):
                     results[row] = output
+        return [result for result in results if result is not None]
+
+    # ---- vLLM (GenerationConfig.decoder == "vllm") ---------------------------------------------------------------
+
+    def _vllm_adapter(self, key: str) -> tuple[str, int]:
+        """A LoRA-family run's adapter folder and rank (read once)."""
+        if key not in self._vllm_adapters:
+            folder = Run(Path(self.adapters[key].run_dir)).weights_dir
+            if folder is None:
+                raise AdapterError(f"adapter: run {key} has no saved weights")
+            self._vllm_adapters[key] = (str(folder), adapter_rank(folder))
+        return self._vllm_adapters[key]
+
+    def _vllm_generator(self) -> VllmGenerator:
+        """The vLLM engine over this host's base model folder, made once; its LoRA rank budget holds every LoRA run
+        added so far (and DEFAULT_LORA_RANK for later ones)."""
+        if self._vllm is None:
+            ranks = [self._vllm_adapter(key)[1] for key, info in self.adapters.items() if info.mixable]
+            self._vllm = VllmGenerator(loadable_location(self.base.resolved), self.base.tokenizer,
+                                       dtype=self.base.dtype, max_lora_rank=rank_budget(ranks),
+                                       max_model_len=min(self.context_window(), 8192))
+        return self._vllm
+
+    def _generate_vllm(self, prompts: Sequence[str], adapters: Sequence[str | None], config: GenerationConfig,
+                       max_batch_size: int, on_text: TextCallback | None,
+                       on_batch: Callable[[int, int], None] | None,
+                       tasks: Sequence[str | None] | None) -> list[Generated]:
+        """Base rows and rows of LoRA-family runs through vLLM; the other rows through the batch decoder
+        (``generate`` with decoder "auto"). Streaming: a vLLM row's text arrives once, when its batch ends."""
+        results: list[Generated | None] = [None] * len(prompts)
+        with self.lock:
+            candidates = {key: self.adapters[key].mixable for key in set(adapters) if key is not None}
+            if not any(candidates.values()) and None not in adapters:
+                ours, others = [], list(range(len(prompts)))
+            else:
+                generator = self._vllm_generator()
+                servable = {key: mixable and self._vllm_adapter(key)[1] <= generator.max_lora_rank
+                            for key, mixable in candidates.items()}
+                ours, others = vllm_rows(adapters, servable)
+            if others:
+                forward = (lambda i, text: on_text(others[i], text)) if on_text else None
+                progress = (lambda done, total: on_batch(done, len(prompts))) if on_batch else None
+                outputs = self.generate([prompts[row] for row in others], [adapters[row] for row in others],
+                                        dataclasses.replace(config, decoder="auto"), max_batch_size=max_batch_size,
+                                        on_text=forward, on_batch=progress,
+                                        tasks=None if tasks is None else [tasks[row] for row in others])
+                for row, output in zip(others, outputs, strict=True):
+                    results[row] = output
+            if ours:
+                generator = self._vllm_generator()
+                keys = [adapters[row] for row in ours]
+                folders = {key: self._vllm_adapter(key)[0] for key in set(keys) if key is not None}
+                stop_ids = end_ids(self.base.model, self.base.tokenizer)[1]
+                outputs = generator.generate([prompts[row] for row in ours],
+                                             lora_specs(keys, folders, generator.lora_ids), config, stop_ids)
+                for number, (row, output) in enumerate(zip(ours, outputs, strict=True)):
+                    results[row] = output
+                    if on_text:
+                        on_text(row, output.text)
+                    if on_batch:
+                        on_batch(len(others) + number + 1, len(prompts))
         return [result for result in results if result is not None]
