@@ -180,3 +180,21 @@ def test_an_evaluation_over_two_processes_writes_the_one_process_results(tmp_pat
     assert sum(bool(row["answer"]) for row in one["rows"]) >= 9  # the taught run answers: texts to compare
     for key in ("rows", "summary", "by_task", "comparisons", "verdict", "cost"):
         assert _without_times(two[key]) == _without_times(one[key]), key
+
+
+def test_a_benchmark_over_two_processes_scores_as_one_process(tmp_path, data, tiny_model_dir):
+    run = _train(tmp_path, data, tiny_model_dir, "taught", "--batch-size", "6", "--max-steps", "10")["run_dir"]
+    env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
+    env.pop("WORLD_SIZE", None)
+    results = {}
+    for processes in ("1", "2"):
+        proc = subprocess.run([sys.executable, "-m", "core", "benchmark", "--tasks",
+                               "tune_arena_probe,tune_arena_probe_mc", "--model", str(tiny_model_dir), "--adapter",
+                               run, "--limit", "10", "--num-processes", processes, "--json"],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[processes] = json.loads(proc.stdout)
+    one, two = results["1"], results["2"]
+    assert _without_times(two["tasks"]) == _without_times(one["tasks"])
+    assert two["deltas"] == one["deltas"]
+    assert len(list((tmp_path / "ws" / "benchmarks").glob("*.json"))) == 2  # one file per benchmark, by rank 0

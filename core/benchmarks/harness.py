@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core import distributed
 from core.errors import TuneArenaError
 
 if TYPE_CHECKING:
@@ -101,8 +102,15 @@ def make_lm(loaded: LoadedModel, *, backend: str = "hf", batch_size: int = 16, p
                                    eos=self.tok_decode(self.eot_token_id, skip_special_tokens=False),
                                    batch_size=int(self.batch_size), default_max=self.max_gen_toks)
 
-    return TrackedLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
-                     device=str(loaded.device))
+    lm = TrackedLM(pretrained=loaded.model, tokenizer=loaded.tokenizer, batch_size=batch_size,
+                   device=str(loaded.device))
+    world = distributed.current()
+    if world.distributed:  # the harness's own data parallelism: each rank its share of the requests, rank 0 scores
+        from accelerate import Accelerator
+
+        lm._rank, lm._world_size = world.rank, world.size
+        lm.accelerator = Accelerator(cpu=not str(loaded.device).startswith("cuda"))
+    return lm
 
 
 def _chunked(kind: str, requests: list, call: Callable[[list], list], progress: Progress | None,

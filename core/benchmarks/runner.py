@@ -283,6 +283,8 @@ def run_benchmark(models: Sequence[BenchmarkModel], config: BenchmarkConfig, *,
             del loaded
             gc.collect()
         per_model_s[entry.label] = round(time.perf_counter() - begin, 2)
+        if raw is None:  # another rank of a data-parallel job: rank 0 gathered this one's answers and scores them
+            continue
         groups.update(_group_map(raw))
         facts[entry.label]["chat_template"] = use_template
         for task, row in scores(raw).items():

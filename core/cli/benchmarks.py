@@ -6,9 +6,14 @@ from __future__ import annotations
 import argparse
 import logging
 
+from core import distributed
 from core.benchmarks import BACKENDS, BenchmarkConfig
-from core.cli.common import CliError, Command, EngineFactory, Result, StageProgress
+from core.benchmarks.runner import load_tasks
+from core.benchmarks.tasks import check_include, resolve_tasks
+from core.cli.common import CliError, Command, Delegated, EngineFactory, Result, StageProgress
+from core.cli.launch import inside_launch, launch
 from core.cli.options import Option, add_options, option_values
+from core.models import pick_device
 
 BENCHMARK_OPTIONS = (
     Option("tasks", separator=",", metavar="NAME[,NAME...]", note="bundled: tune_arena_probe, tune_arena_probe_mc, "
@@ -26,6 +31,9 @@ def _arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--adapter", dest="adapters", action="append", metavar="RUN",
                         help="a run (id or folder) to benchmark beside the base; repeat for several")
     parser.add_argument("--model", help="base model: registry name, hub id or folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--num-processes", type=int, metavar="N",
+                        help="split each task's requests over N processes, each with its own model (the harness's "
+                             "data parallelism; gloo on CPU, NCCL on GPUs); rank 0 scores and saves (default: 1)")
     parser.add_argument("--list", action="store_true", help="list the tasks available offline (bundled and "
                                                             "--include) and exit")
 
@@ -36,13 +44,21 @@ def cmd_benchmark(args: argparse.Namespace, engine: EngineFactory) -> Result:
         return {"tasks": engine().benchmark_tasks(values.get("include") or [])}
     if not values.get("tasks"):
         raise CliError("benchmark: --tasks NAME[,NAME...] is required (or --list)")
-    BenchmarkConfig(**values)  # bad flags fail before the workspace is opened or a model loads
+    config = BenchmarkConfig(**values)  # bad flags fail before the workspace is opened or a model loads
+    if args.num_processes is not None and not 1 <= args.num_processes <= 1024:
+        raise CliError(f"--num-processes: must be in 1..1024, got {args.num_processes}")
+    if (args.num_processes or 1) > 1 and not inside_launch():  # the same command in N processes, one job
+        logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
+        load_tasks(resolve_tasks(config.tasks, check_include(config.include)), config.tasks)  # one line, here
+        raise Delegated(launch(list(args.argv), args.num_processes))
+    if inside_launch():  # this process's place in the job, before its models load (its own GPU on CUDA)
+        distributed.init(pick_device(engine().models.device))
     # a hub task offline: the hub client's retry warnings would bury the one line that says what is missing
     logging.getLogger("huggingface_hub").setLevel(logging.ERROR)
     progress = StageProgress()
     return engine().benchmark(values.pop("tasks"), adapters=args.adapters or [], model=args.model,
-                              on_progress=lambda p: progress(f"{p['model']} {p['stage']}", p["done"], p["total"]),
-                              **values)
+                              on_progress=(lambda p: progress(f"{p['model']} {p['stage']}", p["done"], p["total"]))
+                              if distributed.current().is_main else None, **values)
 
 
 def _interval(row: Result) -> str:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from core import distributed
 from core.benchmarks import BASE, BenchmarkConfig, BenchmarkModel, list_tasks, run_benchmark
 from core.engine.workspace import DEMO_RUN
 from core.errors import ConfigError, RunStateError
@@ -124,8 +125,9 @@ class BenchmarksMixin:
         path = self.benchmarks_dir / f"{benchmark_id}.json"
         result = {"id": benchmark_id, "path": str(path), "model": resolve_base_model(base_name).name,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
-        write_json(path, result)
-        logger.info("benchmark %s saved: %s", benchmark_id, path)
+        if distributed.current().is_main:  # a data-parallel job's other ranks hold no scores: rank 0 saves
+            write_json(path, result)
+            logger.info("benchmark %s saved: %s", benchmark_id, path)
         return result
 
     def _benchmark_files(self) -> list[Path]:
