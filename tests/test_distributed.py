@@ -198,3 +198,15 @@ def test_a_benchmark_over_two_processes_scores_as_one_process(tmp_path, data, ti
     assert _without_times(two["tasks"]) == _without_times(one["tasks"])
     assert two["deltas"] == one["deltas"]
     assert len(list((tmp_path / "ws" / "benchmarks").glob("*.json"))) == 2  # one file per benchmark, by rank 0
+
+
+def test_an_fsdp_accelerate_config_is_refused_in_one_line(tmp_path, data, tiny_model_dir, monkeypatch):
+    from training_helpers import tiny_config
+
+    from core import training
+    from core.errors import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    with pytest.raises(ConfigError, match="^accelerate: FSDP .* not supported yet"):
+        training.train(tiny_config(data, tiny_model_dir), runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused before a run folder

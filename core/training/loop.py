@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -107,6 +108,9 @@ class _Follower(Run):
 
 def _join(config: TrainingConfig) -> distributed.World:
     """This process's place in a data-parallel job (world size 1 alone); CUDA ranks take their own GPU."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # an accelerate config asking for FSDP
+        raise ConfigError("accelerate: FSDP (sharding the model over the GPUs) is not supported yet; training is data "
+                          "parallel, so the model must fit one GPU: use an accelerate config without FSDP, or QLoRA")
     world = distributed.init(pick_device(config.device))
     if world.distributed and world.size > config.batch_size * config.num_processes:
         raise ConfigError(f"num_processes: {world.size} processes for a batch of "
