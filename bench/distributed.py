@@ -28,13 +28,14 @@ from core.data import demo_path
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _train(out: Path, processes: int, batch: int, steps: int, workspace: Path) -> dict[str, Any]:
+def _train(out: Path, processes: int, batch: int, steps: int, workspace: Path, dtype: str | None) -> dict[str, Any]:
     env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(workspace), "HF_HUB_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, "-m", "core", "train", "--data", str(demo_path("train.jsonl")), "--method", "lora",
                "--max-steps", str(steps), "--batch-size", str(batch), "--num-processes", str(processes),
-               "--val-fraction", "0", "--set", "dropout=0", "--seed", "42", "--out", str(out), "--json"]
+               "--val-fraction", "0", "--set", "dropout=0", "--seed", "42", "--out", str(out), "--json",
+               *(["--dtype", dtype] if dtype else [])]
     start = time.perf_counter()
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
     if proc.returncode != 0:
@@ -51,20 +52,22 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="2 steps of batch 2 (a check that it runs)")
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4, help="per process with 2 processes (one: twice it)")
+    parser.add_argument("--dtype", help="fp32 to compare losses without bf16 rounding (default: the device policy)")
     args = parser.parse_args()
     steps, batch = (2, 1) if args.smoke else (args.steps, args.batch_size)
     with tempfile.TemporaryDirectory() as folder:
         root = Path(folder)
-        rows = [_train(root / "one", 1, 2 * batch, steps, root / "ws"),
-                _train(root / "two", 2, batch, steps, root / "ws")]
+        rows = [_train(root / "one", 1, 2 * batch, steps, root / "ws", args.dtype),
+                _train(root / "two", 2, batch, steps, root / "ws", args.dtype)]
     largest = max(abs(a - b) for a, b in zip(rows[0]["train_loss"], rows[1]["train_loss"], strict=True))
     ratio = rows[1]["tokens_per_s"] / rows[0]["tokens_per_s"] if rows[0]["tokens_per_s"] else None
     print_table(rows, ["processes", "batch_per_process", "global_batch", "steps", "tokens_per_s", "wall_s",
                        "final_train_loss"])
     print(f"largest per-step loss difference: {largest:.2e}; 2 processes / 1 process tokens/s: "
           f"{ratio:.2f}x" if ratio else "")
-    path = write_result("distributed", {"runs": rows, "max_loss_difference": largest, "two_over_one": ratio,
-                                        "steps": steps}, smoke=args.smoke)
+    name = "distributed" + (f"-{args.dtype}" if args.dtype else "")
+    path = write_result(name, {"runs": rows, "max_loss_difference": largest, "two_over_one": ratio,
+                               "steps": steps, "dtype": args.dtype or "device policy"}, smoke=args.smoke)
     print(f"wrote {path}")
 
 
