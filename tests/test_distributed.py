@@ -104,11 +104,29 @@ def _kill_after_first_checkpoint(tmp_path: Path, data: str, model: Path, out: st
     assert status["state"] == "running" and 0 < status["step"] < 60
 
 
+STEPS = ["--max-steps", "60", "--checkpoint-every", "10"]
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory, data, tiny_model_dir) -> tuple[dict, Path]:
+    """The uninterrupted one-process run (batch 6) the resumed runs must end as."""
+    folder = tmp_path_factory.mktemp("whole")
+    return _train(folder, data, tiny_model_dir, "whole", "--batch-size", "6", *STEPS), folder / "whole"
+
+
+@pytest.fixture(scope="module")
+def taught(tmp_path_factory, data, tiny_model_dir) -> str:
+    """A tiny run taught to answer with colours: texts to compare across process counts."""
+    folder = tmp_path_factory.mktemp("taught")
+    return _train(folder, data, tiny_model_dir, "taught", "--batch-size", "6", "--max-steps", "40", "--lr",
+                  "0.02")["run_dir"]
+
+
 @pytest.mark.parametrize("resume_processes", ["2", "1"])
-def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, data, tiny_model_dir,
+def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, data, tiny_model_dir, whole,
                                                                        resume_processes):
-    steps = ["--max-steps", "60", "--checkpoint-every", "10"]
-    whole = _train(tmp_path, data, tiny_model_dir, "whole", "--batch-size", "6", *steps)
+    steps = STEPS
+    whole, whole_dir = whole
     _kill_after_first_checkpoint(tmp_path, data, tiny_model_dir, "killed", "--batch-size", "3",
                                  "--num-processes", "2", *steps)
     env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
@@ -120,7 +138,7 @@ def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path,
     resumed = json.loads(proc.stdout)
     assert resumed["state"] == "completed" and resumed["world_size"] == int(resume_processes)
     assert resumed["train_loss"][-1] == pytest.approx(whole["train_loss"][-1], abs=LOSS_TOL)
-    assert _max_difference(_weights(tmp_path / "whole"), _weights(tmp_path / "killed")) < WEIGHT_TOL
+    assert _max_difference(_weights(whole_dir), _weights(tmp_path / "killed")) < WEIGHT_TOL
 
 
 def test_a_bad_start_is_one_line_and_a_failing_rank_ends_the_job(tmp_path, data, tiny_model_dir):
@@ -158,8 +176,7 @@ def _without_times(value):
     return value
 
 
-def test_an_evaluation_over_two_processes_writes_the_one_process_results(tmp_path, data, tiny_model_dir):
-    _train(tmp_path, data, tiny_model_dir, "taught", "--batch-size", "6", "--max-steps", "40", "--lr", "0.02")
+def test_an_evaluation_over_two_processes_writes_the_one_process_results(tmp_path, data, tiny_model_dir, taught):
     test = write_rows(tmp_path / "test.jsonl", [{"instruction": f"Name colour number {i}", "task": "qa",
                                                  "output": ["red", "green blue", "blue"][i % 3]} for i in range(9)])
     env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
@@ -168,7 +185,7 @@ def test_an_evaluation_over_two_processes_writes_the_one_process_results(tmp_pat
     for processes in ("1", "2"):
         out = tmp_path / f"eval-{processes}"
         proc = subprocess.run([sys.executable, "-m", "core", "eval", "--data", test, "--model", str(tiny_model_dir),
-                               "--variants", "finetuned,few_shot", "--adapter", str(tmp_path / "taught"),
+                               "--variants", "finetuned,few_shot", "--adapter", taught,
                                "--few-shot", data, "--max-new-tokens", "8",
                                "--out", str(out), "--num-processes", processes, "--json"],
                               cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
@@ -182,8 +199,8 @@ def test_an_evaluation_over_two_processes_writes_the_one_process_results(tmp_pat
         assert _without_times(two[key]) == _without_times(one[key]), key
 
 
-def test_a_benchmark_over_two_processes_scores_as_one_process(tmp_path, data, tiny_model_dir):
-    run = _train(tmp_path, data, tiny_model_dir, "taught", "--batch-size", "6", "--max-steps", "10")["run_dir"]
+def test_a_benchmark_over_two_processes_scores_as_one_process(tmp_path, tiny_model_dir, taught):
+    run = taught
     env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
     env.pop("WORLD_SIZE", None)
     results = {}
