@@ -8,7 +8,7 @@ chunks would take far too long on 2 cores. Two kinds: ``clustered`` (overlapping
 subspace, tuned to the demo corpus's MiniLM neighbour statistics; see ``synthetic``) and ``uniform`` on the sphere
 (the worst case for approximate search); queries come from the same distribution and are not in the index.
 Indexes are built with the product's own code
-(``retrieval.index.new_faiss_index`` with an ``IndexConfig``, then ``add_with_ids`` as ``KnowledgeBase.sync`` does),
+(``retrieval.stores.new_faiss_index`` with an ``IndexConfig``, then ``add_with_ids`` as ``KnowledgeBase.sync`` does),
 so their settings (HNSW M=32, efConstruction=80, efSearch=64; IVF nlist=4*sqrt(n), nprobe=8) are the product's.
 Writes bench/results/retrieval.json (smoke: bench/results/smoke/retrieval.json).
 """
@@ -161,7 +161,8 @@ def measure_index(index_type: str, vectors: np.ndarray, queries: np.ndarray,
     """Build as the product does, search one query at a time (k=10); recall@10 against ``exact`` ids."""
     import faiss
 
-    from retrieval.index import IndexConfig, new_faiss_index
+    from retrieval.index import IndexConfig
+    from retrieval.stores import new_faiss_index
 
     config = IndexConfig(index_type=index_type)
     ids = np.arange(len(vectors), dtype=np.int64)
