@@ -299,3 +299,16 @@ def test_a_classification_head_takes_the_multiple_choice_task_over_its_labels(tm
     assert run_id not in result["tasks"]["tune_arena_probe"]  # a head writes no text
     assert "generate_until" in result["models"][run_id]["not_applicable"]["tune_arena_probe"]
     assert result["deltas"][run_id]["tune_arena_tickets"]["n"] == 4
+
+
+def test_a_users_task_over_a_missing_local_file_is_named_as_such(tmp_path):
+    (tmp_path / "lost.yaml").write_text(
+        "task: team_lost\ndataset_path: json\n"
+        f"dataset_kwargs:\n  data_files:\n    test: {tmp_path / 'nowhere.jsonl'}\n"
+        "output_type: multiple_choice\ntest_split: test\ndoc_to_text: \"{{q}}\"\ndoc_to_choice: \"{{options}}\"\n"
+        "doc_to_target: gold\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        run_benchmark([BenchmarkModel(BASE, _never_loaded)],
+                      BenchmarkConfig(tasks=["team_lost"], include=[str(tmp_path)]))
+    message = str(caught.value)
+    assert message.startswith("tasks: team_lost could not be loaded") and "Hugging Face Hub" not in message

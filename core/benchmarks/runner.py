@@ -194,6 +194,8 @@ def _group_map(raw: dict[str, Any]) -> dict[str, list[str]]:
 def _hub_dataset_error(task: str, err: BaseException) -> ConfigError | None:
     """One line for a task whose dataset is on the Hugging Face Hub and cannot be fetched here, else None."""
     text = f"{type(err).__name__}: {err}".lower()
+    if isinstance(err, FileNotFoundError | IsADirectoryError) or "no such file" in text or "unable to find" in text:
+        return None  # a local data file (a user's task folder): named as it is by the caller
     if not any(sign in text for sign in _OFFLINE_SIGNS):
         return None
     named = re.search(r"(?:reach|find|for) '([^']+)'", str(err))
