@@ -1,5 +1,8 @@
 """Vector stores: where a knowledge base keeps its chunk vectors and how it finds the nearest ones.
 
+Over 500 lines: the interface and both backends in one place, since each backend is read against the other (the
+same ids, scores and checks), and a split would only move half of that comparison away.
+
 A store holds unit-length float32 vectors under integer chunk ids and ranks them by inner product (= cosine). Two
 backends, picked by ``IndexConfig.backend`` (registry ``STORES``):
 
@@ -23,7 +26,7 @@ import re
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, TypeVar
 
 import faiss
 import numpy as np
@@ -39,10 +42,8 @@ from retrieval.folder import (
     read_vectors,
 )
 
-if TYPE_CHECKING:  # annotations only: index.py defines IndexConfig and imports this module
+if TYPE_CHECKING:
     from qdrant_client import QdrantClient
-
-    from retrieval.index import IndexConfig
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,21 @@ BATCH = 256  # points per upsert / retrieve request
 
 class VectorStoreError(TuneArenaError):
     """A Qdrant server that cannot be reached or refuses a request; the message names the server and what to do."""
+
+
+class IndexConfig(Protocol):
+    """The settings a store reads (retrieval.index.IndexConfig has them; declared here so that this module, which
+    retrieval.index imports, never imports it back)."""
+
+    backend: str
+    index_type: str
+    hnsw_m: int
+    hnsw_ef_construction: int
+    hnsw_ef_search: int
+    ivf_nlist: int
+    ivf_nprobe: int
+    qdrant_url: str | None
+    collection: str | None
 
 
 def default_collection(folder: str | Path) -> str:
