@@ -67,16 +67,7 @@ def make_lm(loaded: LoadedModel, *, backend: str = "hf", batch_size: int = 16, p
         for generation where it must (prompt learning) or was asked to (backend "engine")."""
 
         def _run(self, kind: str, requests: list, call: Callable[[list], list]) -> list:
-            done: list = []
-            if progress is not None:
-                progress(kind, 0, len(requests))
-            for start in range(0, len(requests), CHUNK):
-                if stop is not None and stop.is_set():
-                    raise BenchmarkStopped("benchmark: stopped")
-                done += call(requests[start : start + CHUNK])
-                if progress is not None:
-                    progress(kind, len(done), len(requests))
-            return done
+            return _chunked(kind, requests, call, progress, stop)
 
         def loglikelihood(self, requests, disable_tqdm: bool = False):
             return self._run("loglikelihood", requests, lambda part: super(TrackedLM, self).loglikelihood(
