@@ -81,6 +81,24 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
+def arena_prompts(engine: Any, context: Any, config: ArenaConfig, example: Any) -> tuple[list, list, list, float]:
+    """One demo question through the engine's arena, end to end (retrieval, prompts, one batched generate, scoring):
+    its answered results, their prompts and adapter keys (to regenerate them batched and one by one), and the
+    seconds it took. RuntimeError when a variant was unavailable."""
+    _sync()
+    began = time.perf_counter()
+    arena = engine.arena(example.instruction, config, reference=example.output, task=example.task,
+                         input_text=example.input)
+    _sync()
+    engine_s = time.perf_counter() - began
+    available = [result for result in arena.results if result.available]
+    missing = [f"{result.variant}: {result.error}" for result in arena.results if not result.available]
+    if missing:
+        raise RuntimeError(f"variants unavailable: {missing}")
+    keys = [context.adapter_keys.get(result.adapter) if result.adapter else None for result in available]
+    return available, [result.prompt for result in available], keys, engine_s
+
+
 def _batched(host, prompts: list[str], keys: list[str | None], generation: GenerationConfig,
              max_batch_size: int) -> tuple[list, float]:
     """(a) exactly what run_examples does: rows sorted by prompt length, one host.generate; outputs in input order."""
@@ -142,18 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         mismatches: list[dict[str, Any]] = []
         for number, example in enumerate(queries):
             # the engine's normal path (retrieval, prompts, one batched generate, scoring), end to end
-            _sync()
-            began = time.perf_counter()
-            arena = engine.arena(example.instruction, config, reference=example.output, task=example.task,
-                                 input_text=example.input)
-            _sync()
-            engine_s = time.perf_counter() - began
-            available = [result for result in arena.results if result.available]
-            missing = [f"{result.variant}: {result.error}" for result in arena.results if not result.available]
-            if missing:
-                raise RuntimeError(f"variants unavailable: {missing}")
-            prompts = [result.prompt for result in available]
-            keys = [context.adapter_keys.get(result.adapter) if result.adapter else None for result in available]
+            available, prompts, keys, engine_s = arena_prompts(engine, context, config, example)
             batched_times, single_times = [], []
             for repeat in range(args.repeats):  # alternate which mode goes first; keep the fastest of each
                 for mode in (("batched", "single") if (number + repeat) % 2 == 0 else ("single", "batched")):

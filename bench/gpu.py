@@ -128,13 +128,6 @@ def _line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text}"[:400]
 
 
-def _sync() -> None:
-    import torch
-
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-
-
 def _need_cuda(ctx: Context) -> None:
     if not ctx.cuda:
         raise Skip(NO_CUDA)
@@ -382,7 +375,7 @@ def _arena_setup(ctx: Context, decoder: str) -> tuple[Any, Any, Any, Any]:
 def step_generation(ctx: Context) -> dict[str, Any]:
     """The Arena's variants on demo questions: one batched generate vs one call per variant (bench.arena's own
     functions), with the engine's batch decoder and with decoder "hf"."""
-    from bench.arena import _batched, _one_by_one
+    from bench.arena import _batched, _one_by_one, arena_prompts
     from core.data import demo_path, load_examples
 
     queries = [ex for ex in load_examples(demo_path("test.jsonl")).examples if ex.output][: ctx.sizes.queries]
@@ -395,18 +388,8 @@ def step_generation(ctx: Context) -> dict[str, Any]:
                   "identical": 0, "engine_s": 0.0}
         answers[decoder] = []
         for example in queries:
-            _sync()
-            began = time.perf_counter()
-            arena = engine.arena(example.instruction, config, reference=example.output, task=example.task,
-                                 input_text=example.input)
-            _sync()
-            totals["engine_s"] += time.perf_counter() - began
-            available = [result for result in arena.results if result.available]
-            missing = [f"{result.variant}: {result.error}" for result in arena.results if not result.available]
-            if missing:
-                raise RuntimeError(f"variants unavailable: {missing}")
-            prompts = [result.prompt for result in available]
-            keys = [context.adapter_keys.get(result.adapter) if result.adapter else None for result in available]
+            _, prompts, keys, engine_s = arena_prompts(engine, context, config, example)
+            totals["engine_s"] += engine_s
             batched, batched_s = _batched(host, prompts, keys, config.generation, config.max_batch_size)
             single, single_s = _one_by_one(host, prompts, keys, config.generation)
             totals["batched_s"] += batched_s
