@@ -1,7 +1,7 @@
 """Data-parallel training (core.distributed, core.cli.launch, the loop's shards): two CPU processes (gloo) train the
-tiny model step for step as one process with the doubled batch, only rank 0 writes the run, a killed two-process run
-resumes (with the same or another process count) to the uninterrupted run's weights, and a bad start fails with one
-line and leaves no process behind."""
+tiny model step for step as one process with the doubled batch, also sharded (FSDP, core.training.sharding), only
+rank 0 writes the run, a killed two-process run resumes (with the same or another process count, sharded or not) to
+the uninterrupted run's weights, and a bad start fails with one line and leaves no process behind."""
 
 from __future__ import annotations
 
@@ -37,6 +37,33 @@ def test_one_process_is_world_size_one_and_sums_are_its_own(monkeypatch):
     assert all_sum([1.5, 2]) == [1.5, 2.0]
 
 
+@pytest.mark.parametrize(("values", "field", "words"), [
+    ({"method": "qlora"}, "method", "quantized"),
+    ({"method": "prefix_tuning"}, "method", "virtual tokens"),
+    ({"method": "adalora"}, "method", "rank allocator"),
+    ({"objective": "classification"}, "objective", "data parallel"),
+])
+def test_fsdp_refuses_state_it_cannot_shard_in_one_line(values, field, words):
+    from core.errors import ConfigError
+    from core.training import TrainingConfig
+
+    with pytest.raises(ConfigError) as err:
+        TrainingConfig(data="rows.jsonl", fsdp=True, **values)
+    assert str(err.value).startswith(f"{field}:") and words in str(err.value) and "\n" not in str(err.value)
+    TrainingConfig(data="rows.jsonl", **values)  # unsharded, the same run is fine
+
+
+def test_an_accelerate_config_asking_for_fsdp_shards_the_run(monkeypatch):
+    from core.training import TrainingConfig
+    from core.training.sharding import requested
+
+    config = TrainingConfig(data="rows.jsonl")
+    monkeypatch.delenv("ACCELERATE_USE_FSDP", raising=False)
+    assert not requested(config) and requested(TrainingConfig(data="rows.jsonl", fsdp=True))
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets from an FSDP config
+    assert requested(config)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> str:
     folder = tmp_path_factory.mktemp("dp-data")
@@ -45,21 +72,23 @@ def data(tmp_path_factory) -> str:
     return write_rows(folder / "train.jsonl", rows)
 
 
-def _train(tmp_path: Path, data: str, model: Path, out: str, *extra: str, timeout: float = 240) -> dict:
+def _train(tmp_path: Path, data: str, model: Path, out: str, *extra: str, timeout: float = 240,
+           method: str = "lora") -> dict:
     env = {**os.environ, "TUNE_ARENA_WORKSPACE": str(tmp_path / "ws")}
     env.pop("WORLD_SIZE", None)
+    no_dropout = ["--set", "dropout=0"] if method == "lora" else []
     proc = subprocess.run([sys.executable, "-m", "core", "train", "--data", data, "--model", str(model),
-                           "--method", "lora", "--device", "cpu", "--dtype", "fp32", "--val-fraction", "0",
-                           "--set", "dropout=0", "--lr", "0.01", "--out", str(tmp_path / out), "--json", *extra],
+                           "--method", method, "--device", "cpu", "--dtype", "fp32", "--val-fraction", "0",
+                           *no_dropout, "--lr", "0.01", "--out", str(tmp_path / out), "--json", *extra],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
 
-def _weights(run: Path) -> dict:
+def _weights(run: Path, folder: str = "adapter") -> dict:
     from safetensors.torch import load_file
 
-    return load_file(str(next((run / "adapter").glob("*.safetensors"))))
+    return load_file(str(next((run / folder).glob("*.safetensors"))))
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -80,6 +109,36 @@ def test_two_processes_train_as_one_process_with_the_doubled_batch(tmp_path, dat
     assert [row["step"] for row in metrics if "loss" in row] == [1, 2, 3, 4, 5]  # written once, by rank 0
     assert json.loads((tmp_path / "two" / "config.json").read_text())["num_processes"] == 2
     assert json.loads((tmp_path / "two" / "status.json").read_text())["state"] == "completed"
+
+
+@pytest.mark.parametrize(("method", "folder"), [("lora", "adapter"), ("full", "model")])
+def test_two_sharded_processes_train_as_one_process_with_the_doubled_batch(tmp_path, data, tiny_model_dir, method,
+                                                                            folder):
+    extra = ["--lr", "0.001"] if method == "full" else []
+    one = _train(tmp_path, data, tiny_model_dir, "one", "--batch-size", "6", "--max-steps", "4", "--val-fraction",
+                 "0.2", *extra, method=method)
+    # 3 + 3 rows per micro-batch, and 24 training rows: the last micro-batch of the epoch is whole, so add a run
+    # whose shares run dry (grad accum 2 over 8 rows per process) below
+    two = _train(tmp_path, data, tiny_model_dir, "two", "--batch-size", "3", "--num-processes", "2", "--fsdp",
+                 "--max-steps", "4", "--val-fraction", "0.2", *extra, method=method)
+    assert two["world_size"] == 2 and two["total_steps"] == one["total_steps"] == 4
+    assert two["train_loss"] == pytest.approx(one["train_loss"], abs=LOSS_TOL)
+    assert two["final_val_loss"] == pytest.approx(one["final_val_loss"], abs=LOSS_TOL)  # every rank validated
+    assert two["trainable_params"] == one["trainable_params"]  # counted before sharding
+    assert _max_difference(_weights(tmp_path / "one", folder), _weights(tmp_path / "two", folder)) < WEIGHT_TOL
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["fsdp"] is True
+
+
+def test_a_sharded_process_with_no_rows_still_takes_every_step(tmp_path, data, tiny_model_dir):
+    """24 training rows, global micro-batch 10 over 4 processes: the third micro-batch holds 4 rows, 1 per process,
+    and a batch of 10 over 4 ranks gives shares of 3, 3, 2, 2; with 3 processes and batch 4 the last holds 4 rows
+    (2, 1, 1); a rank's empty share must still run its passes or the job hangs."""
+    one = _train(tmp_path, data, tiny_model_dir, "one", "--batch-size", "9", "--max-steps", "3", "--val-fraction",
+                 "0.2", "--grad-accum", "2")
+    three = _train(tmp_path, data, tiny_model_dir, "three", "--batch-size", "3", "--num-processes", "3", "--fsdp",
+                   "--max-steps", "3", "--val-fraction", "0.2", "--grad-accum", "2")
+    assert three["train_loss"] == pytest.approx(one["train_loss"], abs=LOSS_TOL)
+    assert _max_difference(_weights(tmp_path / "one"), _weights(tmp_path / "three")) < WEIGHT_TOL
 
 
 def _kill_after_first_checkpoint(tmp_path: Path, data: str, model: Path, out: str, *extra: str) -> None:
@@ -122,10 +181,11 @@ def taught(tmp_path_factory, data, tiny_model_dir) -> str:
                   "0.02")["run_dir"]
 
 
-@pytest.mark.parametrize("resume_processes", ["2", "1"])
+@pytest.mark.parametrize(("resume_processes", "sharded"), [("2", False), ("1", False), ("1", True)])
 def test_a_killed_two_process_run_resumes_to_the_uninterrupted_weights(tmp_path, data, tiny_model_dir, whole,
-                                                                       resume_processes):
-    steps = STEPS
+                                                                       resume_processes, sharded):
+    """Also a sharded (FSDP) run, resumed by one unsharded process: its checkpoint holds whole tensors."""
+    steps = [*STEPS, "--fsdp"] if sharded else STEPS
     whole, whole_dir = whole
     _kill_after_first_checkpoint(tmp_path, data, tiny_model_dir, "killed", "--batch-size", "3",
                                  "--num-processes", "2", *steps)
@@ -217,13 +277,15 @@ def test_a_benchmark_over_two_processes_scores_as_one_process(tmp_path, tiny_mod
     assert len(list((tmp_path / "ws" / "benchmarks").glob("*.json"))) == 2  # one file per benchmark, by rank 0
 
 
-def test_an_fsdp_accelerate_config_is_refused_in_one_line(tmp_path, data, tiny_model_dir, monkeypatch):
+def test_an_fsdp_accelerate_config_refuses_a_method_it_cannot_shard(tmp_path, data, tiny_model_dir, monkeypatch):
+    """`accelerate launch` with an FSDP config sets ACCELERATE_USE_FSDP: the run is sharded whatever its config
+    says, so what cannot shard is refused before a run folder exists."""
     from training_helpers import tiny_config
 
     from core import training
     from core.errors import ConfigError
 
     monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
-    with pytest.raises(ConfigError, match="^accelerate: FSDP .* not supported yet"):
-        training.train(tiny_config(data, tiny_model_dir), runs_root=tmp_path / "runs")
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # refused before a run folder
+    with pytest.raises(ConfigError, match="^method: prompt_tuning's virtual tokens .* \\(without fsdp\\)"):
+        training.train(tiny_config(data, tiny_model_dir, method="prompt_tuning"), runs_root=tmp_path / "runs")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())

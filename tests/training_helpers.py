@@ -79,9 +79,9 @@ def capturing():
         record["initial_trainable"] = {n for n, p in model.named_parameters() if p.requires_grad}
         return model, loaded, compute
 
-    def save_spy(run, model, tokenizer, save_format):
+    def save_spy(run, model, tokenizer, save_format, state=None):
         record["model"] = model
-        return original_save(run, model, tokenizer, save_format)
+        return original_save(run, model, tokenizer, save_format, state)
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(objectives, "load_training_model", load_spy)

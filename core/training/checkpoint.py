@@ -11,14 +11,22 @@ from typing import TYPE_CHECKING, Any
 from core.errors import RunStateError
 from core.io import atomic_folder, remove_folder
 from core.runs import Run
+from core.training.sharding import like, whole
 
 if TYPE_CHECKING:
     import torch
 
 
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
-    """The trainable tensors by parameter name (tied weights once)."""
-    return {name: param.detach() for name, param in model.named_parameters() if param.requires_grad}
+def trainable_state(model: Any, keep: bool = True) -> dict[str, torch.Tensor]:
+    """The trainable tensors by parameter name (tied weights once), whole (a sharded model's shards are gathered:
+    every process calls it); ``keep=False``: gathered but not kept (an FSDP process that writes nothing)."""
+    state = {}
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            tensor = whole(param.detach())
+            if keep:
+                state[name] = tensor.contiguous().cpu()
+    return state
 
 
 def _adalora_allocator(model: Any) -> Any:
@@ -38,31 +46,37 @@ def finalize_adalora(model: Any) -> None:
 
 
 def save_checkpoint(run: Run, model: Any, optimizer: Any, scheduler: Any, step: int, extra: dict[str, Any],
-                    keep: int, scaler: Any = None) -> Path:
+                    keep: int, scaler: Any = None, write: bool = True) -> Path | None:
     """checkpoints/step-N/: trainable weights, optimizer state, scheduler, RNG and loop state, written through
     core.io.atomic_folder (a kill mid-save leaves the previous checkpoint as the latest); the oldest beyond ``keep``
-    are removed with core.io.remove_folder (never a half-deleted ``step-N``)."""
+    are removed with core.io.remove_folder (never a half-deleted ``step-N``). Tensors are saved whole, as one
+    process holds them: a sharded (FSDP) model's every process calls this to gather them, and only the one with
+    ``write`` saves."""
     import torch
     from safetensors.torch import save_file
 
+    weights = trainable_state(model, keep=write)
+    opt = optimizer.state_dict()
+    tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    scalars: dict[str, Any] = {}
+    for index, state in opt["state"].items():
+        for key, value in state.items():
+            if torch.is_tensor(value):
+                gathered = whole(value)
+                if write:
+                    tensors[f"optimizer.{index}.{key}"] = gathered.contiguous().cpu()
+            else:
+                scalars[f"{index}.{key}"] = value
+    if not write:
+        return None
     root = run.path / "checkpoints"
     root.mkdir(exist_ok=True)
     final = root / f"step-{step:08d}"
     with atomic_folder(final) as tmp:
-        weights = {name: t.contiguous().cpu() for name, t in trainable_state(model).items()}
         save_file(weights, str(tmp / "trainable.safetensors"))
-        opt = optimizer.state_dict()
-        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            for i, state in enumerate(torch.cuda.get_rng_state_all()):
-                tensors[f"rng.cuda.{i}"] = state
-        scalars: dict[str, Any] = {}
-        for index, state in opt["state"].items():
-            for key, value in state.items():
-                if torch.is_tensor(value):
-                    tensors[f"optimizer.{index}.{key}"] = value.contiguous().cpu()
-                else:
-                    scalars[f"{index}.{key}"] = value
         allocator = _adalora_allocator(model)
         if allocator is not None:
             for attr in ("ipt", "exp_avg_ipt", "exp_avg_unc"):
@@ -97,15 +111,17 @@ def load_checkpoint(checkpoint: Path, model: Any, optimizer: Any, scheduler: Any
     missing = sorted(set(weights) ^ {n for n, p in params.items() if p.requires_grad})
     if missing:
         raise RunStateError(f"resume: checkpoint {checkpoint.name} does not match the model ({missing[0]})")
-    with torch.no_grad():
+    with torch.no_grad():  # a sharded parameter takes this process's shard of the whole tensor
         for name, tensor in weights.items():
-            params[name].copy_(tensor.to(params[name].device, params[name].dtype))
+            params[name].copy_(like(tensor.to(params[name].device, params[name].dtype), params[name]))
     tensors = load_file(str(checkpoint / "optimizer.safetensors"))
+    in_order = [param for group in optimizer.param_groups for param in group["params"]]  # the state's indices
     opt_state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
+    for key, value in sorted(tensors.items()):  # the same order in every process: shards are scattered
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
-            opt_state.setdefault(int(index), {})[name] = value
+            param = in_order[int(index)]
+            opt_state.setdefault(int(index), {})[name] = like(value, param) if value.shape == param.shape else value
     for key, value in state["optimizer_scalars"].items():
         index, name = key.split(".", 1)
         opt_state.setdefault(int(index), {})[name] = value

@@ -12,6 +12,7 @@ from core.errors import ConfigError
 from core.methods import get_method
 from core.training.hybrids import check as check_hybrids
 from core.training.objectives import get_objective
+from core.training.sharding import check as check_sharding
 
 PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
 
@@ -47,6 +48,9 @@ class TrainingConfig:
     num_processes: int = _help("Processes training together, data parallel (gloo between CPU processes, NCCL between "
                                "GPUs): each step's batch is batch_size x num_processes examples, split between them; "
                                "the steps, schedule and losses are those of one process with that batch", 1)
+    fsdp: bool = _help("Shard the weights, gradients and optimizer state over the processes (PyTorch FSDP), for a "
+                       "model that does not fit one device: sft with full, freeze, lora or ia3; with num_processes > 1",
+                       False)
     max_length: int = _help("Most tokens per example (prompt cut from the left first); DPO: per prompt + answer "
                             "sequence, the prompt cut from the left first", 512)
     scheduler: str = _help("Learning-rate schedule after warmup: cosine, linear or constant", "cosine")
@@ -135,6 +139,8 @@ class TrainingConfig:
               f"must be an integer >= 0, got {self.gradual_unfreezing!r}")
         check_hybrids(self)
         objective.validate(self)
+        if self.fsdp:
+            check_sharding(self)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainingConfig:

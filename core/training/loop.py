@@ -15,14 +15,15 @@ plans the steps of one process with the global batch (batch_size x num_processes
 micro-batch, weighs its loss by its share of the global units, and the gradients are summed over the processes
 (core.distributed) before clipping and the optimizer step, so each step is the one-process step with the global batch.
 Rank 0 alone writes the run (config, status, metrics, validation, checkpoints, weights); a run resumes with another
-process count (the global batch is the run's, fixed at its start).
+process count (the global batch is the run's, fixed at its start). With ``fsdp`` (or an accelerate config asking for
+FSDP) the model is sharded over the processes (core.training.sharding): the same steps, every process in every
+forward pass, checkpoints and weights gathered whole.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
 import random
 import threading
 import time
@@ -36,7 +37,8 @@ from core.errors import ConfigError, QuotaError, RunStateError, TrainingOutOfMem
 from core.io import folder_bytes, remove_folder, write_atomic, write_json
 from core.methods import get_method
 from core.models import load_tokenizer, pick_device
-from core.runs import Run, RunStore, render_card
+from core.runs import FULL_FORMAT, Run, RunStore, render_card
+from core.training import sharding
 from core.training.batches import PreparedData, epoch_batches, prepare_data
 from core.training.checkpoint import _adalora_allocator, finalize_adalora, load_checkpoint, save_checkpoint
 from core.training.config import TrainingConfig
@@ -108,10 +110,11 @@ class _Follower(Run):
 
 def _join(config: TrainingConfig) -> distributed.World:
     """This process's place in a data-parallel job (world size 1 alone); CUDA ranks take their own GPU."""
-    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true"):  # an accelerate config asking for FSDP
-        raise ConfigError("accelerate: FSDP (sharding the model over the GPUs) is not supported yet; training is data "
-                          "parallel, so the model must fit one GPU: use an accelerate config without FSDP, or QLoRA")
+    if sharding.requested(config):  # also an accelerate config asking for FSDP, whatever the run's config says
+        sharding.check(config)
     world = distributed.init(pick_device(config.device))
+    if sharding.requested(config) and not world.distributed:
+        logger.warning("fsdp: one process has nothing to shard with; training unsharded")
     if world.distributed and world.size > config.batch_size * config.num_processes:
         raise ConfigError(f"num_processes: {world.size} processes for a batch of "
                           f"{config.batch_size * config.num_processes} examples; some would have nothing to do")
@@ -250,6 +253,10 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     session.start(run, checkpoint is not None)
     model, device, compute = session.model, session.device, session.compute
     trainable, total_params = session.counts()
+    sharded = world.distributed and sharding.requested(config)
+    if sharded:  # before the optimizer: it holds the shards
+        sharding.shard(model)
+        session.fast = False  # the answer-only head calls the decoder and the head outside the root unit's forward
     lr = config.learning_rate or method.default_lr
     optimizer = torch.optim.AdamW(session.parameter_groups(lr), lr=lr, weight_decay=config.weight_decay)
     scheduler = _scheduler(optimizer, config.scheduler, warmup, total)
@@ -276,48 +283,65 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     global_batch = config.batch_size * config.num_processes
 
     def micro_batch(position: int) -> list[int]:
-        """This process's examples of the global micro-batch at ``position`` (all of them for one process)."""
+        """The global micro-batch at ``position``."""
         epoch, index = divmod(position, micro_per_epoch)
         if epoch not in cache:
             cache.clear()
             cache[epoch] = epoch_batches(lengths, global_batch, config.seed, epoch, config.group_by_length)
-        return distributed.shard(cache[epoch][index], world)
+        return cache[epoch][index]
+
+    def passes(step: int) -> list[tuple[dict[str, Any], bool]]:
+        """This process's (batch, counts) forward passes of optimizer step ``step``: its share of each micro-batch
+        (all of it for one process). Sharded, every process runs every pass: an empty share runs the micro-batch's
+        first row, not counted."""
+        out = []
+        for k in range(config.grad_accum):
+            rows = micro_batch(step * config.grad_accum + k)
+            share = distributed.shard(rows, world)
+            if share or sharded:
+                out.append((session.collate([data.train[i] for i in share or rows[:1]]), bool(share)))
+        return out
 
     allocator = _adalora_allocator(model)
     val_losses = [row["val_loss"] for row in run.metrics() if "val_loss" in row]
     train_losses = [row["loss"] for row in run.metrics() if "loss" in row]
     state = "completed"
     with PeakMemory(device) as memory:
-        if checkpoint is None and data.val and world.is_main:  # the starting point of the validation curve
+        if checkpoint is None and data.val and (world.is_main or sharded):  # the validation curve's first point
             val = _validate(run, session, 0, on_eval)
             val_losses.append(val)
         while step < total:
             step_start = time.perf_counter()
             session.before_step(step)
-            shares = [micro_batch(step * config.grad_accum + k) for k in range(config.grad_accum)]
-            batches = [session.collate([data.train[i] for i in share]) for share in shares if share]
-            local_units = sum(session.units(b) for b in batches)
+            batches = passes(step)
+            local_units = sum(session.units(batch) for batch, counts in batches if counts)
             step_tokens = int(distributed.all_sum([local_units])[0]) or 1  # every process's units
             step_loss, step_seen = 0.0, 0
-            for batch in batches:
-                n = session.units(batch)
-                if n == 0:
+            for batch, counts in batches:
+                n = session.units(batch) if counts else 0
+                if n == 0 and not sharded:
                     continue
                 with autocast(device, compute):
-                    loss = session.loss(batch)
-                scaled = loss * (n / step_tokens)  # token-weighted mean over the accumulation window (and processes)
+                    if n == 0:  # a sharded pass that counts for nothing: zero gradients, but the gathers happen
+                        loss = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                        scaled = loss.float().sum() * 0.0
+                    else:
+                        loss = session.loss(batch)
+                        scaled = loss * (n / step_tokens)  # token-weighted mean over the window (and processes)
                 (scaler.scale(scaled) if scaler else scaled).backward()
-                step_loss += float(loss.detach()) * n / step_tokens
-                step_seen += int(batch["attention_mask"].sum())
+                if n:
+                    step_loss += float(loss.detach()) * n / step_tokens
+                    step_seen += int(batch["attention_mask"].sum())
             if world.distributed:  # the global batch's gradient on every process, then the same step everywhere
-                distributed.all_sum_grads(session.trainable())
+                if not sharded:  # FSDP's reduce-scatter summed them already
+                    distributed.all_sum_grads(session.trainable())
                 step_loss, step_seen = distributed.all_sum([step_loss, step_seen])
                 step_seen = int(step_seen)
             tokens_seen += step_seen
             if scaler:
                 scaler.unscale_(optimizer)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(session.trainable(),
-                                                             config.max_grad_norm or float("inf")))
+            grad_norm = float(sharding.whole(torch.nn.utils.clip_grad_norm_(session.trainable(),
+                                                                            config.max_grad_norm or float("inf"))))
             if scaler:
                 scaler.step(optimizer)
                 scaler.update()
@@ -341,20 +365,25 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
             stopping = stop_event is not None and stop_event.is_set()
             if world.distributed:  # one process stopped (Ctrl-C reaches them all, a UI stop only one): all stop
                 stopping = distributed.all_sum([float(stopping)])[0] > 0
-            if data.val and world.is_main and (step % eval_every == 0 or step == total or stopping):
+            # sharded, every process takes part (the gathers), and rank 0 alone records and writes
+            if data.val and (world.is_main or sharded) and (step % eval_every == 0 or step == total or stopping):
                 val_losses.append(_validate(run, session, step, on_eval))
-            if world.is_main and (step % checkpoint_every == 0 or stopping or step == total):
+            if (world.is_main or sharded) and (step % checkpoint_every == 0 or stopping or step == total):
                 save_checkpoint(run, model, optimizer, scheduler, step,
                                 {"tokens_seen": tokens_seen, "train_s": train_s, "total_steps": total,
                                  "data_sha256": data.sha256},
-                                config.keep_checkpoints, scaler)
+                                config.keep_checkpoints, scaler, write=world.is_main)
             run.set_status("running", step=step, total_steps=total)
             if stopping and step < total:
                 state = "stopped"
                 logger.info("stopped at step %d/%d", step, total)
                 break
     finalize_adalora(model)
-    weights = session.save(run) if world.is_main else run.path
+    if sharded:  # the whole weights on rank 0 (an adapter's alone), then saved as one process would
+        tensors = sharding.whole_state(model, get_method(config.method).save_format != FULL_FORMAT)
+        weights = session.save(run, tensors) if world.is_main else run.path
+    else:
+        weights = session.save(run) if world.is_main else run.path
     distributed.barrier()  # the weights are on disk before any process returns
     result = TrainResult(
         run_dir=str(run.path), run_id=run.run_id, method=config.method, state=state, steps=step, total_steps=total,

@@ -25,6 +25,7 @@ from core.models import pick_device
 from core.registry import Registry
 from core.training.hybrids import before_step, parameter_groups
 from core.training.model import load_training_model
+from core.training.sharding import is_sharded
 from core.training.weights import save_trained
 
 if TYPE_CHECKING:
@@ -60,6 +61,8 @@ def supports_answer_only_head(model: Any) -> bool:
     if getattr(model, "peft_type", None) == "ADALORA":  # AdaLoRA adds its orthogonality penalty in forward
         return False
     if getattr(getattr(model, "active_peft_config", None), "is_prompt_learning", False):
+        return False
+    if is_sharded(model):  # FSDP gathers weights in the root's forward, which the shortcut bypasses
         return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     return getattr(base.config, "model_type", None) in _PLAIN_HEAD_MODELS and hasattr(base, "get_decoder")
@@ -211,9 +214,10 @@ class TrainingSession:
         return {"val_loss": evaluate_loss(self.model, examples, self.config.batch_size, self.pad_id, self.device,
                                           self.compute, self.objective)}
 
-    def save(self, run: Run) -> Path:
-        """The trained weights in the method's save format; returns their folder."""
-        return save_trained(run, self.model, self.tokenizer, get_method(self.config.method).save_format)
+    def save(self, run: Run, state: dict[str, Any] | None = None) -> Path:
+        """The trained weights in the method's save format; returns their folder. ``state``: the whole tensors of
+        a sharded model (core.training.sharding.whole_state)."""
+        return save_trained(run, self.model, self.tokenizer, get_method(self.config.method).save_format, state)
 
     def summary(self) -> dict[str, Any]:
         """The objective's extras for result.json and ``train --json`` (after ``save``)."""

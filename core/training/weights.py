@@ -12,20 +12,23 @@ from core.runs import FULL_FORMAT, PEFT_FORMAT, SAVE_FORMATS, Run
 from core.training.checkpoint import trainable_state
 
 
-def save_trained(run: Run, model: Any, tokenizer: Any, save_format: str) -> Path:
+def save_trained(run: Run, model: Any, tokenizer: Any, save_format: str, state: dict[str, Any] | None = None) -> Path:
     """The run's weights folder in ``save_format``: adapter/ (PEFT, safetensors), model/ (full model + tokenizer)
-    or weights/ (trained tensors only + weights.json). Replaces an earlier save of the same run atomically."""
+    or weights/ (trained tensors only + weights.json). Replaces an earlier save of the same run atomically.
+    ``state``: the model's whole tensors by name, gathered by the caller (a sharded model's own are shards)."""
     from safetensors.torch import save_file
 
     storage = SAVE_FORMATS[save_format]
     final = run.path / storage.folder
     with atomic_folder(final) as folder:
         if save_format in (PEFT_FORMAT, FULL_FORMAT):
-            model.save_pretrained(folder, safe_serialization=True)
+            extra = {} if state is None else {"state_dict": state}
+            model.save_pretrained(folder, safe_serialization=True, **extra)
             if save_format == FULL_FORMAT:
                 tokenizer.save_pretrained(folder)
         else:
-            state = {name: t.contiguous().cpu() for name, t in trainable_state(model).items()}
+            names = [name for name, param in model.named_parameters() if param.requires_grad]
+            state = trainable_state(model) if state is None else {name: state[name] for name in names}
             save_file(state, str(folder / storage.weights_file))
             (folder / "weights.json").write_text(json.dumps({"tensors": sorted(state)}, indent=1))
     return final
