@@ -143,9 +143,10 @@ def test_gpu_bench_smoke(bundled_home, tmp_path, monkeypatch):
 @pytest.mark.integration
 def test_distributed_bench_smoke(bundled_home):
     result = _run_bench("distributed", bundled_home)
-    one, two = result["runs"]
-    assert (one["world_size"], two["world_size"]) == (1, 2) and one["global_batch"] == two["global_batch"]
-    assert one["tokens_per_s"] > 0 and two["tokens_per_s"] > 0
+    one, two, sharded = result["runs"]
+    assert (one["world_size"], two["world_size"], sharded["world_size"]) == (1, 2, 2)
+    assert sharded["fsdp"] and not two["fsdp"] and one["global_batch"] == two["global_batch"] == sharded["global_batch"]
+    assert one["tokens_per_s"] > 0 and two["tokens_per_s"] > 0 and sharded["tokens_per_s"] > 0
     # the same steps; bf16 autocast rounds a batch of 2 padded rows and two batches of 1 differently (2.4e-2 seen),
     # fp32 agrees to 1e-6 (tests/test_distributed.py)
     assert result["max_loss_difference"] < 0.1

@@ -42,6 +42,7 @@ def test_one_process_is_world_size_one_and_sums_are_its_own(monkeypatch):
     ({"method": "prefix_tuning"}, "method", "virtual tokens"),
     ({"method": "adalora"}, "method", "rank allocator"),
     ({"objective": "classification"}, "objective", "data parallel"),
+    ({"method": "freeze", "gradual_unfreezing": 2}, "gradual_unfreezing", "data parallel"),
 ])
 def test_fsdp_refuses_state_it_cannot_shard_in_one_line(values, field, words):
     from core.errors import ConfigError
@@ -111,10 +112,10 @@ def test_two_processes_train_as_one_process_with_the_doubled_batch(tmp_path, dat
     assert json.loads((tmp_path / "two" / "status.json").read_text())["state"] == "completed"
 
 
-@pytest.mark.parametrize(("method", "folder"), [("lora", "adapter"), ("full", "model")])
+@pytest.mark.parametrize(("method", "folder"), [("lora", "adapter"), ("full", "model"), ("freeze", "weights")])
 def test_two_sharded_processes_train_as_one_process_with_the_doubled_batch(tmp_path, data, tiny_model_dir, method,
                                                                             folder):
-    extra = ["--lr", "0.001"] if method == "full" else []
+    extra = ["--lr", "0.001"] if method in ("full", "freeze") else []
     one = _train(tmp_path, data, tiny_model_dir, "one", "--batch-size", "6", "--max-steps", "4", "--val-fraction",
                  "0.2", *extra, method=method)
     # 3 + 3 rows per micro-batch, and 24 training rows: the last micro-batch of the epoch is whole, so add a run

@@ -6,9 +6,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from core.distributed import current
 from core.errors import ConfigError
 from core.methods import PEFT_FORMAT, BuildContext, get_method, quantization_config
 from core.models import LoadedModel, load_causal_lm, pick_device, pick_dtype
+from core.training.sharding import requested
 
 if TYPE_CHECKING:
     import torch
@@ -40,6 +42,11 @@ def make_trainable(model: Any, config: Any, tokenizer: Any, total_steps: int, *,
     return model
 
 
+def sharded_run(config: Any) -> bool:
+    """Whether this process trains a shard of the model (FSDP over more than one process)."""
+    return requested(config) and current().distributed
+
+
 def load_training_model(config: Any, total_steps: int) -> tuple[Any, LoadedModel, torch.dtype]:
     """A fresh copy of the base made trainable by the method's builder.
 
@@ -57,7 +64,9 @@ def load_training_model(config: Any, total_steps: int) -> tuple[Any, LoadedModel
                                 quantization_config=quantization_config(method_config, compute))
     else:
         store = torch.float32 if method.save_format != PEFT_FORMAT else compute
-        loaded = load_causal_lm(config.base_model, device=device, dtype=store)
+        # a sharded run builds the model in host memory; sharding moves each rank's shards to its GPU
+        where = "cpu" if sharded_run(config) else device
+        loaded = load_causal_lm(config.base_model, device=where, dtype=store)
     if loaded.tokenizer.pad_token_id is None:
         raise ConfigError(f"base_model: {loaded.resolved.name} has no pad or eos token")
     model = make_trainable(loaded.model, config, loaded.tokenizer, total_steps)

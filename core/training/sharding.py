@@ -44,6 +44,9 @@ def check(config: Any) -> None:
     if config.method == "adalora":
         raise ConfigError("method: AdaLoRA's rank allocator reads and masks whole weights between steps, which FSDP "
                           "keeps in shards; train it data parallel (without fsdp)")
+    if config.gradual_unfreezing:
+        raise ConfigError("gradual_unfreezing: opening blocks during a sharded run changes which shards have "
+                          "gradients; use layerwise_lr_decay, or train it data parallel (without fsdp)")
     if config.objective not in FSDP_OBJECTIVES:
         raise ConfigError(f"objective: FSDP shards {', '.join(FSDP_OBJECTIVES)} runs; the {config.objective} "
                           "objective trains data parallel (without fsdp)")
