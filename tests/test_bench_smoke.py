@@ -110,6 +110,11 @@ def test_benchmarks_bench_smoke(bundled_home):
     assert all(row["tokens"] > 0 and row["tokens_per_s"] > 0 for row in backends.values())
     assert result["answers"] == 8 and 0 <= result["answers_identical"] <= 8
     assert result["loglikelihood"]["requests"] == 32 and result["decision"]
+    versus = result["versus_lm_eval"]  # the harness as it ships (batch 1 and 16) against the engine
+    assert set(versus) == {"lm_eval_hf_batch_1", "lm_eval_hf_batch_16", "engine"}
+    assert all(row["tokens"] > 0 for row in versus.values())
+    fastest_plain = max(versus["lm_eval_hf_batch_1"]["tokens_per_s"], versus["lm_eval_hf_batch_16"]["tokens_per_s"])
+    assert result["speedup_vs_lm_eval"] == pytest.approx(versus["engine"]["tokens_per_s"] / fastest_plain, rel=0.01)
 
 
 @pytest.mark.integration
