@@ -53,22 +53,30 @@ def cpu_shares() -> dict[str, float] | None:
             "niced_jobs": round(nice / total, 3), "idle": round((now["idle"] - _STARTED["idle"]) / total, 3)}
 
 
+# the CPU features that decide which matmul kernels run (oneDNN): the "machine kind" a figure belongs to
+MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16",
+                "amx_int8", "asimd", "sve")
+
+
 def machine() -> dict[str, Any]:
-    """CPU model, cores, bf16 support, GPU, package versions: every result file carries this."""
+    """CPU model and matrix flags, cores, bf16 support, GPU, package versions: every result file carries this."""
     import torch
     import transformers
 
     from core.models import cpu_has_bf16
 
-    cpu = platform.processor()
+    cpu, flags = platform.processor(), []
     if Path("/proc/cpuinfo").exists():
-        cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name")), cpu)
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        present = next((line.split(":", 1)[1].split() for line in lines if line.startswith("flags")), [])
+        flags = [flag for flag in MATRIX_FLAGS if flag in present]
     memory = None
     if Path("/proc/meminfo").exists():
         total = next(line for line in Path("/proc/meminfo").read_text().splitlines() if line.startswith("MemTotal"))
         memory = round(int(total.split()[1]) / 2**20, 1)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory, "bf16_hardware": cpu_has_bf16(),
+    return {"cpu": cpu, "cpu_flags": flags, "cores": os.cpu_count(), "memory_gib": memory,
+            "bf16_hardware": cpu_has_bf16(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
             "torch": torch.__version__, "transformers": transformers.__version__,
             "torch_threads": torch.get_num_threads()}
