@@ -43,7 +43,6 @@ from core.training.batches import PreparedData, epoch_batches, prepare_data
 from core.training.checkpoint import _adalora_allocator, finalize_adalora, load_checkpoint, save_checkpoint
 from core.training.config import TrainingConfig
 from core.training.memory import PeakMemory, is_out_of_memory, out_of_memory_message, release_memory
-from core.training.model import sharded_run
 from core.training.objectives import TrainingResources, autocast, get_objective
 
 logger = logging.getLogger(__name__)
@@ -254,7 +253,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     session.start(run, checkpoint is not None)
     model, device, compute = session.model, session.device, session.compute
     trainable, total_params = session.counts()
-    sharded = sharded_run(config)
+    sharded = sharding.sharded_run(config)
     if sharded:  # before the optimizer: it holds the shards
         sharding.shard(model)
         session.fast = False  # the answer-only head calls the decoder and the head outside the root unit's forward

@@ -6,11 +6,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from core.distributed import current
 from core.errors import ConfigError
 from core.methods import PEFT_FORMAT, BuildContext, get_method, quantization_config
 from core.models import LoadedModel, load_causal_lm, pick_device, pick_dtype
-from core.training.sharding import requested
+from core.training.sharding import sharded_run
 
 if TYPE_CHECKING:
     import torch
@@ -40,11 +39,6 @@ def make_trainable(model: Any, config: Any, tokenizer: Any, total_steps: int, *,
             model.enable_input_require_grads()
     model.train()
     return model
-
-
-def sharded_run(config: Any) -> bool:
-    """Whether this process trains a shard of the model (FSDP over more than one process)."""
-    return requested(config) and current().distributed
 
 
 def load_training_model(config: Any, total_steps: int) -> tuple[Any, LoadedModel, torch.dtype]:

@@ -17,6 +17,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any
 
+from core.distributed import current
 from core.errors import ConfigError
 from core.methods import get_method
 
@@ -30,6 +31,11 @@ def requested(config: Any) -> bool:
     """Whether this run shards its model: ``fsdp`` in its config, or an accelerate config asking for FSDP
     (``accelerate launch`` sets ACCELERATE_USE_FSDP)."""
     return bool(config.fsdp) or os.environ.get("ACCELERATE_USE_FSDP", "").lower() in ("1", "true")
+
+
+def sharded_run(config: Any) -> bool:
+    """Whether this process trains a shard of the model: FSDP asked for, over more than one process."""
+    return requested(config) and current().distributed
 
 
 def check(config: Any) -> None:
