@@ -47,7 +47,10 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
         engine.install_demo_eval()
     except OSError as err:  # the app works without it
         logger.warning("demo evaluation not installed: %s", err)
-    with gr.Blocks(title=TITLE) as demo:
+    settings = engine.visitors.settings if engine.visitors is not None else None
+    # shared: Gradio's own copies of uploads and downloads (its cache, outside the workspaces) go with the sweep's age
+    cache_ttl = None if settings is None else (int(settings.sweep_every_s), int(settings.ttl_hours * 3600))
+    with gr.Blocks(title=TITLE, delete_cache=cache_ttl) as demo:
         gr.Markdown(f"# {TITLE}\nPrompting, RAG or fine-tuning? Compare them on your task, side by side.")
         if engine.visitors is not None:
             with gr.Row():
@@ -108,9 +111,13 @@ def build_app(engine: Engine | None = None) -> gr.Blocks:
 
 
 def login_available() -> bool:
-    """Sign-in with Hugging Face: a Space with ``hf_oauth: true`` (it sets OAUTH_CLIENT_ID) and Gradio's OAuth
-    packages installed."""
+    """Sign-in with Hugging Face: a Space (``SYSTEM=spaces``, ``SPACE_ID``) with ``hf_oauth: true`` (it sets
+    OAUTH_CLIENT_ID) and Gradio's OAuth packages installed. Elsewhere Gradio would fake the sign-in with the machine's
+    own Hugging Face token (and refuse to build the app without one)."""
     if not os.environ.get("OAUTH_CLIENT_ID"):
+        return False
+    if os.environ.get("SYSTEM") != "spaces" or not os.environ.get("SPACE_ID"):
+        logger.warning("OAUTH_CLIENT_ID is set outside a Hugging Face Space: no sign-in button")
         return False
     try:
         import authlib  # noqa: F401

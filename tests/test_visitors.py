@@ -3,9 +3,11 @@ with one-line refusals, one training queue for all, and the sweep of stale anony
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -16,6 +18,8 @@ from test_jobs import Scripted
 from training_helpers import ROWS, tiny_config, write_rows
 from verdict_helpers import install_eval
 
+from core.arena import ArenaConfig
+from core.data.demo import demo_path
 from core.engine import Engine
 from core.engine.visitors import SEEN_FILE, Visitor, VisitorSettings
 from core.errors import ConfigError, JobBusyError, NameRuleError, QuotaError, RunStateError
@@ -224,21 +228,26 @@ def test_the_sweep_removes_stale_anonymous_workspaces_only(instance, caplog):
     fake = Scripted()
     busy.jobs._train = fake
     busy.jobs.start(tiny_config("d.jsonl", "base"))
+    demo_index = instance.ensure_demo_index()  # the shared index, built (by a visitor's request) long ago
     day_ago = time.time() - 25 * 3600
     for folder in (stale, signed, busy.workspace.root):
         os.utime(folder / SEEN_FILE, (day_ago, day_ago))
         os.utime(folder, (day_ago, day_ago))
+    os.utime(demo_index, (day_ago, day_ago))
     with caplog.at_level(logging.INFO, logger="core.engine.visitors"):
         removed = instance.visitors.sweep()
     assert removed == [stale] and not stale.exists()
     assert fresh.is_dir() and signed.is_dir() and busy.workspace.root.is_dir()
     assert (instance.workspace.root / "runs" / "demo-quick-lora").is_dir()
     assert (instance.workspace.root / "evals" / "demo-eval" / "results.json").is_file()
+    assert (demo_index / "manifest.json").is_file() and instance.search("demo", "error code", 1)
     assert any("swept" in record.message and stale.name in record.message for record in caplog.records)
     fake.release.set()
     busy.jobs.wait(5)
     again = instance.visitors.engine(ALICE)  # a swept visitor who comes back starts afresh
-    assert again.workspace.root == stale and stale.is_dir() and again.list_indexes() == []
+    assert again.workspace.root == stale and stale.is_dir()
+    assert [row["name"] for row in again.list_indexes()] == ["demo"]  # only the shared items are left
+    assert [row["run_id"] for row in again.list_runs()] == ["demo-quick-lora"]
 
 
 def test_signed_in_workspaces_live_in_persistent_storage(tmp_path):
@@ -246,6 +255,71 @@ def test_signed_in_workspaces_live_in_persistent_storage(tmp_path):
     engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True, persistent=keep))
     assert engine.visitors.engine(Visitor.signed_in_as("ada")).workspace.root == keep / "visitors" / "hf-ada"
     assert engine.visitors.engine(ALICE).workspace.root.parent == tmp_path / "ws" / "visitors"
+
+
+def test_persistent_storage_is_picked_on_a_space_with_a_writable_data_mount(tmp_path):
+    assert inspect.signature(VisitorSettings.from_env).parameters["data"].default == Path("/data")
+    mount, space = tmp_path / "data", {"SPACE_ID": "team/tune-arena"}
+    assert VisitorSettings.from_env(space, data=mount).persistent is None  # no persistent storage on this Space
+    mount.mkdir()
+    assert VisitorSettings.from_env(space, data=mount).persistent == mount / "tune-arena"
+    assert VisitorSettings.from_env({"TUNE_ARENA_MULTI_USER": "1"}, data=mount).persistent is None  # not a Space
+    elsewhere = {**space, "TUNE_ARENA_PERSISTENT_DIR": str(tmp_path / "keep")}
+    assert VisitorSettings.from_env(elsewhere, data=mount).persistent == tmp_path / "keep"
+    if os.geteuid() != 0:  # root may write to a read-only folder: the check only means something for a user
+        mount.chmod(0o555)
+        try:
+            assert VisitorSettings.from_env(space, data=mount).persistent is None
+        finally:
+            mount.chmod(0o755)
+    assert list(mount.iterdir()) == []  # reading the settings writes nothing
+
+
+def test_a_signed_in_visitors_work_survives_a_restart(tmp_path, monkeypatch):
+    monkeypatch.setattr(Engine, "embedder", lambda self, name=None: FakeEmbedder())
+    settings = VisitorSettings(enabled=True, persistent=tmp_path / "data" / "tune-arena")
+    ada_visitor = Visitor.signed_in_as("ada")
+    before = Engine(tmp_path / "ws", confined=True, visitors=settings)
+    ada = before.visitors.engine(ada_visitor)
+    stored = ada.store_upload(document(tmp_path / "in", "ada.md", "# Ada\nThe zorblax launch is in May."),
+                              "documents")
+    ada.build_index([stored], "ada-notes")
+    fake_run(ada.workspace.runs, "ada-run")
+    install_eval(ada.workspace.root, "ada-eval")
+    fake_run(before.visitors.engine(ALICE).workspace.runs, "alice-run")  # anonymous: in the ephemeral workspace
+
+    shutil.rmtree(tmp_path / "ws")  # a Space restart: the ephemeral disk starts empty, /data is kept
+    after = Engine(tmp_path / "ws", confined=True, visitors=settings)
+    after.install_demo_run()
+    ada = after.visitors.engine(ada_visitor)
+    assert {row["run_id"] for row in ada.list_runs()} == {"ada-run", "demo-quick-lora"}
+    assert ada.find_run("ada-run").path == settings.persistent / "visitors" / "hf-ada" / "runs" / "ada-run"
+    assert [row["name"] for row in ada.list_indexes()] == ["ada-notes"]
+    assert ada.search("ada-notes", "zorblax", 1)[0].chunk.text.startswith("# Ada")
+    assert [row["name"] for row in ada.list_evals()] == ["ada-eval"] and stored.is_file()
+    alice = after.visitors.engine(ALICE)
+    assert [row["run_id"] for row in alice.list_runs()] == ["demo-quick-lora"]  # anonymous work went with the disk
+    removed = after.visitors.sweep(now=time.time() + 1000 * 3600)  # long after: every anonymous workspace is stale
+    assert removed == [alice.workspace.root] and ada.workspace.root.is_dir()
+
+
+def test_the_disk_quota_refuses_an_index_build_and_an_evaluation(tmp_path, monkeypatch):
+    monkeypatch.setattr(Engine, "embedder", lambda self, name=None: FakeEmbedder())
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True, disk_mb=0.01))
+    alice = engine.visitors.engine(ALICE)
+    stored = alice.store_upload(document(tmp_path / "in", "notes.md", "# Notes\nThe zorblax launch is in May."),
+                                "documents")
+    run = fake_run(alice.workspace.runs, "big-run")
+    (run / "adapter_model.safetensors").write_bytes(b"\0" * 12_000)  # a trained run fills the 10 KB quota
+    full = r"^disk quota: your workspace holds 12 KB of its 10 KB; delete runs in the Runs tab"
+    with pytest.raises(QuotaError, match=full):
+        alice.build_index([stored], "notes")
+    assert not (alice.workspace.indexes / "notes").exists()
+    with pytest.raises(QuotaError, match=full):
+        alice.evaluate(demo_path("test.jsonl"), ArenaConfig(variants=["zero_shot"]), limit=1)
+    assert list(alice.workspace.evals.iterdir()) == [] and engine.models.loaded() == []  # refused before a model
+    alice.delete_run("big-run")  # room made: the same build goes through
+    assert alice.build_index([stored], "notes") and (alice.workspace.indexes / "notes" / "manifest.json").is_file()
 
 
 def test_a_sweeper_thread_stops_when_asked(instance):

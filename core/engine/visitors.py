@@ -62,9 +62,12 @@ def _number(env: Mapping[str, str], variable: str, default: float, *, whole: boo
     return value
 
 
-def _persistent_default(env: Mapping[str, str]) -> Path | None:
-    """``/data/tune-arena`` on a Space whose persistent storage is mounted (``/data`` writable), else None."""
-    data = Path("/data")
+SPACE_DATA = Path("/data")  # where a Hugging Face Space mounts its persistent storage
+
+
+def _persistent_default(env: Mapping[str, str], data: Path) -> Path | None:
+    """``<data>/tune-arena`` on a Space whose persistent storage is mounted (``data``, i.e. ``/data``, writable),
+    else None."""
     if env.get("SPACE_ID") and data.is_dir() and os.access(data, os.W_OK):
         return data / "tune-arena"
     return None
@@ -84,7 +87,8 @@ class VisitorSettings:
     sweep_every_s: float = 600.0  # how often the sweep looks for stale workspaces
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> VisitorSettings:
+    def from_env(cls, env: Mapping[str, str] | None = None, *, data: Path = SPACE_DATA) -> VisitorSettings:
+        """The settings in ``env`` (default: the process's); ``data`` is where a Space mounts persistent storage."""
         env = os.environ if env is None else env
         switch = env.get("TUNE_ARENA_MULTI_USER", "").strip()
         if switch not in ("", "0", "1"):
@@ -96,7 +100,7 @@ class VisitorSettings:
                    cpu_max_steps=_number(env, "TUNE_ARENA_CPU_MAX_STEPS", cls.cpu_max_steps, whole=True),
                    ttl_hours=_number(env, "TUNE_ARENA_VISITOR_TTL_HOURS", cls.ttl_hours),
                    queue=_number(env, "TUNE_ARENA_QUEUE", cls.queue, whole=True),
-                   persistent=Path(persistent).expanduser() if persistent else _persistent_default(env))
+                   persistent=Path(persistent).expanduser() if persistent else _persistent_default(env, data))
 
     @property
     def disk_bytes(self) -> int:

@@ -3,7 +3,8 @@
 Alice uploads a document, builds an index from it and trains a run; a job over the CPU step quota is refused in one
 line, and Bob's job waits in the queue behind hers (then he takes it out). Bob sees none of Alice's document, index,
 run or evaluation: not in any tab, not through Gradio's file route by any spelling of the path, not through the API.
-Both see the shared demo items. The sweep of stale workspaces is tested in tests/test_visitors.py.
+Bob's evaluations and Arena runs through the API that name Alice's run, index or uploaded file are refused in one
+line. Both see the shared demo items. The sweep of stale workspaces is tested in tests/test_visitors.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from app_helpers import served_app
 from test_browser import ARTIFACTS, CHROMIUM, CHROMIUM_FLAGS
 from verdict_helpers import install_eval
 
+from core.data.demo import demo_path
 from core.engine.visitors import Visitor
 from ui.visitors import VISITOR_COOKIE
 
@@ -37,6 +39,18 @@ def _set_steps(page, steps: int) -> None:
     box.press("Tab")  # Gradio's number input commits its value on blur
     expect(box).to_have_value(str(steps))
     page.wait_for_timeout(300)
+
+
+def _refused(call, *args, leaks: tuple[str, ...] = ()) -> str:
+    """The one-line message ``call(*args)`` (an API call) is refused with; none of ``leaks`` in it."""
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as refused:
+        call(*args)
+    message = str(refused.value).strip()
+    assert message and "\n" not in message, message
+    assert not any(leak in message for leak in leaks), message
+    return message
 
 
 def _options(page, picker: str) -> str:
@@ -117,10 +131,14 @@ def test_two_visitors_keep_their_work_apart_in_chromium(bundled_home, tmp_path):
             expect(alice.locator("#visitor-info")).to_contain_text("private to this browser", timeout=60_000)
             alice.get_by_role("tab", name="Arena").click()
             alice.wait_for_timeout(1000)
-            assert alice_run in _options(alice, "#arena-adapter")
+            offered = _options(alice, "#arena-adapter")  # her own, and the shared demo items beside them
+            assert alice_run in offered and "demo-quick-lora" in offered
+            offered = _options(alice, "#arena-index")
+            assert "alice-secrets" in offered and "demo corpus" in offered
             alice.get_by_role("tab", name="Evaluate").click()
             alice.wait_for_timeout(1000)
-            assert "alice-eval" in _options(alice, "#eval-past")
+            offered = _options(alice, "#eval-past")
+            assert "alice-eval" in offered and "demo-eval" in offered
 
             # Bob sees the shared demo items and nothing of Alice's, in every tab (after a reload too)
             bob.reload()
@@ -178,5 +196,36 @@ def test_two_visitors_keep_their_work_apart_in_chromium(bundled_home, tmp_path):
                 client.predict(str(alice_eval), api_name="/open_eval")
             listed = client.predict(None, api_name="/list_runs")
             assert alice_run not in str(listed) and "demo-quick-lora" in str(listed)
+
+            # the API, as Bob: no evaluation or Arena run with Alice's run, index or uploaded file; each refused in
+            # one line before anything runs, and nothing of hers in what comes back
+            leaks = ("lunar depot", "only Alice knows")
+            test_set = str(demo_path("test.jsonl"))
+            run_folder = str(alice_home / "runs" / alice_run)
+
+            def evaluate(data: str, variants: list[str], adapters: list[str], index: str):
+                return client.predict(data, [], 1, variants, adapters, index, 0, 3, 16, api_name="/evaluate")
+
+            def arena(variants: list[str], adapters: list[str], index: str):
+                return client.predict("When does the zorblax launch move?", "", "", "", variants, adapters, index, 0,
+                                      3, 16, 0.0, api_name="/arena")
+
+            for run in (alice_run, run_folder):  # not among the runs Bob is offered
+                assert "not in the list of choices" in _refused(evaluate, test_set, ["finetuned"], [run], "demo",
+                                                                leaks=leaks)
+                assert "not in the list of choices" in _refused(arena, ["finetuned"], [run], "demo", leaks=leaks)
+            for index in ("alice-secrets", str(manifest.parent)):
+                assert "not in the list of choices" in _refused(arena, ["rag"], [], index, leaks=leaks)
+            assert "not a folder of this workspace's indexes" in _refused(evaluate, test_set, ["rag"], [],
+                                                                          str(manifest.parent), leaks=leaks)
+            assert "is not on offer" in _refused(evaluate, str(stored), ["zero_shot"], [], "demo", leaks=leaks)
+            try:  # her index by its name is looked up among Bob's own: there is none by that name
+                answer = str(evaluate(test_set, ["rag"], [], "alice-secrets"))
+            except AppError as err:
+                answer = str(err)
+            assert not any(leak in answer for leak in leaks) and alice_home.name not in answer
+            saved = [path.read_text(errors="replace") for path in (bob_home / "evals").rglob("*") if path.is_file()]
+            assert not any(leak in text or alice_home.name in text for text in saved for leak in leaks)
+            assert {path.name for path in (alice_home / "evals").iterdir()} == {"alice-eval"}  # nothing added to hers
         finally:
             browser.close()

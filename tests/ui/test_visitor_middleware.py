@@ -3,12 +3,14 @@ route away from other visitors' files (on a small Starlette app standing in for 
 
 from __future__ import annotations
 
+import sys
 import time
 from types import SimpleNamespace
 
 import pytest
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.middleware.sessions import SessionMiddleware
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
@@ -24,13 +26,21 @@ def instance(tmp_path) -> Engine:
 
 
 def served(instance: Engine, secure: bool = False) -> TestClient:
-    """A stand-in for Gradio behind the middleware: its file route answers 200 with the path it was asked for."""
+    """A stand-in for Gradio behind the middleware: its file route answers 200 with the path it was asked for.
+    As on a Space with ``hf_oauth: true``, a signed session cookie carries the Hugging Face sign-in (Starlette's
+    SessionMiddleware, outside ours, as Gradio adds it), set by ``/sign-in/<name>`` as Gradio's OAuth callback does."""
     async def file(request):
         return PlainTextResponse(request.path_params["path"])
 
+    async def sign_in(request):
+        request.session.update(oauth(request.path_params["name"], float(request.query_params.get("expires", 3600))))
+        return PlainTextResponse("signed in")
+
     routes = [Route("/gradio_api/file={path:path}", file), Route("/file={path:path}", file),
-              Route("/gradio_api/file/{path:path}", file), Route("/", lambda request: PlainTextResponse("page"))]
-    app = Starlette(routes=routes, middleware=[Middleware(VisitorMiddleware, visitors=instance.visitors,
+              Route("/gradio_api/file/{path:path}", file), Route("/", lambda request: PlainTextResponse("page")),
+              Route("/sign-in/{name}", sign_in)]
+    app = Starlette(routes=routes, middleware=[Middleware(SessionMiddleware, secret_key="space-secret"),
+                                               Middleware(VisitorMiddleware, visitors=instance.visitors,
                                                           secure=secure)])
     return TestClient(app, base_url="https://testserver" if secure else "http://testserver")
 
@@ -114,3 +124,86 @@ def test_file_route_target_reads_the_path_as_gradio_does():
     assert file_route_target("/file=ws/a.md") == "ws/a.md"
     assert file_route_target("/gradio_api/file//ws/a.md") == "/ws/a.md"
     assert file_route_target("/gradio_api/queue/join") is None
+
+
+def test_a_signed_in_visitor_reads_their_own_files_in_persistent_storage_only(tmp_path):
+    keep = tmp_path / "data" / "tune-arena"
+    engine = Engine(tmp_path / "ws", confined=True, visitors=VisitorSettings(enabled=True, persistent=keep))
+    ada = engine.visitors.engine(Visitor.signed_in_as("ada"))
+    notes = ada.workspace.uploads / "documents" / "ada.md"
+    notes.parent.mkdir(parents=True)
+    notes.write_text("ada's zorblax plans")
+    assert keep in notes.parents
+    carol = engine.visitors.engine(Visitor.anonymous("carol-cookie-secret"))
+    carol_notes = carol.workspace.root / "notes.md"
+    carol_notes.write_text("carol's zorblax plans")
+    stray = keep / "stray.md"  # in persistent storage, in no visitor's workspace
+    stray.write_text("zorblax")
+    spellings = [str(notes), f"{keep}//visitors/./hf-eve/../hf-ada/uploads/documents/ada.md"]
+
+    client = served(engine)
+    for cookie in ("carol-cookie-secret", None):  # not signed in: ada's files are no one else's
+        client.cookies.clear()
+        if cookie:
+            client.cookies.set(VISITOR_COOKIE, cookie)
+        for spelling in spellings:
+            answer = client.get(f"/gradio_api/file={spelling}")
+            assert answer.status_code == 404 and "zorblax" not in answer.text, (cookie, spelling)
+    client.cookies.clear()
+    assert client.get("/sign-in/ada").status_code == 200
+    for spelling in spellings:
+        assert client.get(f"/gradio_api/file={spelling}").status_code == 200, spelling  # her own, by the session
+    for other in (carol_notes, stray):  # an anonymous visitor's, and persistent storage outside her workspace
+        assert client.get(f"/gradio_api/file={other}").status_code == 404, other
+    client.cookies.set(VISITOR_COOKIE, "carol-cookie-secret")  # signed in, the sign-in decides, not the cookie
+    assert client.get(f"/gradio_api/file={carol_notes}").status_code == 404
+
+    eve = served(engine)
+    eve.get("/sign-in/eve")  # another signed-in visitor
+    assert eve.get(f"/gradio_api/file={notes}").status_code == 404
+    expired = served(engine)
+    expired.get("/sign-in/ada?expires=-5")  # a sign-in that has expired is no sign-in
+    assert expired.get(f"/gradio_api/file={notes}").status_code == 404
+
+
+def test_the_sign_in_button_shows_on_a_shared_app_of_a_space_with_oauth(tmp_path, monkeypatch):
+    import gradio as gr
+    import gradio.oauth
+
+    from app import build_app, login_available, visitor_line
+
+    def login_buttons(demo) -> int:
+        return sum(isinstance(block, gr.LoginButton) for block in demo.blocks.values())
+
+    for variable in ("OAUTH_CLIENT_ID", "SYSTEM", "SPACE_ID"):
+        monkeypatch.delenv(variable, raising=False)
+    assert not login_available()  # a local run
+    shared = Engine(tmp_path / "shared", confined=True, visitors=VisitorSettings(enabled=True))
+    demo = build_app(shared)
+    assert login_buttons(demo) == 0 and "Sign in" not in visitor_line(shared, gradio_request("bob-cookie-secret"))
+    assert demo.delete_cache == (600, 24 * 3600)  # Gradio's copies of uploads and downloads go with the sweep
+    assert build_app(Engine(tmp_path / "local")).delete_cache is None  # a single-user app keeps Gradio's default
+
+    monkeypatch.setenv("OAUTH_CLIENT_ID", "space-oauth-client")
+    assert not login_available()  # outside a Space Gradio would fake the sign-in with this machine's HF token
+    # a Space with `hf_oauth: true`: Hugging Face sets these (Gradio reads its OAuth settings when imported)
+    space = {"SYSTEM": "spaces", "SPACE_ID": "team/tune-arena", "OAUTH_CLIENT_ID": "space-oauth-client",
+             "OAUTH_CLIENT_SECRET": "space-oauth-secret", "OAUTH_SCOPES": "openid profile",
+             "OPENID_PROVIDER_URL": "https://huggingface.co"}
+    for variable, value in space.items():
+        monkeypatch.setenv(variable, value)
+        if hasattr(gradio.oauth, variable):
+            monkeypatch.setattr(gradio.oauth, variable, value)
+    assert login_available()
+    with monkeypatch.context() as missing:
+        missing.setitem(sys.modules, "authlib", None)  # Gradio's OAuth packages not installed: no button
+        assert not login_available()
+    on_space = build_app(Engine(tmp_path / "space", confined=True, visitors=VisitorSettings(enabled=True)))
+    assert login_buttons(on_space) == 1
+    assert "/login/huggingface" in {getattr(route, "path", None) for route in on_space.app.routes}
+    assert "Sign in with Hugging Face to keep them" in visitor_line(shared, gradio_request("bob-cookie-secret"))
+    assert login_buttons(build_app(Engine(tmp_path / "space-local"))) == 0  # single-user: nobody to tell apart
+    kept = Engine(tmp_path / "kept", confined=True,
+                  visitors=VisitorSettings(enabled=True, persistent=tmp_path / "data" / "tune-arena"))
+    line = visitor_line(kept, gradio_request("bob-cookie-secret", oauth("ada")))
+    assert line.startswith("Signed in as **@ada**") and "kept across restarts" in line
