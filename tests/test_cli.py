@@ -309,3 +309,81 @@ def test_damaged_saved_files_and_unwritable_folders_are_exit_2_not_bugs(tmp_path
     assert main(["train", "--data", str(data), "--model", str(tiny_model_dir), "--out", str(blocker / "run"),
                  "--max-steps", "1"]) == 2
     assert "cannot write in this folder" in capsys.readouterr().err
+
+
+# ---- eval: the verdict keys of the contract, read from `eval --json` ------------------------------------------------
+
+
+def test_eval_json_carries_comparisons_verdict_slices_cost_and_the_report(tmp_path, tiny_tokenizer, tmp_path_factory,
+                                                                          monkeypatch, capsys, caplog):
+    import html
+    import logging
+
+    from arena_helpers import FakeEncoder, talkative_model_dir
+
+    from core.models import ModelManager
+
+    monkeypatch.setattr(ModelManager, "embedder", lambda self, name=None: FakeEncoder())
+    labels = ["billing", "shipping", "technical"]
+    messages = ["I was charged twice for {n} pods", "Where is parcel {n}? It has not come", "Pump {n} makes a noise"]
+    qa = [{"instruction": f"How many litres does tank model {n} hold?", "output": f"Tank model {n} holds {n} litres.",
+           "task": "qa", "source": "tanks.md", "id": f"q{n}"} for n in range(12)]
+    cls = [{"instruction": "Classify the message.", "input": messages[n % 3].format(n=n), "output": labels[n % 3],
+            "task": "classification", "id": f"c{n}"} for n in range(12)]
+    data, pool = tmp_path / "test.jsonl", tmp_path / "pool.jsonl"
+    data.write_text("".join(json.dumps(row) + "\n" for row in qa + cls))
+    pool.write_text("".join(json.dumps({**row, "id": f"p{row['id']}"}) + "\n" for row in cls))  # copying: all right
+    out = tmp_path / "eval"
+    argv = ["eval", "--data", str(data), "--model", str(talkative_model_dir(tmp_path_factory, tiny_tokenizer)),
+            "--variants", "zero_shot,few_shot,nearest_answer", "--few-shot", str(pool), "--shots", "1",
+            "--max-new-tokens", "2", "--out", str(out), "--report", "html", "--json"]
+    caplog.set_level(logging.INFO, logger="core.cli.arena")
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+
+    report = out / "report.html"
+    assert result["report"] == str(report) and report.is_file()
+    assert f"report: {report}" in caplog.messages  # --report html says where it is (on stderr)
+    variants = {"zero_shot", "few_shot", "nearest_answer"}
+    pairs = result["comparisons"]
+    assert {(p["task"], p["metric"], p["test"]) for p in pairs} == {("qa", "rougeL", "permutation"),
+                                                                    ("classification", "accuracy", "mcnemar")}
+    for task in ("qa", "classification"):  # every pair of the three variants, on the 12 rows of the task
+        found = [frozenset((p["a"], p["b"])) for p in pairs if p["task"] == task]
+        assert len(found) == 3 and set(found) == {frozenset(("zero_shot", "few_shot")),
+                                                  frozenset(("zero_shot", "nearest_answer")),
+                                                  frozenset(("few_shot", "nearest_answer"))}
+    for pair in pairs:
+        assert {"task", "metric", "a", "b", "diff", "ci", "p", "p_holm", "n"} <= set(pair) and pair["n"] == 12
+        low, high = pair["ci"]
+        assert low <= pair["diff"] <= high and 0 <= pair["p"] <= pair["p_holm"] <= 1
+        assert pair["diff"] == pytest.approx(pair["mean_a"] - pair["mean_b"])
+    copy_pair = next(p for p in pairs if p["task"] == "classification" and "nearest_answer" in (p["a"], p["b"]))
+    assert copy_pair["a"] == "nearest_answer" and copy_pair["mean_a"] == 1.0  # the pool holds every answer
+
+    assert set(result["verdict"]) == {"qa", "classification"}
+    for task, verdict in result["verdict"].items():
+        assert {"winner", "runner_up", "margin", "ci", "p", "cheapest_equivalent", "sentence"} <= set(verdict)
+        assert verdict["winner"] in {"zero_shot", "few_shot"}  # copying is a baseline, never the winner
+        assert verdict["n"] == 12 and verdict["sentence"].startswith(f"{task}: ") and verdict["sentence"].endswith(".")
+        assert verdict["cheapest_equivalent"] in {"zero_shot", "few_shot"}
+        assert html.escape(verdict["sentence"]) in report.read_text(encoding="utf-8")
+    classification = result["verdict"]["classification"]
+    copying = classification["copying"]
+    assert copying["variant"] == "nearest_answer" and copying["mean"] == 1.0 and not copying["beaten"]
+    versus = next(p for p in pairs if p["task"] == "classification"
+                  and {p["a"], p["b"]} == {"nearest_answer", classification["winner"]})
+    assert copying["diff"] == pytest.approx(-versus["diff"]) and copying["p_holm"] == versus["p_holm"]
+    assert copying["better"] == (versus["p_holm"] < 0.05 and versus["ci"][0] > 0)
+    assert ("copying the nearest training answer does better (1.00)" in classification["sentence"]) == copying["better"]
+
+    assert {name: part["n"] for name, part in result["slices"].items()} == {"knowledge": 12, "behaviour": 12}
+    assert set(result["slices"]["knowledge"]["summary"]) == variants  # the qa rows name a source: knowledge
+
+    cost = result["cost"]
+    assert set(cost) == variants and all(entry["n"] == 24 for entry in cost.values())
+    assert cost["nearest_answer"]["prompt_tokens"] == 0 and cost["nearest_answer"]["new_tokens"] == 0
+    assert cost["few_shot"]["prompt_tokens"] > cost["zero_shot"]["prompt_tokens"]  # worked examples cost tokens
+    assert not any(entry["training"] or entry["retrieval"] for entry in cost.values())
+    assert all(0 < entry["new_tokens"] <= 2 for name, entry in cost.items() if name != "nearest_answer")
+    assert json.loads((out / "results.json").read_text())["verdict"] == result["verdict"]

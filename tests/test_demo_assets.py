@@ -96,6 +96,54 @@ def test_the_demo_verdict_is_what_its_own_rows_say():
     assert "/tmp/" not in saved["provenance"]["command"]
 
 
+def test_the_demo_verdict_says_only_what_its_numbers_support():
+    """Rules on the shipped verdict, checked against its own rows and comparisons: the winner has the highest mean
+    of its task (the copying baseline aside), "beats" is said only for a significant pair (Holm p < 0.05 and an
+    interval that excludes 0), the cheapest equivalent is not significantly worse than the winner."""
+    import numpy as np
+
+    from core.arena.verdict import ALPHA, THIN_N, is_baseline
+
+    saved = _demo_eval()
+    rows = [row for row in saved["rows"] if row.get("available", True)]
+    pairs = saved["comparisons"]
+
+    def pair(task: str, a: str, b: str) -> dict:
+        """a vs b on task, turned so that diff = a - b."""
+        found = next(p for p in pairs if p["task"] == task and {p["a"], p["b"]} == {a, b})
+        low, high = found["ci"]
+        return found if found["a"] == a else {**found, "diff": -found["diff"], "ci": [-high, -low]}
+
+    def called(found: dict) -> bool:
+        return found["p_holm"] < ALPHA and (found["ci"][0] > 0 or found["ci"][1] < 0)
+
+    assert all(p["significant"] == called(p) for p in pairs)
+    for task, v in saved["verdict"].items():
+        scores: dict[str, list[float]] = {}
+        for row in rows:
+            if row["task"] == task and row["metrics"].get(v["metric"]) is not None:
+                scores.setdefault(row["variant"], []).append(row["metrics"][v["metric"]])
+        means = {variant: float(np.mean(values)) for variant, values in scores.items()}
+        assert means == v["means"]
+        contenders = {variant: mean for variant, mean in means.items() if not is_baseline(variant)}
+        assert v["winner"] == max(contenders, key=contenders.get) and not is_baseline(v["winner"])
+        head = pair(task, v["winner"], v["runner_up"])
+        assert v["n"] == head["n"] >= THIN_N and v["margin"] == head["diff"] and v["ci"] == head["ci"]
+        assert (v["status"] == "win") == (called(head) and head["diff"] > 0) and v["status"] in ("win", "tie")
+        sentence = v["sentence"]
+        assert (" beats " in sentence) == (v["status"] == "win")
+        assert sentence.startswith(f"{task}: no significant difference between ") == (v["status"] == "tie")
+        cheapest = v["cheapest_equivalent"]
+        if cheapest != v["winner"]:
+            versus = pair(task, v["winner"], cheapest)
+            assert not (called(versus) and versus["diff"] > 0) and versus["n"] >= THIN_N
+        copying = pair(task, v["winner"], "nearest_answer")
+        assert v["copying"]["beaten"] == (called(copying) and copying["diff"] > 0)
+        assert ("does not beat copying" in sentence) == (not v["copying"]["beaten"])
+        assert not (called(copying) and copying["diff"] < 0)  # copying never significantly better on the demo
+    assert {name: part["n"] for name, part in saved["slices"].items()} == {"knowledge": 45, "behaviour": 55}
+
+
 def test_install_demo_eval_copies_it_once_where_the_evaluate_tab_finds_it(tmp_path):
     from core.engine import DEMO_EVAL, Engine
 

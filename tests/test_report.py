@@ -100,3 +100,106 @@ def test_report_renders_what_the_verdict_module_returns():
     assert page.count("class='ta-verdict ta-verdict-") == 2
     assert "<h2>Knowledge vs behaviour</h2>" in page and "<h2>Paired comparisons</h2>" in page
     assert "Copying baseline <b>nearest_answer</b>" in page and "30 s" in page
+
+
+# ---- the card's lines and the slice marks, on synthetic score tables (core.arena.verdict computes the numbers) -------
+
+
+def _scored(task: str, table: dict[str, list[float]], metric: str = "rougeL",
+            slice_of: list[str] | None = None) -> list[dict]:
+    """One row per (example, variant): ``table`` variant -> one score per example."""
+    return [{"id": f"{task}{i}", "task": task, "variant": variant, "available": True, "metrics": {metric: value},
+             "prompt_tokens": 50, "latency_s": 0.2, "new_tokens": 5, **({"slice": slice_of[i]} if slice_of else {})}
+            for variant, values in table.items() for i, value in enumerate(values)]
+
+
+def _card(table: dict[str, list[float]]) -> tuple[dict, list[dict], str]:
+    """(the qa verdict, the comparisons, its card's lines as text)."""
+    from core.arena.report import verdict_facts
+    from core.arena.verdict import compare, cost_table, verdict
+
+    rows = _scored("qa", table)
+    comparisons = compare(rows)
+    found = verdict(rows, comparisons, cost_table(rows))["qa"]
+    return found, comparisons, html.unescape(re.sub(r"<[^>]+>", "", "\n".join(verdict_facts(found))))
+
+
+BASE = [0.3 + (0.1 if i % 3 == 0 else -0.05) for i in range(30)]  # the winner's scores (rag): mean 0.300
+
+
+def _shifted(up: float, down: float) -> list[float]:
+    """BASE moved up by ``up`` on odd rows and down by ``down`` on even ones: a difference no test can call."""
+    return [x + (up if i % 2 else -down) for i, x in enumerate(BASE)]
+
+
+def test_against_zero_shot_says_no_significant_difference_when_its_interval_crosses_0():
+    found, _, text = _card({"rag": BASE, "zero_shot": _shifted(0.2, 0.22)})
+    versus = found["vs_zero_shot"]
+    assert found["winner"] == "rag" and versus["ci"][0] < 0 < versus["ci"][1]
+    assert re.search(r"Against zero-shot \+0\.010 \[-0\.\d+, \+0\.\d+\], Holm-adjusted p [01]\.\d+: "
+                     r"no significant difference$", text, re.MULTILINE), text
+    found, _, text = _card({"rag": BASE, "zero_shot": [x - 0.2 for x in BASE]})
+    assert found["vs_zero_shot"]["ci"][0] > 0
+    assert "Against zero-shot +0.200 [+0.200, +0.200], Holm-adjusted p < 0.001: significant" in text
+
+
+@pytest.mark.parametrize(("copying", "said"), [
+    ([x - 0.1 for x in BASE], "0.200: beaten by the winner (winner − copying +0.100 [+0.100, +0.100]"),
+    ([x + 0.1 for x in BASE], "0.400: does better: copying the nearest training answer scores 0.400 against the "
+                              "winner's 0.300 (winner − copying -0.100 [-0.100, -0.100]"),
+    (_shifted(0.2, 0.18), "0.310: not beaten: copying the nearest training answer scores higher (0.310 against the "
+                          "winner's 0.300), no significant difference (winner − copying -0.010 ["),
+    (_shifted(0.18, 0.2), "0.290: not beaten: copying the nearest training answer does as well, no significant "
+                          "difference (winner − copying +0.010 ["),
+])
+def test_the_copying_line_says_what_the_pair_says(copying, said):
+    found, comparisons, text = _card({"rag": BASE, "nearest_answer": copying})
+    assert found["winner"] == "rag"  # copying is a baseline: never the winner, even when it scores higher
+    assert f"Copying baseline nearest_answer {said}" in text, text
+    # an evaluation saved before the verdict carried the pair's numbers: the card finds them in the comparisons
+    from core.arena.report import verdict_facts
+
+    old = {**found, "copying": {key: found["copying"][key] for key in ("variant", "mean", "beaten")}}
+    again = html.unescape(re.sub(r"<[^>]+>", "", "\n".join(verdict_facts(old, comparisons))))
+    assert again == text
+
+
+def test_without_the_pairs_numbers_the_copying_line_claims_no_significance():
+    from core.arena.report import verdict_facts
+
+    found, _, _ = _card({"rag": BASE, "nearest_answer": _shifted(0.2, 0.18)})
+    old = {**found, "copying": {key: found["copying"][key] for key in ("variant", "mean", "beaten")}}
+    text = html.unescape(re.sub(r"<[^>]+>", "", "\n".join(verdict_facts(old))))
+    assert "Copying baseline nearest_answer 0.310: not beaten: copying the nearest training answer scores 0.310 " \
+           "against the winner's 0.300" in text and "significant" not in text.split("Copying")[1]
+
+
+def test_the_slices_table_marks_the_best_variant_of_each_slice():
+    from core.arena.report import slice_leaders, slices_table
+    from core.arena.verdict import slices
+
+    kinds = ["knowledge"] * 6 + ["behaviour"] * 4
+    table = {"rag": [0.8] * 6 + [0.2] * 4, "finetuned": [0.3] * 6 + [0.7] * 4,
+             "nearest_answer": [0.9] * 6 + [0.9] * 4, "zero_shot": [0.1] * 10}  # copying tops both: not marked
+    saved = {"slices": slices(_scored("mixed", table, slice_of=kinds), n_resamples=50)}
+    assert slice_leaders(saved) == {"knowledge": {"rougeL": "rag"}, "behaviour": {"rougeL": "finetuned"}}
+    page = slices_table(saved)
+    assert page.count("class='ta-rep-best'") == 2
+    cells = {row.split("</b>")[0].rsplit(">", 1)[1]: row for row in page.split("<tr>")[2:]}
+    assert "★ 0.800" in cells["rag"] and "★ 0.700" in cells["finetuned"] and "★" not in cells["nearest_answer"]
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert "knowledge (6 examples): best rougeL rag 0.800" in text
+    assert "behaviour (4 examples): best rougeL finetuned 0.700" in text
+    tied = {"slices": slices(_scored("mixed", {"b": [0.5] * 10, "a": [0.5] * 10}, slice_of=kinds), n_resamples=50)}
+    assert slice_leaders(tied) == {"knowledge": {"rougeL": "a"}, "behaviour": {"rougeL": "a"}}  # a tie: by name
+    assert slice_leaders({"slices": {"knowledge": {"n": 3, "summary": {}}}}) == {} and slices_table({}) == ""
+
+
+def test_a_pair_turned_around_shows_no_negative_zero():
+    from core.arena.report import verdict_facts
+
+    verdict = {"winner": "few_shot", "means": {"few_shot": 0.667}, "copying": {"variant": "nearest_answer",
+                                                                                "mean": 0.75, "beaten": False}}
+    pairs = [{"task": "c", "a": "nearest_answer", "b": "few_shot", "diff": 0.083, "ci": [0.0, 0.25], "p_holm": 1.0}]
+    line = html.unescape(re.sub(r"<[^>]+>", "", verdict_facts(verdict, pairs)[-1]))
+    assert "(winner − copying -0.083 [-0.250, +0.000], Holm-adjusted p 1.000)" in line and "-0.000" not in line

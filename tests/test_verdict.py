@@ -198,17 +198,33 @@ def test_a_win_names_a_cheaper_equivalent() -> None:
 
 
 def test_nearest_answer_clause() -> None:
-    table = _noisy(30, {"nearest_answer": 0.29, "rag": 0.25, "zero_shot": 0.02})
+    table = _noisy(30, {"nearest_answer": 0.26, "rag": 0.25, "zero_shot": 0.02})  # level: no significant difference
     v = _judge(_rows("qa", table, "rougeL"))["qa"]
     assert v["winner"] == "rag" and v["runner_up"] == "zero_shot"  # copying is a baseline, never the winner
-    assert v["copying"] == {"variant": "nearest_answer", "mean": pytest.approx(v["means"]["nearest_answer"]),
-                            "beaten": False}
+    copying = v["copying"]
+    assert (copying["variant"], copying["beaten"], copying["better"]) == ("nearest_answer", False, False)
+    assert copying["mean"] == pytest.approx(v["means"]["nearest_answer"]) and copying["n"] == 30
+    pair = next(c for c in compare(_rows("qa", table, "rougeL")) if {c["a"], c["b"]} == {"rag", "nearest_answer"})
+    assert copying["diff"] == pytest.approx(pair["mean_b" if pair["a"] == "nearest_answer" else "mean_a"]
+                                            - pair["mean_a" if pair["a"] == "nearest_answer" else "mean_b"])
+    assert copying["p_holm"] == pair["p_holm"] >= 0.05  # winner - copying, with the pair's own Holm p
     assert v["sentence"].endswith(
         f", but rag does not beat copying the nearest training answer ({v['copying']['mean']:.2f}); n = 30.")
     assert_sentence_from_data(v)
 
     beaten = _judge(_rows("qa", _noisy(30, {"nearest_answer": 0.1, "rag": 0.6, "zero_shot": 0.02}), "rougeL"))["qa"]
     assert beaten["copying"]["beaten"] is True and "copying" not in beaten["sentence"]
+    assert beaten["copying"]["diff"] > 0 and beaten["copying"]["ci"][0] > 0
+
+
+def test_copying_that_does_significantly_better_is_said_so() -> None:
+    better = _judge(_rows("qa", _noisy(30, {"nearest_answer": 0.6, "rag": 0.3, "zero_shot": 0.02}), "rougeL"))["qa"]
+    copying = better["copying"]
+    assert better["winner"] == "rag" and copying["better"] is True and copying["beaten"] is False
+    assert copying["diff"] < 0 and copying["ci"][1] < 0 and copying["p_holm"] < 0.05
+    assert better["sentence"].endswith(
+        f", but copying the nearest training answer does better ({copying['mean']:.2f}); n = 30.")
+    assert_sentence_from_data(better)
 
 
 def test_cost_table() -> None:

@@ -135,5 +135,6 @@ CSS = """
 .ta-rep-table {border-collapse: collapse; margin: 6px 0; font-size: 0.9em;}
 .ta-rep-table th, .ta-rep-table td {border: 1px solid var(--border-color-primary); padding: 4px 8px; text-align: left;}
 .ta-rep-notes {font-size: 0.85em; opacity: 0.85;}
+.ta-rep-best {color: #2e7d32;}
 .ta-arena-verdict {margin-top: 12px;} .ta-arena-verdict-title {margin: 0 0 6px 0; opacity: 0.85;}
 """

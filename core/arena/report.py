@@ -18,6 +18,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
+from core.arena.verdict import ALPHA, is_baseline
 from core.charts import eval_chart_png
 from core.text import fmt_bytes, fmt_count, fmt_duration
 
@@ -65,8 +66,64 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]], css: str = "ta
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def verdict_facts(verdict: dict[str, Any]) -> list[str]:
-    """The numbers under a verdict's sentence, one HTML line each (escaped)."""
+def _called(pair: Any) -> bool | None:
+    """Whether a comparison dict (``ci``, ``p_holm``) calls a difference (Holm-adjusted p < ALPHA and the CI excludes
+    0); None when it lacks the numbers."""
+    if not isinstance(pair, dict) or not fmt_ci(pair.get("ci")) or not isinstance(pair.get("p_holm"), int | float):
+        return None
+    low, high = pair["ci"]
+    return pair["p_holm"] < ALPHA and (low > 0 or high < 0)
+
+
+def _copying_pair(verdict: dict[str, Any], comparisons: Sequence[Any]) -> dict[str, Any] | None:
+    """The winner against the copying baseline (``diff`` = winner - copying, ``ci``, ``p_holm``): from the verdict's
+    ``copying`` when it has them, else from ``comparisons`` (an evaluation saved before they were in the verdict)."""
+    copying, winner = verdict.get("copying") or {}, verdict.get("winner")
+    if _called(copying) is not None:
+        return copying
+    for pair in comparisons:
+        if not isinstance(pair, dict) or _called(pair) is None or not isinstance(pair.get("diff"), int | float):
+            continue
+        if (pair.get("a"), pair.get("b")) == (winner, copying.get("variant")):
+            return pair
+        if (pair.get("a"), pair.get("b")) == (copying.get("variant"), winner):
+            low, high = pair["ci"]
+            return {**pair, "diff": -pair["diff"] + 0.0, "ci": [-high + 0.0, -low + 0.0]}  # + 0.0: no "-0.000"
+    return None
+
+
+def _copying_fact(verdict: dict[str, Any], comparisons: Sequence[Any]) -> str:
+    """The copying baseline's line: beaten by the winner, does better (significantly), or scores higher / does as
+    well with no significant difference; the numbers when known."""
+    copying = verdict["copying"]
+    mean = copying.get("mean")
+    winner_mean = (verdict.get("means") or {}).get(verdict.get("winner"), verdict.get("winner_mean"))
+    pair = _copying_pair(verdict, comparisons)
+    called = _called(pair)
+    numbers = (f" (winner − copying {fmt_score(pair.get('diff'), signed=True)} {fmt_ci(pair.get('ci'))}, "
+               f"Holm-adjusted p {_e(fmt_p(pair.get('p_holm')))})" if pair is not None else "")
+    versus = f"{fmt_score(mean)} against the winner's {fmt_score(winner_mean)}"
+    higher = isinstance(mean, int | float) and isinstance(winner_mean, int | float) and mean > winner_mean
+    if called is None:  # no numbers to judge by: the verdict's own flag, and the means
+        line = ("beaten by the winner" if copying.get("beaten") else
+                f"<b>not beaten</b>: copying the nearest training answer scores {versus}" if higher else
+                "<b>not beaten</b>: the winner is not significantly better than copying the nearest training answer")
+    elif called and pair["diff"] > 0:
+        line = f"beaten by the winner{numbers}"
+    elif called:
+        line = f"<b>does better</b>: copying the nearest training answer scores {versus}{numbers}"
+    elif higher:
+        line = (f"<b>not beaten</b>: copying the nearest training answer scores higher ({versus}), no significant "
+                f"difference{numbers}")
+    else:
+        line = ("<b>not beaten</b>: copying the nearest training answer does as well, no significant "
+                f"difference{numbers}")
+    return f"Copying baseline <b>{_e(copying.get('variant'))}</b> {fmt_score(mean)}: {line}"
+
+
+def verdict_facts(verdict: dict[str, Any], comparisons: Sequence[Any] = ()) -> list[str]:
+    """The numbers under a verdict's sentence, one HTML line each (escaped). ``comparisons``: the evaluation's, for
+    the copying line of one saved before the verdict carried its numbers."""
     facts = []
     metric = _e(verdict.get("metric") or "score")
     if verdict.get("winner"):
@@ -76,30 +133,30 @@ def verdict_facts(verdict: dict[str, Any]) -> list[str]:
         facts.append(line)
     if verdict.get("margin") is not None:
         facts.append(f"Margin {fmt_score(verdict['margin'], signed=True)} {fmt_ci(verdict.get('ci'))} (95% CI), "
-                     f"p {fmt_p(verdict.get('p'))}, Holm-adjusted p {fmt_p(verdict.get('p_holm'))}")
+                     f"p {_e(fmt_p(verdict.get('p')))}, Holm-adjusted p {_e(fmt_p(verdict.get('p_holm')))}")
     versus = verdict.get("vs_zero_shot")
     if isinstance(versus, dict):
+        called = _called(versus)
+        said = {True: ": significant", False: ": no significant difference", None: ""}[called]
         facts.append(f"Against zero-shot {fmt_score(versus.get('diff'), signed=True)} {fmt_ci(versus.get('ci'))}, "
-                     f"Holm-adjusted p {fmt_p(versus.get('p_holm'))}")
+                     f"Holm-adjusted p {_e(fmt_p(versus.get('p_holm')))}{said}")
     cheapest = verdict.get("cheapest_equivalent")
     if cheapest:
         why = ("the winner itself: nothing cheaper is as good" if cheapest == verdict.get("winner")
                else "not significantly worse than the winner, and cheaper")
         facts.append(f"Cheapest equivalent: <b>{_e(cheapest)}</b> ({why})")
-    copying = verdict.get("copying")
-    if isinstance(copying, dict):
-        beaten = ("beaten by the winner" if copying.get("beaten")
-                  else "<b>not beaten</b>: copying the nearest training answer does as well")
-        facts.append(f"Copying baseline <b>{_e(copying.get('variant'))}</b> {fmt_score(copying.get('mean'))}: {beaten}")
+    if isinstance(verdict.get("copying"), dict):
+        facts.append(_copying_fact(verdict, comparisons))
     return facts
 
 
-def verdict_card(task: str, verdict: dict[str, Any]) -> str:
-    """One task's verdict: the sentence first (big), the status, then the numbers."""
+def verdict_card(task: str, verdict: dict[str, Any], comparisons: Sequence[Any] = ()) -> str:
+    """One task's verdict: the sentence first (big), the status, then the numbers (``comparisons``: see
+    verdict_facts)."""
     status = str(verdict.get("status") or "")
     label = STATUS_LABELS.get(status, status)
     n = verdict.get("n")
-    facts = "".join(f"<li>{fact}</li>" for fact in verdict_facts(verdict))
+    facts = "".join(f"<li>{fact}</li>" for fact in verdict_facts(verdict, comparisons))
     return (f"<div class='ta-verdict ta-verdict-{_e(status)}'>"
             f"<div class='ta-verdict-head'><span class='ta-rep-chip'>{_e(task)}</span>"
             f"<span class='ta-verdict-status'>{_e(label)}</span>"
@@ -115,7 +172,9 @@ def verdict_cards(saved: dict[str, Any], tasks: Sequence[str] | None = None) -> 
     chosen = [task for task in verdicts if isinstance(verdicts[task], dict) and (tasks is None or task in tasks)]
     if not chosen:
         return f"<p class='ta-verdict-none'>{_e(NO_VERDICT)}</p>"
-    return "<div class='ta-verdicts'>" + "".join(verdict_card(t, verdicts[t]) for t in chosen) + "</div>"
+    pairs = [pair for pair in saved.get("comparisons") or [] if isinstance(pair, dict)]
+    return ("<div class='ta-verdicts'>" + "".join(verdict_card(t, verdicts[t], [p for p in pairs if p.get("task") == t])
+                                                 for t in chosen) + "</div>")
 
 
 def _metrics_of(summaries: Sequence[dict[str, Any]]) -> list[str]:
@@ -131,19 +190,57 @@ def _cell(stats: Any) -> str:
     return fmt_score(stats["mean"]) + interval
 
 
+def _mean_of(part: dict[str, Any], variant: str, metric: str) -> float | None:
+    stats = ((part.get("summary") or {}).get(variant) or {}).get(metric)
+    mean = stats.get("mean") if isinstance(stats, dict) else None
+    return mean if isinstance(mean, int | float) and not isinstance(mean, bool) else None
+
+
+def slice_leaders(saved: dict[str, Any], metrics: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
+    """slice -> metric -> the variant with the highest mean on that slice (ties: the first by name); baselines
+    that generate nothing (nearest_answer) are left out, as they are never a verdict's winner."""
+    slices = {name: part for name, part in (saved.get("slices") or {}).items() if isinstance(part, dict)}
+    leaders: dict[str, dict[str, str]] = {}
+    for name, part in slices.items():
+        found = metrics if metrics is not None else _metrics_of([part.get("summary") or {}])
+        for metric in found:
+            scored = [(mean, variant) for variant in part.get("summary") or {} if not is_baseline(variant)
+                      and (mean := _mean_of(part, variant, metric)) is not None]
+            if scored:
+                leaders.setdefault(name, {})[metric] = min(scored, key=lambda item: (-item[0], item[1]))[1]
+    return leaders
+
+
 def slices_table(saved: dict[str, Any]) -> str:
-    """Knowledge vs behaviour: per variant, the mean [95% CI] of each metric on each slice; empty without slices."""
+    """Knowledge vs behaviour: per variant, the mean [95% CI] of each metric on each slice, the best variant of each
+    slice and metric marked with ★ and named under the table; empty without slices."""
     slices = {name: part for name, part in (saved.get("slices") or {}).items() if isinstance(part, dict)}
     if not slices:
         return ""
     metrics = _metrics_of([part.get("summary") or {} for part in slices.values()])[:3]
     variants = list(dict.fromkeys(v for part in slices.values() for v in part.get("summary") or {}))
+    leaders = slice_leaders(saved, metrics)
+
+    def cell(name: str, part: dict[str, Any], variant: str, metric: str) -> str:
+        shown = _cell(((part.get("summary") or {}).get(variant) or {}).get(metric))
+        best = leaders.get(name, {}).get(metric) == variant
+        return f"<b class='ta-rep-best' title='best of this slice'>★ {shown}</b>" if best else shown
+
     headers = ["variant", *(f"{name} {metric}" for name in slices for metric in metrics)]
-    rows = [[f"<b>{_e(variant)}</b>", *(_cell(((part.get("summary") or {}).get(variant) or {}).get(metric))
-                                        for part in slices.values() for metric in metrics)] for variant in variants]
-    rules = "".join(f"<li><b>{_e(name)}</b> ({_e(part.get('n', '?'))} examples): {_e(part.get('rule') or '')}</li>"
-                    for name, part in slices.items())
-    return _table(headers, rows) + f"<ul class='ta-rep-notes'>{rules}</ul>"
+    rows = [[f"<b>{_e(variant)}</b>", *(cell(name, part, variant, metric) for name, part in slices.items()
+                                        for metric in metrics)] for variant in variants]
+    notes = []
+    for name, part in slices.items():
+        best = ", ".join(f"{_e(metric)} <b>{_e(variant)}</b> {fmt_score(_mean_of(part, variant, metric))}"
+                         for metric, variant in leaders.get(name, {}).items())
+        notes.append(f"<li class='ta-slice-best'><b>{_e(name)}</b> ({_e(part.get('n', '?'))} examples): best "
+                     f"{best or NONE}</li>")
+    said = list(dict.fromkeys(str(part.get("rule")) for part in slices.values() if part.get("rule")))
+    rules = (f"<li>The rule: {_e(said[0])}</li>" if len(said) == 1 else
+             "".join(f"<li><b>{_e(name)}</b>: {_e(part.get('rule') or '')}</li>" for name, part in slices.items()))
+    legend = ("<li>★ the best variant of the slice on that metric (highest mean; the copying baseline aside, as it "
+              "never wins a verdict)</li>")
+    return _table(headers, rows) + f"<ul class='ta-rep-notes'>{''.join(notes)}{legend}{rules}</ul>"
 
 
 COST_COLUMNS = (("prompt_tokens", "prompt tokens", lambda v: f"{v:.0f}"), ("new_tokens", "new tokens",
@@ -175,8 +272,8 @@ def comparisons_table(saved: dict[str, Any]) -> str:
     rows = [[_e(pair.get("task")), _e(pair.get("metric")),
              f"<b>{_e(pair.get('a'))}</b> {fmt_score(pair.get('mean_a'))}",
              f"<b>{_e(pair.get('b'))}</b> {fmt_score(pair.get('mean_b'))}",
-             f"{fmt_score(pair.get('diff'), signed=True)} {fmt_ci(pair.get('ci'))}", fmt_p(pair.get("p")),
-             fmt_p(pair.get("p_holm")), _e(pair.get("n")), _e(pair.get("test")),
+             f"{fmt_score(pair.get('diff'), signed=True)} {fmt_ci(pair.get('ci'))}", _e(fmt_p(pair.get("p"))),
+             _e(fmt_p(pair.get("p_holm"))), _e(pair.get("n")), _e(pair.get("test")),
              "<b>yes</b>" if pair.get("significant") else "no"] for pair in pairs]
     return _table(["task", "metric", "a", "b", "a − b [95% CI]", "p", "p (Holm)", "n", "test", "significant"], rows)
 
@@ -282,6 +379,7 @@ h1 {font-size: 1.6em;} h2 {margin-top: 1.8em; border-bottom: 1px solid #ddd; pad
 .ta-verdict-status {font-weight: 600; text-transform: uppercase; letter-spacing: 0.03em; font-size: 0.85em;}
 .ta-verdict-n {opacity: 0.7;} .ta-verdict-sentence {font-size: 1.25em; font-weight: 600; margin: 8px 0;}
 .ta-verdict-facts {margin: 0; padding-left: 18px; font-size: 0.92em;} .ta-verdict-none {font-style: italic;}
+.ta-rep-best {color: #2e7d32;}
 """
 
 

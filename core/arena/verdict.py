@@ -32,6 +32,7 @@ DEFAULT_METRIC = "rougeL"  # every other task
 FALLBACK_METRICS = ("token_f1", "rougeL", "similarity", "contains")  # when a task's rows lack its primary metric
 BINARY_METRICS = frozenset({"accuracy", "exact_match", "contains"})  # 0/1 per example: McNemar, not permutation
 RUN_COSTS = ("trainable_params", "adapter_bytes", "peak_mem_bytes")  # copied from a run's result.json
+ALPHA = 0.05  # a difference is called when its Holm-adjusted p is below this (and its CI excludes 0)
 THIN_N = 10  # fewer paired rows than this: "thin", no winner called
 SLICE_ORDER = ("knowledge", "behaviour")
 
@@ -118,12 +119,13 @@ def _pair(task: str, metric: str, a: str, b: str, table: Scores, *, alpha: float
             "diff": diff, "ci": [low, high], "p": p, "p_holm": p, "n": len(ids), "test": test, "significant": False}
 
 
-def _significant(comparison: Mapping[str, Any], alpha: float) -> bool:
+def significant(comparison: Mapping[str, Any], alpha: float = ALPHA) -> bool:
+    """Whether a comparison (``ci`` and ``p_holm``) calls a difference: p_holm < alpha and the interval excludes 0."""
     low, high = comparison["ci"]
     return comparison["p_holm"] < alpha and (low > 0 or high < 0)
 
 
-def compare(rows: Sequence[Row], *, primary: str | Mapping[str, str] | None = None, alpha: float = 0.05,
+def compare(rows: Sequence[Row], *, primary: str | Mapping[str, str] | None = None, alpha: float = ALPHA,
             seed: int = 0) -> list[dict[str, Any]]:
     """Every pair of variants of every task, on its primary metric and the examples both scored.
 
@@ -145,7 +147,7 @@ def compare(rows: Sequence[Row], *, primary: str | Mapping[str, str] | None = No
                  if (pair := _pair(task, metric, a, b, table, alpha=alpha, seed=seed)) is not None]
         for pair, adjusted in zip(pairs, holm([pair["p"] for pair in pairs]), strict=True):
             pair["p_holm"] = adjusted
-            pair["significant"] = _significant(pair, alpha)
+            pair["significant"] = significant(pair, alpha)
         comparisons.extend(pairs)
     return comparisons
 
@@ -206,8 +208,8 @@ def _find(comparisons: Sequence[Mapping[str, Any]], a: str, b: str) -> dict[str,
             return dict(c)
         if (c["a"], c["b"]) == (b, a):
             low, high = c["ci"]
-            return {**c, "a": a, "b": b, "mean_a": c["mean_b"], "mean_b": c["mean_a"], "diff": -c["diff"],
-                    "ci": [-high, -low]}
+            return {**c, "a": a, "b": b, "mean_a": c["mean_b"], "mean_b": c["mean_a"], "diff": -c["diff"] + 0.0,
+                    "ci": [-high + 0.0, -low + 0.0]}  # + 0.0: a zero stays 0.0, never -0.0 ("-0.00")
     return None
 
 
@@ -220,8 +222,11 @@ def _sentence(task: str, v: Mapping[str, Any], cost: Mapping[str, Mapping[str, A
     """One sentence from the numbers of a task's verdict ``v`` (2 decimals; n as an integer)."""
     w, r, n = v["winner"], v["runner_up"], v["n"]
     copying = v["copying"]
-    copy = (f", but {w} does not beat copying the nearest training answer ({copying['mean']:.2f})"
-            if copying is not None and not copying["beaten"] else "")
+    copy = ""
+    if copying is not None and copying.get("better"):
+        copy = f", but copying the nearest training answer does better ({copying['mean']:.2f})"
+    elif copying is not None and not copying["beaten"]:
+        copy = f", but {w} does not beat copying the nearest training answer ({copying['mean']:.2f})"
     if v["status"] == "single":
         return f"{task}: only {w} ({v['winner_mean']:.2f}) was scored, nothing to compare it with{copy}; n = {n}."
     pair = f"{w} ({v['winner_mean']:.2f})", f"{r} ({v['runner_up_mean']:.2f})"
@@ -241,6 +246,18 @@ def _sentence(task: str, v: Mapping[str, Any], cost: Mapping[str, Mapping[str, A
     return f"{task}: {pair[0]} beats {pair[1]} by {numbers}, {price}{cheaper}{copy}; n = {n}."
 
 
+def _copying(near: str, means: Mapping[str, float], versus: Mapping[str, Any] | None, alpha: float,
+             ) -> dict[str, Any]:
+    """The copying baseline against the winner: its mean, and ``diff`` (winner - copying), ``ci``, ``p_holm`` on the
+    rows both scored (None when they share none); ``beaten``: the winner is significantly better, ``better``:
+    copying is significantly better."""
+    called = versus is not None and significant(versus, alpha)
+    return {"variant": near, "mean": means[near], "beaten": called and versus["diff"] > 0,
+            "better": called and versus["diff"] < 0, "diff": versus["diff"] if versus else None,
+            "ci": versus["ci"] if versus else None, "p_holm": versus["p_holm"] if versus else None,
+            "n": versus["n"] if versus else None}
+
+
 def _task_verdict(task: str, metric: str, table: Scores, comparisons: Sequence[Mapping[str, Any]],
                   cost: Mapping[str, Mapping[str, Any]], alpha: float) -> dict[str, Any]:
     ranked = _ranked(table)
@@ -251,7 +268,7 @@ def _task_verdict(task: str, metric: str, table: Scores, comparisons: Sequence[M
     head = _find(comparisons, winner, runner_up) if runner_up is not None else None
     enough = min(THIN_N, head["n"]) if head else 0  # "not significantly worse" on 3 rows says nothing
     equivalent = [winner] + [v for v in contenders[1:] if (c := _find(comparisons, winner, v)) is not None
-                             and c["n"] >= enough and not (_significant(c, alpha) and c["diff"] > 0)]
+                             and c["n"] >= enough and not (significant(c, alpha) and c["diff"] > 0)]
     order = {variant: i for i, variant in enumerate(contenders)}
     zero = _find(comparisons, winner, "zero_shot") if winner != "zero_shot" else None
     near = next((variant for variant in means if is_baseline(variant) and variant != winner), None)
@@ -262,7 +279,7 @@ def _task_verdict(task: str, metric: str, table: Scores, comparisons: Sequence[M
         status, n = "thin", 0
     else:
         n = head["n"]
-        status = "thin" if n < THIN_N else ("win" if _significant(head, alpha) and head["diff"] > 0 else "tie")
+        status = "thin" if n < THIN_N else ("win" if significant(head, alpha) and head["diff"] > 0 else "tie")
     result: dict[str, Any] = {
         "metric": metric, "n": n, "means": means, "winner": winner,
         "winner_mean": head["mean_a"] if head else means[winner], "runner_up": runner_up,
@@ -271,9 +288,7 @@ def _task_verdict(task: str, metric: str, table: Scores, comparisons: Sequence[M
         "p": head["p"] if head else None, "p_holm": head["p_holm"] if head else None,
         "vs_zero_shot": ({"diff": zero["diff"], "ci": zero["ci"], "p_holm": zero["p_holm"]} if zero else None),
         "cheapest_equivalent": min(equivalent, key=lambda v: (_cheapness(v, cost), order[v])),
-        "copying": ({"variant": near, "mean": means[near],
-                     "beaten": near_vs is not None and _significant(near_vs, alpha) and near_vs["diff"] > 0}
-                    if near is not None else None),
+        "copying": _copying(near, means, near_vs, alpha) if near is not None else None,
         "status": status,
     }
     result["sentence"] = _sentence(task, result, cost)
@@ -281,10 +296,11 @@ def _task_verdict(task: str, metric: str, table: Scores, comparisons: Sequence[M
 
 
 def verdict(rows: Sequence[Row], comparisons: Sequence[Mapping[str, Any]], cost: Mapping[str, Mapping[str, Any]],
-            *, alpha: float = 0.05, primary: str | Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
+            *, alpha: float = ALPHA, primary: str | Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
     """task -> ``{"metric", "n", "means": {variant: mean}, "winner", "winner_mean", "runner_up", "runner_up_mean",
     "margin", "ci", "p", "p_holm", "vs_zero_shot": {"diff", "ci", "p_holm"} | None, "cheapest_equivalent",
-    "copying": {"variant", "mean", "beaten"} | None, "status": "single" | "thin" | "tie" | "win", "sentence"}``.
+    "copying": {"variant", "mean", "beaten", "better", "diff", "ci", "p_holm", "n"} | None, "status": "single" |
+    "thin" | "tie" | "win", "sentence"}``.
 
     The winner is the non-baseline variant with the highest mean; margin/ci/p compare it with the runner-up on the
     ``n`` rows both scored (winner_mean and runner_up_mean are on those rows too; ``means`` on all of each one's).
@@ -331,5 +347,5 @@ def slices(rows: Sequence[Row], *, n_resamples: int = 1000, seed: int = 0) -> di
     return result
 
 
-__all__ = ["is_baseline", "DEFAULT_METRIC", "FALLBACK_METRICS", "PRIMARY_METRIC", "compare", "cost_table",
-           "format_p", "primary_metric", "slices", "verdict"]
+__all__ = ["ALPHA", "is_baseline", "DEFAULT_METRIC", "FALLBACK_METRICS", "PRIMARY_METRIC", "compare", "cost_table",
+           "format_p", "primary_metric", "significant", "slices", "verdict"]

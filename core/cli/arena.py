@@ -91,9 +91,10 @@ def _eval_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="folder for the results (default: a new folder under the workspace's evals/)")
     parser.add_argument("--limit", type=int, help="evaluate only the first N examples")
     parser.add_argument("--tasks", help="comma-separated task names to keep (e.g. qa,classification)")
-    parser.add_argument("--report", choices=("html",), help="also name the self-contained evidence report "
-                        "(report.html in the evaluation folder: verdicts, pair table, slices, cost, every answer, "
-                        "provenance; always written)")
+    parser.add_argument("--report", choices=("html",), help="the self-contained evidence report (verdicts, pair "
+                        "table, slices, cost, every answer, provenance): report.html in the evaluation folder. It is "
+                        "written with or without this flag, and its path is the output's 'report'; --report html "
+                        "also prints 'report: PATH' on stderr")
     parser.add_argument("--num-processes", type=int, metavar="N",
                         help="split the examples over N processes, each with its own model (data parallel; gloo on "
                              "CPU, NCCL on GPUs); one results file, as one process writes it (default: 1)")
@@ -117,7 +118,7 @@ def cmd_eval(args: argparse.Namespace, engine: EngineFactory) -> Result:
     result = engine().evaluate(data, config, out=args.out, limit=args.limit, tasks=tasks, model=args.model,
                                on_progress=StageProgress() if distributed.current().is_main else None)
     contract = result.contract()
-    if args.report:
+    if args.report and distributed.current().is_main:  # the other processes of a job save nothing
         logger.info("report: %s", contract["report"])
     return contract
 
