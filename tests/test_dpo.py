@@ -94,6 +94,7 @@ def test_lora_learns_the_preferences_and_leaves_the_base_untouched(pairs, tmp_pa
     assert losses[0] == pytest.approx(math.log(2), abs=1e-3)  # h = 0 at the start: -log sigmoid(0)
     extras = result.contract()
     assert extras["objective"] == "dpo" and extras["reward_accuracy"] == measures[-1]["reward_accuracy"]
+    assert extras["reward_measured_on"] == "validation"
     assert extras["reward_margin"] == measures[-1]["reward_margin"] and extras["pairs"] == len(PAIRS)
     # the base weights never moved: only the adapter trained
     base = dict(fresh_base(tiny_model_dir).named_parameters())
@@ -109,6 +110,45 @@ def test_lora_learns_the_preferences_and_leaves_the_base_untouched(pairs, tmp_pa
     first = encode_pair(tiny_tokenizer, dpo.PreferencePair(**PAIRS[0]))
     assert saved[first.key] == pytest.approx(base_logps(tiny_model_dir, tiny_tokenizer, PAIRS[0]), abs=1e-4)
     assert len(saved) == len(PAIRS)
+
+
+OTHER_ADAPTERS = {  # method, its settings, learning rate: 6 steps of 3 pairs
+    "ia3": ("ia3", {}, 5e-2),
+    "adalora": ("adalora", {"init_r": 4, "target_r": 2, "dropout": 0.0, "prune_every": 1}, 1e-2),
+    "dora": ("lora", {"r": 8, "dropout": 0.0, "use_dora": True}, 1e-2),
+}
+
+
+@pytest.mark.parametrize("name", list(OTHER_ADAPTERS))
+def test_other_lora_family_adapters_train_against_the_base_as_reference(name, pairs, tmp_path, tiny_model_dir,
+                                                                        tiny_tokenizer):
+    """IA3 (scales 1), AdaLoRA (E = 0) and DoRA (B = 0, magnitude = the weight norm) start as the identity: the
+    reference log-probs are the base model's, the adapter disabled gives them back after training, and the run
+    trains and saves its adapter."""
+    method, settings, lr = OTHER_ADAPTERS[name]
+    config = dpo_config(pairs, tiny_model_dir, method, max_steps=6, eval_every=6, learning_rate=lr,
+                        method_config=settings)
+    captured = train_captured(config, tmp_path / "runs")
+    result = captured.result
+    assert (result.state, result.steps) == ("completed", 6)
+    adapter = Path(result.run_dir) / "adapter"
+    assert json.loads((adapter / "adapter_config.json").read_text())["peft_type"] == (
+        "LORA" if name == "dora" else name.upper())
+    assert result.extras["reward_measured_on"] == "validation"
+    assert result.extras["reward_accuracy"] > 0.5 and result.extras["reward_margin"] > 0, result.extras
+    saved = read_reference(Path(result.run_dir) / REFERENCE_FILE)
+    rows = [encode_pair(tiny_tokenizer, dpo.PreferencePair(**pair)) for pair in PAIRS]
+    expected = base_logps(tiny_model_dir, tiny_tokenizer, PAIRS[0])
+    assert saved[rows[0].key] == pytest.approx(expected, abs=1e-4)
+    batch = collate_pairs(rows, tiny_tokenizer.pad_token_id, "cpu")
+    model = captured.model.eval()
+    with torch.no_grad():
+        with model.disable_adapter():
+            disabled = sequence_logps(model, batch, False)  # (12,): 6 chosen, then 6 rejected
+        enabled = sequence_logps(model, batch, False)
+    reference = [saved[row.key][0] for row in rows] + [saved[row.key][1] for row in rows]
+    assert disabled.tolist() == pytest.approx(reference, abs=1e-4)
+    assert not torch.allclose(enabled, disabled, atol=1e-3)  # the adapter trained
 
 
 def test_a_resumed_full_run_reads_its_reference_back(pairs, tmp_path, tiny_model_dir, monkeypatch):
@@ -140,6 +180,67 @@ def test_the_ipo_loss_starts_at_its_target_and_falls(pairs, tmp_path, tiny_model
     assert result.train_loss[0] == pytest.approx((0 - 1 / (2 * 0.5)) ** 2, abs=1e-3)  # h = 0: (0 - 1/(2 beta))^2
     assert result.train_loss[-1] < result.train_loss[0] and result.extras["dpo_loss"] == "ipo"
     assert result.extras["reward_margin"] > 0
+
+
+def vote_on(engine: Any, pair: dict[str, str], number: int, winner: str = "chosen") -> dict[str, Any]:
+    """One vote through the engine's vote API on a two-answer arena result: the pair's chosen answer from
+    zero_shot, its rejected one from few_shot, shown in an order that alternates (the winner is A or B)."""
+    arena = {"query": pair["prompt"], "reference": None, "task": "qa", "results": [
+        {"variant": "zero_shot", "strategy": "zero_shot", "adapter": None, "available": True,
+         "answer": pair["chosen"], "prompt": pair["prompt"], "metrics": {}},
+        {"variant": "few_shot", "strategy": "few_shot", "adapter": None, "available": True,
+         "answer": pair["rejected"], "prompt": pair["prompt"], "metrics": {}}]}
+    shown = ["zero_shot", "few_shot"][:: 1 if number % 2 else -1]
+    choice = {"chosen": "ABAB"[shown.index("zero_shot")], "tie": "tie", "all_bad": "all_bad"}[winner]
+    return engine.record_vote(arena, choice, shown=shown, generation={"temperature": 0.0})
+
+
+def test_votes_exported_and_trained_through_the_cli_make_the_chosen_answers_win(tmp_path, tiny_model_dir,
+                                                                                 tiny_tokenizer, capsys,
+                                                                                 monkeypatch):
+    """The loop a new user runs: votes in the Arena (the engine's vote API, as the app calls it), ``feedback
+    export``, ``train --objective dpo`` on the exported pairs. 8 votes give 6 pairs (a tie and an all-bad vote give
+    none): too few to hold any out, so the rewards are measured on the training pairs and the JSON says so."""
+    from peft import PeftModel
+
+    from core.cli import main
+    from core.engine import Engine
+
+    engine = Engine(tmp_path / "ws")
+    monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(engine.workspace.root))
+    for number, pair in enumerate(PAIRS):
+        vote_on(engine, pair, number)
+    vote_on(engine, PAIRS[0], 6, "tie")
+    vote_on(engine, PAIRS[1], 7, "all_bad")
+    assert main(["feedback", "export", "--json"]) == 0
+    exported = json.loads(capsys.readouterr().out)
+    assert (exported["pairs"], exported["votes"], exported["skipped_votes"]) == (6, 8, 2)
+    assert [(p.prompt, p.chosen, p.rejected) for p in read_pairs(exported["path"])] == [
+        (p["prompt"], p["chosen"], p["rejected"]) for p in PAIRS]
+    out = tmp_path / "runs" / "from-votes"
+    assert main(["train", "--data", exported["path"], "--model", str(tiny_model_dir), "--objective", "dpo",
+                 "--max-steps", "12", "--batch-size", "3", "--lr", "1e-2", "--scheduler", "constant",
+                 "--warmup-ratio", "0", "--seed", "5", "--device", "cpu", "--dtype", "fp32", "--set", "r=8",
+                 "--set", "dropout=0", "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["objective"], result["pairs"], result["val_pairs"]) == ("dpo", 6, 0)
+    assert result["reward_measured_on"] == "train"
+    assert result["reward_accuracy"] > 0.5 and result["reward_margin"] > 0, result
+    # the reference is the base with the adapter disabled, and training left it as it was
+    saved = read_reference(out / REFERENCE_FILE)
+    tuned = PeftModel.from_pretrained(fresh_base(tiny_model_dir), str(out / "adapter")).eval()
+    rows = [encode_pair(tiny_tokenizer, dpo.PreferencePair(**pair)) for pair in PAIRS]
+    batch = collate_pairs(rows, tiny_tokenizer.pad_token_id, "cpu")
+    with torch.no_grad():
+        with tuned.disable_adapter():
+            disabled = sequence_logps(tuned, batch, False)  # (12,): 6 chosen, then 6 rejected
+        enabled = sequence_logps(tuned, batch, False)
+    reference = torch.tensor([saved[row.key][0] for row in rows] + [saved[row.key][1] for row in rows])
+    assert disabled.tolist() == pytest.approx(reference.tolist(), abs=1e-4)
+    assert (float(disabled[0]), float(disabled[6])) == pytest.approx(
+        base_logps(tiny_model_dir, tiny_tokenizer, PAIRS[0]), abs=1e-4)
+    margins = dpo.log_ratio_difference(enabled, reference)  # (6,): how much more the chosen answers gained
+    assert float(margins.mean()) > 0 and not torch.allclose(enabled, disabled)
 
 
 # --------------------------------------------------------------------------------------------------------------------

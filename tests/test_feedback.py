@@ -125,8 +125,27 @@ def test_a_bad_vote_is_one_line_naming_the_field_and_saves_nothing(engine, chang
 def test_an_answer_of_a_deleted_run_is_recorded_with_an_unknown_method(engine):
     arena = arena_result()
     engine.delete_run(DPO_RUN)
-    vote = engine.record_vote(arena, "A", shown=SHOWN)
+    vote = engine.record_vote(arena, "A", shown=SHOWN, generation={"base_model": "arena-model"})
     assert (vote["answers"][0]["run_id"], vote["answers"][0]["method"]) == (DPO_RUN, None)
+    assert vote["answers"][0]["base_model"] == "arena-model"  # the model the Arena ran it on
+
+
+def test_a_vote_names_the_base_model_the_arena_answered_with(engine):
+    """Prompting answers are the Arena's base model's (the app passes it in ``generation``, the API may name it);
+    a fine-tuned answer is its run's base model's, whatever the Arena ran."""
+    arena = arena_result()
+    vote = engine.record_vote(arena, "B", shown=SHOWN, generation={"temperature": 0.0, "base_model": "other-base"})
+    dpo, zero, lora = vote["answers"]
+    assert zero["base_model"] == "other-base" and vote["generation"]["base_model"] == "other-base"
+    assert (dpo["base_model"], lora["base_model"]) == ("tiny-base", default_base_model())
+    named = engine.record_vote(arena, "B", shown=SHOWN, base_model="named-base", generation={"base_model": None})
+    assert named["answers"][1]["base_model"] == "named-base"
+    unnamed = engine.record_vote(arena, "B", shown=SHOWN, generation={"base_model": None})
+    assert unnamed["answers"][1]["base_model"] == default_base_model() != "other-base"
+    assert [vote["answers"][1]["base_model"] for vote in engine.list_votes()] == [
+        "other-base", "named-base", default_base_model()]
+    with pytest.raises(ConfigError, match="^base_model: expected a model name, got int"):
+        engine.record_vote(arena, "B", shown=SHOWN, generation={"base_model": 3})
 
 
 # ---- the file under concurrency ------------------------------------------------------------------------------------

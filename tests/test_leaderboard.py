@@ -177,3 +177,12 @@ def test_metric_agreement_counts_the_votes_where_the_metrics_best_is_the_voted_o
 def test_bad_settings_name_the_field(kwargs, needle):
     with pytest.raises(ConfigError, match=needle):
         leaderboard([vote(["a", "b"], "a")], **kwargs)
+
+
+def test_every_metric_the_agreement_may_compare_has_one_label():
+    """core.arena.metrics.METRIC_LABELS names each metric once for every tab (the Leaderboard imports it)."""
+    from core.arena.metrics import METRIC_LABELS, METRIC_NAMES
+
+    assert list(METRIC_LABELS) == list(METRIC_NAMES)
+    assert (METRIC_LABELS["rougeL"], METRIC_LABELS["token_f1"]) == ("ROUGE-L", "token F1")
+    assert len(set(METRIC_LABELS.values())) == len(METRIC_LABELS)

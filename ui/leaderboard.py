@@ -13,6 +13,7 @@ from typing import Any
 import gradio as gr
 import pandas as pd
 
+from core.arena.metrics import METRIC_LABELS
 from core.engine import Engine
 from core.text import one_line
 from ui.visitors import scoped
@@ -21,8 +22,6 @@ RATING_HEADERS = ["#", "name", "rating", "95% interval", "votes", "wins"]
 AGREEMENT_HEADERS = ["metric", "agrees with the vote", "votes with a reference"]
 BY_CHOICES = [("each variant (zero_shot, rag, finetuned@run…)", "variant"),
               ("each approach (prompting, RAG, each fine-tuning method)", "method")]
-METRIC_NAMES = {"rougeL": "ROUGE-L", "bleu": "BLEU", "token_f1": "token F1", "similarity": "similarity",
-                "accuracy": "accuracy"}
 
 
 def rating_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
@@ -35,7 +34,7 @@ def rating_frame(items: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def agreement_frame(agreement: dict[str, dict[str, Any]]) -> pd.DataFrame:
-    rows = [[METRIC_NAMES.get(metric, metric), f"{row['share']:.0%} ({row['agree']} of {row['n']})" if row["n"]
+    rows = [[METRIC_LABELS.get(metric, metric), f"{row['share']:.0%} ({row['agree']} of {row['n']})" if row["n"]
              else "–", row["n"]] for metric, row in agreement.items()]
     return pd.DataFrame(rows, columns=AGREEMENT_HEADERS)
 

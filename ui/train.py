@@ -85,11 +85,18 @@ def describe_dataset(path: str | None) -> tuple[str, pd.DataFrame]:
 
 
 def store_dataset(engine: Engine, path: str | Path, name: str | None = None) -> Path:
-    """Check an uploaded file loads as training data, then keep it under ``uploads/datasets/``.
+    """Check an uploaded file loads as training data (or as preference pairs, for the dpo objective), then keep it
+    under ``uploads/datasets/``.
 
     Raises ValueError (DataError or UploadError) with one line naming the file; a file that fails is not stored.
     """
-    load_examples(path)
+    try:
+        load_examples(path)
+    except (DataError, ValueError) as err:
+        try:  # prompt, chosen, rejected: what the DPO objective trains on
+            read_pairs(path)
+        except (DataError, ValueError, OSError):
+            raise err from None  # neither: the instruction-data loader's line
     return engine.store_upload(path, "datasets", name=name or Path(path).name)
 
 
@@ -127,6 +134,21 @@ def preset_method(name: str | None) -> str | None:
     return load_preset(name)["config"].get("method", "lora") if name else None
 
 
+def reward_line(result: dict[str, Any]) -> str:
+    """A DPO run's implicit reward accuracy and margin, and which pairs they were measured on (core.training.dpo:
+    the validation pairs, or the training pairs when none were held out); '' for other runs."""
+    if result.get("reward_accuracy") is None:
+        return ""
+    if result.get("reward_measured_on") == "train":
+        where = ("on its training pairs, none held out for validation: how well it learnt them, not how "
+                 "well it generalises")
+    else:
+        where = f"on {result.get('val_pairs')} validation pairs"
+    margin = result.get("reward_margin")
+    return (f"<div class='ta-reward'>Reward accuracy <b>{result['reward_accuracy']:.0%}</b>"
+            + (f", margin {margin:+.3f}" if margin is not None else "") + f" ({html.escape(where)})</div>")
+
+
 def render_progress(state: JobState, now: float | None = None) -> str:
     """The progress bar and status line of a job snapshot (HTML)."""
     if state.state == "idle":
@@ -161,6 +183,7 @@ def render_progress(state: JobState, now: float | None = None) -> str:
     if state.state == "preparing":
         line += "<div class='ta-why'>Loading the model and tokenizing the data…</div>"
     if state.state in ("completed", "stopped") and state.result:
+        line += reward_line(state.result)
         line += ("<div class='ta-why'>Saved: it is now in the Arena's and Evaluate's run pickers"
                  + (" (resume it to finish the schedule)" if state.state == "stopped" else "") + ".</div>")
     bar = f"<div class='ta-bar'><div class='ta-fill' style='width:{100 * done:.1f}%'></div></div>"

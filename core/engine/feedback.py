@@ -45,30 +45,35 @@ class FeedbackMixin:
 
     def _run_facts(self, adapter: str) -> dict[str, Any]:
         """run_id, method, objective and base model of the run behind a fine-tuned answer; a run that cannot be
-        read any more (deleted since the answer) keeps its name and leaves the rest unknown."""
+        read any more (deleted since the answer) keeps its name and leaves the rest unknown (its base model: the
+        one the Arena answered with)."""
         try:
             run = Run(self.resolve_run(adapter))  # the arena's adapter as given: a run id, or (the app) its folder
             config = run.config
         except (TuneArenaError, OSError) as err:
             logger.warning("vote: the run %s of an answer cannot be read (%s); its method is recorded as unknown",
                            adapter, str(err).splitlines()[0] if str(err) else type(err).__name__)
-            return {"run_id": short_name(adapter), "method": None, "objective": None,
-                    "base_model": default_base_model()}
+            return {"run_id": short_name(adapter), "method": None, "objective": None, "base_model": None}
         return {"run_id": run.run_id, "method": config.get("method"), "objective": config.get("objective") or "sft",
                 "base_model": config.get("base_model") or default_base_model()}
 
     def record_vote(self, arena: dict, winner: str, *, shown: list[str], input_text: str = "",
-                    generation: dict | None = None, blind: bool = True) -> dict:
+                    generation: dict | None = None, blind: bool = True, base_model: str | None = None) -> dict:
         """Save a person's vote on an arena result and return the saved record (core.arena.feedback).
 
         ``arena``: ``ArenaResult.to_dict()``; ``shown``: the variant names in the order their answers were shown
         (labels A, B, C... in that order; unavailable variants are not shown); ``winner``: one of those variant
         names (or its label), ``"tie"`` or ``"all_bad"``; ``input_text``: the input the query was asked with;
-        ``generation``: the generation settings (``GenerationConfig`` as a dict). ConfigError (one line) for an
+        ``generation``: the generation settings (``GenerationConfig`` as a dict); ``base_model``: the model the
+        Arena answered with (default: ``generation["base_model"]``, else the default base model), recorded for the
+        answers of no fine-tuned run (a run's answer names its run's base model). ConfigError (one line) for an
         unknown winner, no answers or an empty query. Safe to call from many threads and processes at once."""
+        answered_by = base_model or (generation or {}).get("base_model") or default_base_model()
+        if not isinstance(answered_by, str):
+            raise ConfigError(f"base_model: expected a model name, got {type(answered_by).__name__}")
         vote = build_vote(arena, winner, shown=list(shown), run_facts=self._run_facts,
-                          base_model=default_base_model(), input_text=input_text, generation=generation,
-                          blind=blind)
+                          base_model=answered_by.strip() or default_base_model(), input_text=input_text,
+                          generation=generation, blind=blind)
         if self.quota is not None:  # a visitor: their workspace's disk quota
             self.quota.check_disk(len(str(vote)), "this vote")
         append_vote(self.votes_path, vote, self._votes_lock())

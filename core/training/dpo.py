@@ -28,7 +28,11 @@ Measures at each validation pass: ``val_loss`` (the DPO loss), ``reward_accuracy
 reward β (log π − log π_ref) is higher for the chosen answer than for the rejected one; a tie counts as a miss, so it
 is 0 at step 0, where policy and reference agree), ``reward_margin`` (mean chosen − rejected reward) and
 ``logp_accuracy`` (share of pairs whose chosen answer has the higher log-prob under the policy; the reference's
-value, ``reference_logp_accuracy`` in the summary, says how often the base model already preferred it).
+value, ``reference_logp_accuracy`` in the summary, says how often the base model already preferred it). The
+summary's ``reward_measured_on`` says which pairs these are: ``validation``, or ``train`` when the run has no
+validation pairs (fewer than 10 pairs and no ``val_data``, or ``val_fraction`` 0). The rewards (and the
+reference's log-prob accuracy) are then measured once after the last step on the first ``max_eval_examples``
+training pairs: how well the run learnt its own pairs, not how well it generalises.
 """
 
 from __future__ import annotations
@@ -284,9 +288,14 @@ class PreferenceSession(TrainingSession):
             self.measures["reference_s"] = round(time.perf_counter() - started, 3)
             logger.info("reference log-probs of %d pairs computed in %.1f s", len(self.reference),
                         self.measures["reference_s"])
-        chosen_wins = [self.reference[row.key][0] > self.reference[row.key][1] for row in self.data.val]
+        chosen_wins = [self.reference[row.key][0] > self.reference[row.key][1] for row in self.measured_rows()]
         self.measures["reference_logp_accuracy"] = (round(sum(chosen_wins) / len(chosen_wins), 6) if chosen_wins
                                                     else None)
+
+    def measured_rows(self) -> list[PreferenceRow]:
+        """The pairs the rewards are reported on: the validation pairs, or without any the first
+        ``max_eval_examples`` training pairs."""
+        return self.data.val or self.data.train[: self.config.max_eval_examples or len(self.data.train)]
 
     def logps(self, rows: list[PreferenceRow]) -> torch.Tensor:
         """The current model's (chosen, rejected) log-probs of ``rows``, in their order: (N, 2), no gradients, eval
@@ -345,8 +354,13 @@ class PreferenceSession(TrainingSession):
         return measures
 
     def summary(self) -> dict[str, Any]:
+        """The run's rewards (the last validation pass's; with no validation pairs, measured now on the training
+        pairs: ``reward_measured_on``), settings and pair counts."""
+        if not self.data.val:
+            self.evaluate(self.measured_rows())
         return {
-            "objective": DPO, "reward_accuracy": self.measures.get("reward_accuracy"),
+            "objective": DPO, "reward_measured_on": "validation" if self.data.val else "train",
+            "reward_accuracy": self.measures.get("reward_accuracy"),
             "reward_margin": self.measures.get("reward_margin"), "logp_accuracy": self.measures.get("logp_accuracy"),
             "reference_logp_accuracy": self.measures.get("reference_logp_accuracy"),
             "dpo_beta": self.config.dpo_beta, "dpo_loss": self.config.dpo_loss,

@@ -69,6 +69,12 @@ REFERENCE_METRICS: tuple[str, ...] = (
     "similarity",
 )
 METRIC_NAMES: tuple[str, ...] = (*REFERENCE_METRICS, "accuracy")
+METRIC_LABELS: dict[str, str] = {
+    "rouge1": "ROUGE-1", "rouge2": "ROUGE-2", "rougeL": "ROUGE-L", "rougeLsum": "ROUGE-Lsum", "bleu": "BLEU",
+    "exact_match": "exact match", "token_f1": "token F1", "contains": "contains", "similarity": "similarity",
+    "accuracy": "accuracy",
+}
+"""How tables and charts name each metric (one source for the app's tabs)."""
 
 _SEPARATORS = re.compile(r"[\s_\-]+")
 
