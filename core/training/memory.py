@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import Any
 
@@ -84,3 +85,60 @@ def out_of_memory_message(config: Any, err: BaseException, step: int) -> str:
         tips.append("turn on gradient_checkpointing")
     advice = tips[0] if len(tips) == 1 else ", ".join(tips[:-1]) + f" or {tips[-1]}"
     return f"out of memory in training step {step} ({detail}): {advice}"
+
+
+
+@functools.cache
+def _lean_dropout_class() -> type:
+    """LeanDropout, built on first use (torch is imported lazily across core)."""
+    import torch
+
+    class KeepMask(torch.autograd.Function):
+        """Inverted dropout that keeps one byte per element for the backward pass.
+
+        ``torch.nn.functional.dropout`` on the CPU multiplies by a noise tensor of the input's dtype (the kept
+        elements hold 1/(1-p)), and autograd saves that tensor: 2-4 bytes per element of every LoRA input. The same
+        draws (``bernoulli_`` on a tensor like the input, then the division) give the same output bit for bit; only
+        ``noise != 0`` is saved and the noise is rebuilt from it in backward.
+        """
+
+        @staticmethod
+        def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+            noise = torch.empty_like(x).bernoulli_(1 - p)
+            noise.div_(1 - p)
+            ctx.p = p
+            ctx.save_for_backward(noise != 0)
+            return x * noise
+
+        @staticmethod
+        def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+            (keep,) = ctx.saved_tensors
+            return grad * keep.to(grad.dtype).div_(1 - ctx.p), None
+
+    class LeanDropout(torch.nn.Dropout):
+        """``nn.Dropout`` whose backward keeps a one-byte mask (KeepMask) when it trains with gradients."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if self.training and self.p > 0 and torch.is_grad_enabled() and x.requires_grad:
+                return KeepMask.apply(x, self.p)
+            return super().forward(x)
+
+    return LeanDropout
+
+
+def lean_lora_dropout(model: Any) -> int:
+    """Swap every LoRA layer's ``nn.Dropout`` for LeanDropout (same outputs and gradients, a smaller saved mask);
+    returns how many were swapped. Other modules' dropout is left alone."""
+    import torch
+
+    lean = _lean_dropout_class()
+    swapped = 0
+    for module in model.modules():
+        layers = getattr(module, "lora_dropout", None)
+        if not isinstance(layers, torch.nn.ModuleDict):
+            continue
+        for name, layer in list(layers.items()):
+            if type(layer) is torch.nn.Dropout and layer.p > 0:
+                layers[name] = lean(layer.p)
+                swapped += 1
+    return swapped

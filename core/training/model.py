@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from core.errors import ConfigError
 from core.methods import PEFT_FORMAT, BuildContext, get_method, quantization_config
 from core.models import LoadedModel, load_causal_lm, pick_device, pick_dtype
+from core.training.memory import lean_lora_dropout
 from core.training.sharding import sharded_run
 
 if TYPE_CHECKING:
@@ -23,7 +24,7 @@ def compute_dtype(config: Any, device: str) -> torch.dtype:
 def make_trainable(model: Any, config: Any, tokenizer: Any, total_steps: int, *,
                    task_type: str = "CAUSAL_LM") -> Any:
     """The method's builder over ``model`` (PEFT ``task_type``: CAUSAL_LM, or SEQ_CLS for a classification head);
-    trainable weights in fp32; gradient checkpointing when asked."""
+    trainable weights in fp32; LoRA dropout that saves a one-byte mask; gradient checkpointing when asked."""
     import torch
 
     method = get_method(config.method)
@@ -33,6 +34,7 @@ def make_trainable(model: Any, config: Any, tokenizer: Any, total_steps: int, *,
     for param in model.parameters():
         if param.requires_grad and param.dtype != torch.float32:
             param.data = param.data.float()
+    lean_lora_dropout(model)  # same draws and gradients, a one-byte saved mask (core.training.memory)
     if config.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if hasattr(model, "enable_input_require_grads"):
