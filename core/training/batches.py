@@ -77,3 +77,18 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
     rng.shuffle(batches)
     return batches
+
+
+def split_by_tokens(rows: list[int], lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """One forward pass's rows cut into parts of at most ``max_tokens`` padded tokens each (rows x the longest row's
+    length), longest rows first; a row longer than ``max_tokens`` goes alone. ``max_tokens`` 0, or rows that fit:
+    ``[rows]`` unchanged. The loop weighs each part's loss by its units, so the step's gradient is the same sum."""
+    if not rows or not max_tokens or len(rows) * max(lengths[i] for i in rows) <= max_tokens:
+        return [rows]
+    parts: list[list[int]] = []
+    for i in sorted(rows, key=lambda i: lengths[i], reverse=True):
+        if parts and (len(parts[-1]) + 1) * lengths[parts[-1][0]] <= max_tokens:
+            parts[-1].append(i)
+        else:
+            parts.append([i])
+    return parts

@@ -65,6 +65,9 @@ class TrainingConfig:
     group_by_length: bool = _help("Batch examples of similar length (less padding)", True)
     answer_only_head: bool = _help("Apply the LM head to answer positions only: same loss, less work", True)
     gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~30% slower", False)
+    max_forward_tokens: int = _help("Most padded tokens (rows x longest row) in one forward pass: a micro-batch over "
+                                    "it runs in parts whose gradients add up to the same step, for a lower memory "
+                                    "peak (0 = whole micro-batches)", 1024)
     device: str | None = _help("cpu, cuda, mps (default: best available)")
     dtype: str | None = _help("fp32, bf16 or fp16 (default: the device policy)")
     text_column: str | None = _help("Classification: the column holding the text (default: text, else the prompt of "
@@ -117,7 +120,7 @@ class TrainingConfig:
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
-        for name in ("eval_every", "checkpoint_every", "max_eval_examples"):
+        for name in ("eval_every", "checkpoint_every", "max_eval_examples", "max_forward_tokens"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, name, f"must be an integer >= 0, got {value!r}")
         check(self.dtype in (None, "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "dtype",

@@ -39,7 +39,7 @@ from core.methods import get_method
 from core.models import load_tokenizer, pick_device
 from core.runs import FULL_FORMAT, Run, RunStore, render_card
 from core.training import sharding
-from core.training.batches import PreparedData, epoch_batches, prepare_data
+from core.training.batches import PreparedData, epoch_batches, prepare_data, split_by_tokens
 from core.training.checkpoint import _adalora_allocator, finalize_adalora, load_checkpoint, save_checkpoint
 from core.training.config import TrainingConfig
 from core.training.memory import PeakMemory, is_out_of_memory, out_of_memory_message, release_memory
@@ -292,14 +292,17 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
 
     def passes(step: int) -> list[tuple[dict[str, Any], bool]]:
         """This process's (batch, counts) forward passes of optimizer step ``step``: its share of each micro-batch
-        (all of it for one process). Sharded, every process runs every pass: an empty share runs the micro-batch's
-        first row, not counted."""
+        (all of it for one process), in parts of at most ``max_forward_tokens`` padded tokens. Sharded, every process
+        runs every pass whole: an empty share runs the micro-batch's first row, not counted."""
         out = []
         for k in range(config.grad_accum):
             rows = micro_batch(step * config.grad_accum + k)
             share = distributed.shard(rows, world)
-            if share or sharded:
+            if sharded:  # every process runs the same passes (FSDP's gathers are collective): no split
                 out.append((session.collate([data.train[i] for i in share or rows[:1]]), bool(share)))
+            elif share:
+                out += [(session.collate([data.train[i] for i in part]), True)
+                        for part in split_by_tokens(share, lengths, config.max_forward_tokens)]
         return out
 
     allocator = _adalora_allocator(model)
