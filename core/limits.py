@@ -2,14 +2,16 @@
 go through these, so both refuse the same things with the same message.
 
 Sizes are decimal (50 MB = 50 * 10**6 bytes), as every message states them. Counts that a bigger machine can afford
-are raised through environment variables (``TUNE_ARENA_MAX_*``). Imports nothing of the project.
+are raised through environment variables (``TUNE_ARENA_MAX_*``). Imports only core.errors and core.text of the project.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
 import tempfile
+import time
 import unicodedata
 from pathlib import Path
 
@@ -79,13 +81,31 @@ def check_name(name: object, what: str) -> str:
     return name
 
 
+def ascii_text(text: str) -> str:
+    """``text`` with compatibility forms folded and accents dropped (``"ü"`` -> ``"u"``, a full-width ``"／"`` ->
+    ``"/"``); characters with no ASCII form are removed."""
+    return unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+
+
+def name_chars(text: str, sep: str = "-") -> str:
+    """``text`` (see ascii_text) with every run of characters outside NAME_CHARS made one ``sep``: the character
+    rule of every name made from a person's text (to_name; upload file names, core.engine.uploads.safe_name)."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", sep, ascii_text(text))
+
+
 def to_name(text: str, fallback: str) -> str:
     """A plain name (see check_name) made from ``text``: accents dropped, every run of other characters made one
     '-', leading dots and dashes removed, cut to MAX_NAME_CHARS; ``fallback`` when nothing is left.
     ``"Mes données (v2)"`` -> ``"Mes-donnees-v2"``; ``".hidden"`` -> ``"hidden"``."""
-    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
-    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", ascii_text).lstrip(".-")[:MAX_NAME_CHARS].rstrip("-")
-    return name or fallback
+    return name_chars(text).lstrip(".-")[:MAX_NAME_CHARS].rstrip("-") or fallback
+
+
+def new_id(stem: str, fallback: str) -> str:
+    """A new, unique name for a saved evaluation or benchmark: ``<YYYYmmdd-HHMMSS>-<stem>-<4 hex>``, where ``stem`` is
+    cut to 40 of [A-Za-z0-9_-] (``fallback`` when nothing is left): at most 61 characters, a plain name (check_name)
+    that sorts by time. ``new_id("my data", "eval")`` -> ``"20250105-120000-my-data-ab12"``."""
+    cut = re.sub(r"[^A-Za-z0-9_-]+", "-", stem)[:40].strip("-") or fallback
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{cut}-{secrets.token_hex(2)}"
 
 
 def writable_folder(path: str | Path) -> Path:

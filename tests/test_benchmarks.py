@@ -256,6 +256,35 @@ def test_the_engine_saves_a_benchmark_and_reads_back_each_runs_forgetting(tmp_pa
         engine.load_benchmark("20990101-nothing")
 
 
+def test_benchmark_ids_are_made_and_checked_by_the_one_name_rule(tmp_path):
+    """core.limits.new_id makes a benchmark's id as it makes an evaluation's; load_benchmark takes any id it makes
+    (the longest: 61 characters) and the demo's, and refuses what check_name refuses, in the same words as before."""
+    import re
+
+    from core.arena.evals import new_eval_id
+    from core.io import write_json
+    from core.limits import check_name, new_id
+
+    engine = Engine(tmp_path / "ws")
+    def shape(stem: str) -> str:
+        return r"\d{8}-\d{6}-" + stem + "-[0-9a-f]{4}"
+
+    longest = new_id("tune_arena_probe_mc_" + "x" * 40, "benchmark")  # the stem is cut to 40 characters
+    assert re.fullmatch(shape("tune_arena_probe_mc_" + "x" * 20), longest)
+    assert re.fullmatch(shape("tune_arena_probe_mc-tune_arena_probe_mc"), new_id("-".join(["tune_arena_probe_mc"] * 3),
+                                                                                  "benchmark"))
+    assert len(longest) == 61 and check_name(longest, "benchmark") == longest
+    assert re.fullmatch(shape("benchmark"), new_id(" ./ ", "benchmark"))
+    assert re.fullmatch(shape("my-data"), new_id("my data", "eval"))
+    assert new_eval_id("folder/my data.jsonl")[16:-5] == new_id("my data", "eval")[16:-5] == "my-data"
+    write_json(engine.benchmarks_dir / f"{longest}.json", {"id": longest, "deltas": {}})
+    assert engine.load_benchmark(longest)["id"] == longest
+    assert engine.load_benchmark("demo-benchmark")["id"] == "demo-benchmark"
+    for bad in ("../runs/x", ".hidden", "a/b", "x" * 65, "", "a b", None):
+        with pytest.raises(ConfigError, match=r"^benchmark: .* is not a benchmark id$"):
+            engine.load_benchmark(bad)
+
+
 def test_a_visitor_runs_only_bundled_tasks_and_no_task_folders(tmp_path, tiny_model_dir):
     engine = Engine(tmp_path / "ws")
     visitor = engine.scoped(tmp_path / "ws" / "visitors" / "anon-1", owner="anon-1")

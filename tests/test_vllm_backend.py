@@ -135,6 +135,26 @@ def test_a_run_vllm_cannot_serve_is_one_line_naming_it(tmp_path, method, setting
     assert "\n" not in message
 
 
+def test_what_a_plain_lora_is_comes_from_the_method_registry(tmp_path, monkeypatch):
+    """vLLM serves a LoRA run exactly when the registry says it shares a batch (Method.mixes_in_batch): a setting
+    the registry adds to its exceptions is refused here too, without a second copy of the rule."""
+    from core.methods.registry import Method
+
+    folder = _run_folder(tmp_path, "plain", "lora", settings={"r": 8})
+    assert vllm_serving(folder).kind == "lora"
+    asked: list[dict] = []
+
+    def mixes_in_batch(self, settings=None):
+        asked.append(dict(settings or {}))
+        return False
+
+    monkeypatch.setattr(Method, "mixes_in_batch", mixes_in_batch)
+    with pytest.raises(ConfigError, match="^adapter: plain cannot be served by vLLM: its LoRA settings make it no "
+                                          "plain LoRA adapter"):
+        vllm_serving(folder)
+    assert asked == [{"r": 8}]
+
+
 def test_how_vllm_serves_lora_full_and_layerwise_runs(tmp_path):
     lora = vllm_serving(_run_folder(tmp_path, "lora", "lora", rank=16, rank_pattern={"q_proj": 32}))
     assert (lora.kind, Path(lora.folder).name, lora.rank) == ("lora", "adapter", 32)

@@ -8,6 +8,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from core.errors import ConfigError
+
 if TYPE_CHECKING:
     from core.engine import Engine
 
@@ -15,8 +17,8 @@ Result = dict[str, Any]
 EngineFactory = Callable[[], "Engine"]
 
 
-class CliError(Exception):
-    """A bad argument: printed as one line, exit code 2 (as a core.errors.TuneArenaError)."""
+class CliError(ConfigError):
+    """A bad argument: a ConfigError (so a core.errors.TuneArenaError: one line, exit code 2), raised by the CLI."""
 
 
 class Delegated(Exception):  # noqa: N818 - not an error: the command ran elsewhere

@@ -1,7 +1,7 @@
 """The parser and ``main``: parse, make one unconfined Engine, run the command, print its result.
 
-Exit codes: 0 done; 2 a bad argument or bad input (CliError, core.errors.TuneArenaError): one line ``error: ...`` on
-stderr; 1 anything else, which is a bug: one line saying so, then the traceback, on stderr.
+Exit codes: 0 done; 2 a bad argument or bad input (core.errors.TuneArenaError, CliError among them): one line
+``error: ...`` on stderr; 1 anything else, which is a bug: one line saying so, then the traceback, on stderr.
 """
 
 from __future__ import annotations
@@ -86,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
             (args.command.human or _print_human)(result)
     except Delegated as done:
         return done.code
-    except (CliError, TuneArenaError) as err:
+    except TuneArenaError as err:  # CliError is one
         if not follower:
             print(f"error: {err}", file=sys.stderr)
         return 2

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import secrets
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -21,9 +19,10 @@ from typing import Any
 from core import distributed
 from core.benchmarks import BASE, BenchmarkConfig, BenchmarkModel, list_tasks, run_benchmark
 from core.engine.workspace import DEMO_RUN
-from core.errors import ConfigError, RunStateError
+from core.errors import ConfigError, NameRuleError, RunStateError
 from core.inference import is_classification_run, load_classifier
 from core.io import write_json
+from core.limits import check_name, new_id
 from core.methods import METHODS
 from core.methods.loading import load_trained_model
 from core.models import default_base_model, load_causal_lm, resolve_base_model
@@ -34,12 +33,6 @@ logger = logging.getLogger(__name__)
 DEMO_BENCHMARK = Path(__file__).resolve().parents[2] / "assets" / "demo" / "benchmark-demo.json"
 DEMO_BENCHMARK_ID = "demo-benchmark"  # the shipped one (assets/demo/build_benchmark_demo.py), read in place
 VISITOR_LIMIT = 100
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
-
-
-def _new_id(tasks: Sequence[str]) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", "-".join(tasks))[:40].strip("-") or "benchmark"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}-{secrets.token_hex(2)}"
 
 
 class BenchmarksMixin:
@@ -121,7 +114,7 @@ class BenchmarksMixin:
             seen.add(entry.label)
             entries.append(entry)
         result = run_benchmark(entries, config, on_progress=on_progress, stop=stop)
-        benchmark_id = _new_id(config.tasks)
+        benchmark_id = new_id("-".join(config.tasks), "benchmark")  # core.limits: a plain name, as evals' ids
         path = self.benchmarks_dir / f"{benchmark_id}.json"
         result = {"id": benchmark_id, "path": str(path), "model": resolve_base_model(base_name).name,
                   "created": time.strftime("%Y-%m-%dT%H:%M:%S"), **result}
@@ -152,8 +145,10 @@ class BenchmarksMixin:
 
     def load_benchmark(self, benchmark_id: str) -> dict[str, Any]:
         """A saved benchmark by its id (ConfigError, one line, for one that does not exist or cannot be read)."""
-        if not isinstance(benchmark_id, str) or not _ID.match(benchmark_id):
-            raise ConfigError(f"benchmark: {benchmark_id!r} is not a benchmark id")
+        try:  # the one name rule (core.limits): every id new_id makes, and the demo's, pass it
+            check_name(benchmark_id, "benchmark")
+        except NameRuleError:
+            raise ConfigError(f"benchmark: {benchmark_id!r} is not a benchmark id") from None
         for path in self._benchmark_files():
             if path.stem == benchmark_id or (path == DEMO_BENCHMARK and benchmark_id == DEMO_BENCHMARK_ID):
                 try:

@@ -1,6 +1,11 @@
 """Files a user hands to the app: stored under ``<workspace>/uploads/<kind>/`` with safe names and a size limit.
 
 The UI passes Gradio's temporary upload paths here; nothing else in the engine reads an upload from elsewhere.
+
+An upload's name follows core.limits' character rule (``name_chars``) but is a file name, not a run or index name:
+it keeps its (lower-cased) extension, runs of other characters become ``_`` and it may be 100 characters long. That
+shape is what every stored upload already has, and runs, indexes and evaluations refer to uploads by path: the same
+file uploaded again must find its earlier copy under the same name.
 """
 
 from __future__ import annotations
@@ -9,11 +14,11 @@ import hashlib
 import os
 import re
 import tempfile
-import unicodedata
 from pathlib import Path
 
 from core.errors import UploadError
-from core.limits import MAX_FILE_BYTES, over_size_limit
+from core.io import fsync_dir, fsync_file
+from core.limits import MAX_FILE_BYTES, ascii_text, name_chars, over_size_limit
 
 MAX_UPLOAD_BYTES = MAX_FILE_BYTES  # per file: 50 MB (core.limits), as the messages and the README say
 MAX_NAME_CHARS = 100
@@ -35,12 +40,12 @@ def safe_name(name: str) -> str:
     so a full-width ``"／"`` is a slash too. Never empty, never starting with a dot, never a Windows device name
     (``"con.md"`` -> ``"con_.md"``); an extension longer than MAX_EXTENSION_CHARS is no extension.
     """
-    text = unicodedata.normalize("NFKD", str(name)).encode("ascii", "ignore").decode("ascii").replace("\x00", "")
+    text = ascii_text(str(name)).replace("\x00", "")  # folded first: a full-width slash is a slash
     base = re.split(r"[\\/]", text)[-1]
     stem, dot, ext = base.rpartition(".")
     if not dot or len(ext) > MAX_EXTENSION_CHARS:
         stem, ext = base, ""
-    stem = re.sub(r"[^\w.-]+", "_", stem, flags=re.ASCII).strip("._-") or "file"
+    stem = name_chars(stem, "_").strip("._-") or "file"
     head, dot, rest = stem.partition(".")
     if head.lower() in WINDOWS_RESERVED:  # reserved before the first dot, whatever follows
         stem = f"{head}_{dot}{rest}"
@@ -76,10 +81,11 @@ def _copy_capped(source: Path, target: Path, max_bytes: int, shown: str) -> None
 
 
 def _claim(temporary: Path, target: Path) -> None:
-    """Give ``temporary`` the name ``target`` unless that name is taken (FileExistsError): a hard link where the
-    file system has them, else an exclusive placeholder that the copy then replaces."""
+    """Give ``temporary`` (fsynced) the name ``target`` unless that name is taken (FileExistsError): a hard link
+    where the file system has them, else an exclusive placeholder that the copy then replaces."""
     try:
         os.link(temporary, target)
+        fsync_dir(target.parent)
         return
     except FileExistsError:
         raise
@@ -87,6 +93,7 @@ def _claim(temporary: Path, target: Path) -> None:
         pass
     os.close(os.open(target, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
     os.replace(temporary, target)
+    fsync_dir(target.parent)
 
 
 def store_upload(uploads_root: str | Path, source: str | Path, kind: str, *, name: str | None = None,
@@ -96,8 +103,9 @@ def store_upload(uploads_root: str | Path, source: str | Path, kind: str, *, nam
     Refuses an unknown extension, a file over ``max_bytes``, and a source that is not a regular file (a symlink,
     a folder, a device) with one line naming the file. A file of the same name that is already there is never
     overwritten silently (runs, indexes and evaluations refer to uploads by path): the same content gives back the
-    stored file, other content is kept as ``<stem>-2<ext>``, ``-3``, ...; ``replace=True`` replaces it instead
-    (atomically: copy to a temporary file, then rename).
+    stored file, other content is kept as ``<stem>-2<ext>``, ``-3``, ...; ``replace=True`` replaces it instead.
+    Either way the copy is written to a temporary file and fsynced (core.io) before it takes its name: a reader, or
+    a machine that loses power, never sees half an upload under its real name.
     """
     if kind not in KINDS:
         raise UploadError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -125,8 +133,10 @@ def store_upload(uploads_root: str | Path, source: str | Path, kind: str, *, nam
     try:
         _copy_capped(source, Path(temporary), max_bytes, shown)
         os.chmod(temporary, 0o644)
+        fsync_file(Path(temporary))
         if replace:
             os.replace(temporary, folder / target_name)
+            fsync_dir(folder)
             return folder / target_name
         digest = None
         for number in range(1, MAX_COPIES + 1):

@@ -79,10 +79,12 @@ def _not_lora_reason(method: str, settings: Mapping[str, Any]) -> str | None:
                 "serving cannot add")
     if entry.peft_type != "LORA":
         return f"vLLM serves LoRA adapters, and {entry.title} ({entry.peft_type}) is not one"
-    if settings.get("use_dora"):
-        return "vLLM does not serve DoRA (its magnitude vectors)"
-    if settings.get("unfreeze_top"):
-        return "its fully trained top blocks (unfreeze_top) are not part of a LoRA adapter vLLM loads"
+    if not entry.mixes_in_batch(dict(settings)):  # the registry's fact: a plain LoRA, what an adapter slot holds
+        if settings.get("use_dora"):  # the wording only: which of the registry's exceptions this run is
+            return "vLLM does not serve DoRA (its magnitude vectors)"
+        if settings.get("unfreeze_top"):
+            return "its fully trained top blocks (unfreeze_top) are not part of a LoRA adapter vLLM loads"
+        return f"its {entry.title} settings make it no plain LoRA adapter, which is what vLLM loads"
     return None
 
 
