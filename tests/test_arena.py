@@ -32,6 +32,7 @@ from core.arena import (
 from core.arena.prompting import RAG_INSTRUCTION
 from core.cli import main
 from core.data import Example
+from core.errors import ConfigError
 from core.inference import AdapterHost, GenerationConfig, generate_batch, load_trained_model
 from core.models import load_causal_lm
 
@@ -648,6 +649,52 @@ def test_eval_cli_runs_the_new_variants(workspace, talkative_dir, runs, tmp_path
     assert result["summary"]["nearest_answer"]["exact_match"] == 0.5
     assert result["summary"]["nearest_answer"]["new_tokens"] == 0
     assert result["summary"]["finetuned_few_shot"]["new_tokens"] <= 2
+
+
+MISSING_INDEX = "index: no knowledge base 'nope' in this workspace"
+
+
+def test_a_knowledge_base_name_that_does_not_exist_is_refused_before_any_model_loads(workspace, tmp_path):
+    """A name (or, confined, a folder of indexes/) the retrieval variants would read, with no such knowledge base:
+    one line naming the field, nothing loaded, no evaluation saved (it used to save one with rag unavailable)."""
+    from core.engine import Engine
+
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps({"instruction": "Tank?", "output": "Five litres."}) + "\n")
+    engine = Engine(workspace)
+    confined = Engine(workspace, confined=True)
+    for variants in (["rag"], ["zero_shot", "finetuned_rag"]):
+        config = ArenaConfig(variants=variants, index="nope")
+        with pytest.raises(ConfigError, match=f"^{MISSING_INDEX}$"):
+            engine.arena("Tank?", config)
+        with pytest.raises(ConfigError, match=f"^{MISSING_INDEX}$"):
+            engine.evaluate(data, config)
+        with pytest.raises(ConfigError, match=f"^{MISSING_INDEX}$"):
+            confined.arena("Tank?", ArenaConfig(variants=variants, index=str(workspace / "indexes" / "nope")))
+    assert engine.models.loaded() == confined.models.loaded() == []
+    assert engine.list_evals() == [] and not any((workspace / "evals").iterdir())
+
+
+@pytest.mark.parametrize("command", ["arena", "eval"])
+def test_cli_refuses_a_knowledge_base_name_that_does_not_exist(workspace, tmp_path, capsys, command):
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps({"instruction": "Tank?", "output": "Five litres."}) + "\n")
+    what = ["--query", "Tank?"] if command == "arena" else ["--data", str(data)]
+    assert main([command, *what, "--index", "nope", "--variants", "zero_shot,rag", "--json"]) == 2
+    assert one_error_line(capsys) == f"error: {MISSING_INDEX}"
+
+
+def test_an_unused_index_name_and_the_demo_index_not_built_yet_are_not_refused(workspace, talkative_dir, capsys,
+                                                                               fake_embedder):
+    """No retrieval variant: the name is not read. The demo index (built on first use): rag says it is unavailable,
+    as before; the other variants answer."""
+    base = ["arena", "--query", "Tank?", "--model", str(talkative_dir), "--max-new-tokens", "1", "--json"]
+    assert main([*base, "--variants", "zero_shot", "--index", "nope"]) == 0
+    assert [row["variant"] for row in json.loads(capsys.readouterr().out)["results"]] == ["zero_shot"]
+    assert main([*base, "--variants", "zero_shot,rag", "--index", "demo"]) == 0
+    rows = {row["variant"]: row for row in json.loads(capsys.readouterr().out)["results"]}
+    assert rows["zero_shot"]["available"] and not rows["rag"]["available"]
+    assert rows["rag"]["error"].startswith("knowledge base unavailable: ")
 
 
 def test_arena_help_lists_every_variant(capsys):

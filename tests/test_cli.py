@@ -136,6 +136,34 @@ def test_train_bad_arguments_exit_2_before_any_run_exists(tmp_path, tiny_model_d
     assert not runs.exists()
 
 
+def test_a_data_parallel_train_checks_its_data_through_the_engine_before_any_launch(tmp_path, tiny_model_dir,
+                                                                                    capsys, monkeypatch):
+    """`train --num-processes 2` asks Engine.check_training (the CLI reads no data itself): a bad data file is the
+    same one line as in one process, and no process is launched."""
+    import core.cli.training as cli_training
+    from core.engine import Engine
+
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"instruction": "a", "output": "b"}\n{not json\n', encoding="utf-8")
+    argv = ["train", "--data", str(bad), "--model", str(tiny_model_dir), "--device", "cpu", "--max-steps", "1",
+            "--out", str(tmp_path / "runs" / "r"), "--json"]
+    assert main(argv) == 2
+    alone = capsys.readouterr()
+    checked: list[TrainingConfig] = []
+    check_training = Engine.check_training
+    monkeypatch.setattr(Engine, "check_training",
+                        lambda self, config: checked.append(config) or check_training(self, config))
+    monkeypatch.setattr(cli_training, "launch", lambda argv, processes: pytest.fail("launched with a bad file"))
+    assert main([*argv, "--num-processes", "2"]) == 2
+    parallel = capsys.readouterr()
+    assert alone.out == parallel.out == ""
+    errors = [[line for line in run.err.splitlines() if line.startswith("error:")] for run in (alone, parallel)]
+    assert errors[0] == errors[1] and len(errors[1]) == 1 and "bad.jsonl line 2" in errors[1][0], errors
+    assert [config.num_processes for config in checked] == [2]
+    assert not (tmp_path / "runs").exists()
+
+
 # ---- flags come from the config dataclasses' metadata ----------------------------------------------------------------
 
 

@@ -8,6 +8,8 @@ tab's handler on a confined engine over the same workspace (a gr.Error with ``<l
 from __future__ import annotations
 
 import json
+import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -111,17 +113,34 @@ def test_index_names_follow_one_rule(ws, app_engine, tmp_path, capsys, name):
     assert sorted(p.name for p in (ws / "indexes").iterdir()) == []
 
 
-@pytest.mark.parametrize(("state", "starts"), [
-    ("completed", "resume: run r1 already completed"),
+def runs_tree(ws: Path) -> list[str]:
+    return sorted(str(path.relative_to(ws)) for path in (ws / "runs").rglob("*")) if (ws / "runs").exists() else []
+
+
+@pytest.mark.parametrize(("state", "run", "starts"), [
+    ("completed", "r1", "resume: run r1 already completed"),
+    ("running", "r1", "resume: run r1 is still being trained by process {pid}; stop it first"),
+    (None, "nope", "run: nope"),  # no run of that name
+    ("not a run", "r1", "run: r1"),  # a folder of runs/ without config.json
 ])
-def test_resume_is_refused_alike(ws, app_engine, capsys, state, starts):
-    fake_run(ws, "r1", "lora", state, "adapter")
+def test_resume_is_refused_alike(ws, app_engine, capsys, state, run, starts):
+    if state == "running":  # trained right now by another live process (this one's parent stands in for it)
+        folder = fake_run(ws, "r1", "lora", "completed", "adapter")
+        status = json.loads((folder / "status.json").read_text())
+        status.update(state="running", owner={"pid": os.getppid(), "host": socket.gethostname()})
+        (folder / "status.json").write_text(json.dumps(status))
+    elif state == "not a run":
+        (ws / "runs" / "r1").mkdir(parents=True)
+    elif state is not None:
+        fake_run(ws, "r1", "lora", state, "adapter")
+    before = runs_tree(ws)
     from ui.train import create_train_tab
 
-    through_cli = cli_refusal(["train", "--resume", "r1"], capsys)
-    through_app = ui_refusal(handlers(lambda: create_train_tab(app_engine))["train_resume"], "r1")
-    assert through_cli == through_app and through_cli.startswith(starts)
+    through_cli = cli_refusal(["train", "--resume", run], capsys)
+    through_app = ui_refusal(handlers(lambda: create_train_tab(app_engine))["train_resume"], run)
+    assert through_cli == through_app and through_cli.startswith(starts.format(pid=os.getppid()))
     assert not app_engine.jobs.snapshot().active
+    assert runs_tree(ws) == before  # nothing written under runs/
 
 
 def test_a_dataset_over_the_size_limit_is_refused_alike(ws, app_engine, tmp_path, capsys):

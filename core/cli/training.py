@@ -16,10 +16,8 @@ from core.cli.options import Option, add_options, field_names, option_values
 from core.data import SHAPES
 from core.distributed import current
 from core.methods import METHODS
-from core.models import load_tokenizer
 from core.runs import new_run_id
 from core.training import OBJECTIVES, SCHEDULERS, TrainingConfig, list_presets
-from core.training.batches import prepare_data
 from core.training.config import TEACHER_CONTEXTS
 
 logger = logging.getLogger(__name__)
@@ -162,8 +160,9 @@ def _processes(args: argparse.Namespace, config: TrainingConfig | None, engine: 
 
 def _launch_argv(args: argparse.Namespace, config: TrainingConfig | None, engine: EngineFactory) -> list[str]:
     """The command line every process runs: this one, with the run folder chosen here for a new run (so every
-    process writes to, or reads, the same one), after the checks that fail before any process starts: the data
-    read and encoded, a distillation teacher found; a resumed run must be resumable."""
+    process writes to, or reads, the same one), after the checks that fail before any process starts: a new run's
+    are ``Engine.check_training``'s (the data read and encoded, a distillation teacher found); a resumed run must be
+    resumable."""
     argv = list(args.argv)
     if config is None:
         found = engine().find_run(_run_ref(args.resume, folder_first=True))
@@ -171,8 +170,7 @@ def _launch_argv(args: argparse.Namespace, config: TrainingConfig | None, engine
         if args.num_processes is None:
             argv += ["--num-processes", str(found.config.get("num_processes") or 1)]
         return argv
-    checked, _ = engine().training_resources(config)
-    prepare_data(checked, lambda: load_tokenizer(checked.base_model))
+    engine().check_training(config)
     if not args.out:
         argv += ["--out", str(engine().workspace.runs / new_run_id(config.method))]
     return argv

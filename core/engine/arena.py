@@ -104,10 +104,14 @@ class ArenaMixin:
 
     def arena_context(self, config: ArenaConfig, *, model: str | None = None, strict_adapters: bool = True,
                       similarity: bool = True) -> ArenaContext:
-        """Everything the variants of ``config`` need; parts that cannot load carry their reason instead."""
+        """Everything the variants of ``config`` need; parts that cannot load carry their reason instead. A knowledge
+        base the variants would read that does not exist is refused first, before any model loads
+        (``_check_index_exists``)."""
         specs = config.specs()
         if config.index:
-            self.resolve_index(config.index)  # a name that is no index name (or, confined, a folder elsewhere) fails
+            folder = self.resolve_index(config.index)  # no index name (or, confined, a folder elsewhere) fails here
+            if any(STRATEGIES[spec.strategy].uses_retrieval for spec in specs):
+                self._check_index_exists(config.index, folder)
         if config.few_shot_pool and self.instance is not None:  # a visitor: their own files and the demo splits
             self.check_sources([config.few_shot_pool], "few_shot_pool")
         checked: dict[str, Path | str] = {}  # adapter -> its checked run folder, or why it cannot be used
@@ -163,6 +167,19 @@ class ArenaMixin:
         if similarity:
             context.similarity_embedder = self.models.embedder()
         return context
+
+    def _check_index_exists(self, index: str | Path, folder: Path) -> None:
+        """ConfigError ``"index: no knowledge base 'X' in this workspace"`` when ``index``, a knowledge base of this
+        workspace (a plain name; for a confined engine also a folder of its indexes/) or the shared demo, has no
+        folder (``folder``: ``resolve_index(index)``). Not refused: the demo index before it is built (built on first
+        use; until then rag says it is unavailable), and, unconfined, a folder path (``--index DIR``), whose rag is
+        unavailable with the reason, as the CLI has always done."""
+        text = str(index)
+        if folder.exists() or folder.resolve() == self.workspace.demo_index.resolve():
+            return
+        if not self.confined and ("/" in text or "\\" in text or text in (".", "..")):
+            return
+        raise ConfigError(f"index: no knowledge base {Path(text).name[:200]!r} in this workspace")
 
     def arena(self, query: str, config: ArenaConfig | None = None, *, reference: str | None = None,
               task: str | None = None, input_text: str = "", model: str | None = None,

@@ -14,8 +14,9 @@ from core.errors import ConfigError, NameRuleError, RunStateError
 from core.inference import merge_and_export, merge_refusal
 from core.io import atomic_folder, read_json, write_json
 from core.methods.artifacts import check_run_weights
+from core.models import load_tokenizer
 from core.runs import Run, RunStore
-from core.training import TrainingConfig, TrainingResources, TrainResult, resume, train
+from core.training import TrainingConfig, TrainingResources, TrainResult, prepare_data, resume, train
 from core.training.teachers import TeacherSource, check_teacher, is_run_folder, student_base_config
 
 logger = logging.getLogger(__name__)
@@ -29,14 +30,32 @@ class RunsMixin:
     def train(self, config: TrainingConfig, **kwargs) -> TrainResult:
         """Train a new run in this workspace (``kwargs``: run_dir, on_step, on_eval, stop_event; see core.training).
         A distillation run gets its teacher and retriever from here (``training_resources``)."""
+        config, resources = self._training_inputs(config)
+        kwargs.setdefault("resources", resources)
+        if self.quota is not None:  # a visitor: the steps one job may take on a CPU instance
+            kwargs.setdefault("step_limit", self.quota.step_limit())
+        return train(config, runs_root=self.workspace.runs, **kwargs)
+
+    def check_training(self, config: TrainingConfig) -> TrainingConfig:
+        """Everything ``train`` refuses before a run folder exists, without training: the sources a visitor may use,
+        the objective's resources (a distillation teacher found and fitting the student), the quota, and the data
+        files read, split and encoded with the base model's tokenizer (core.training.prepare_data). Returns the
+        config as ``train`` runs it (a distillation student's ``base_model`` set). One line (DataError,
+        ConfigError, ...) for the first problem. The CLI calls it before it launches a data-parallel job, so a bad
+        file is one error before any process starts rather than one per process."""
+        checked, _ = self._training_inputs(config)
+        prepare_data(checked, lambda: load_tokenizer(checked.base_model))
+        return checked
+
+    def _training_inputs(self, config: TrainingConfig) -> tuple[TrainingConfig, TrainingResources | None]:
+        """``training_resources`` after a visitor's checks (their uploads and the demo splits only), then the
+        visitor's disk quota: the checks ``train`` and ``check_training`` share."""
         if self.instance is not None:  # a visitor trains on what the app offers them: their uploads, the demo splits
             self.check_sources([path for path in (config.data, config.val_data) if path], "data")
         config, resources = self.training_resources(config)
-        kwargs.setdefault("resources", resources)
-        if self.quota is not None:  # a visitor: the disk quota, and the steps one job may take on a CPU instance
+        if self.quota is not None:  # a visitor: the disk quota
             self.quota.check_training(config)
-            kwargs.setdefault("step_limit", self.quota.step_limit())
-        return train(config, runs_root=self.workspace.runs, **kwargs)
+        return config, resources
 
     def resume(self, run: str | Path, **kwargs) -> TrainResult:
         """Continue a stopped or killed run from its latest checkpoint (a run id; unconfined: also a run folder).
