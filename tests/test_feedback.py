@@ -148,6 +148,26 @@ def test_a_vote_names_the_base_model_the_arena_answered_with(engine):
         engine.record_vote(arena, "B", shown=SHOWN, generation={"base_model": 3})
 
 
+def test_the_vote_api_records_the_base_model_the_arena_call_named(engine):
+    """The app's /vote endpoint (an API caller votes on an /arena result it asked with a base model): the model goes
+    into the vote; left out, the default base model."""
+    import gradio as gr
+
+    from ui.arena import create_arena_tab
+
+    with gr.Blocks() as blocks:
+        create_arena_tab(engine)
+    vote_api = next(fn.fn for fn in blocks.fns.values() if fn.api_name == "vote")
+    arena = arena_result()
+    named = vote_api(arena, "B", SHOWN, "", True, " api-base ")
+    plain = vote_api(arena, "B", SHOWN)
+    assert named["answers"][1]["base_model"] == "api-base" and named["answers"][0]["base_model"] == "tiny-base"
+    assert plain["answers"][1]["base_model"] == default_base_model() != "api-base"
+    assert [vote["id"] for vote in engine.list_votes()] == [named["id"], plain["id"]]
+    with pytest.raises(gr.Error, match="winner: 'rag' is not a shown variant"):
+        vote_api(arena, "rag", SHOWN, base_model="api-base")
+
+
 # ---- the file under concurrency ------------------------------------------------------------------------------------
 
 

@@ -157,6 +157,47 @@ def test_a_dataset_over_the_size_limit_is_refused_alike(ws, app_engine, tmp_path
     assert not list((ws / "runs").iterdir()) and not (ws / "uploads" / "datasets" / "big.jsonl").exists()
 
 
+def evaluate_upload_warning(engine: Engine, path: Path) -> str:
+    """The Evaluate tab's upload refuses with a warning (the form stays as it was), not an error: its one line."""
+    import warnings
+
+    from ui.evaluate import create_evaluate_tab
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        handlers(lambda: create_evaluate_tab(engine))["eval_upload"](str(path))
+    shown = [str(warning.message) for warning in caught if str(warning.message).startswith(path.name)]
+    assert len(shown) == 1 and "\n" not in shown[0], shown
+    return shown[0]
+
+
+@pytest.mark.parametrize(("name", "content", "line"), [
+    ("bad.jsonl", '{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n',
+     "bad.jsonl line 2: invalid JSON"),
+    ("no-answer.csv", "instruction,output\nWhat is 2+2?,\n", "no-answer.csv line 2: "),
+])
+def test_a_bad_dataset_is_refused_alike_by_the_cli_and_both_uploads(ws, app_engine, tmp_path, capsys, name,
+                                                                     content, line):
+    from ui.train import create_train_tab
+
+    bad = write(tmp_path / name, content)
+    through_cli = cli_refusal(["data", "--data", str(bad)], capsys)
+    through_train = ui_refusal(handlers(lambda: create_train_tab(app_engine))["train_upload"], str(bad))
+    through_evaluate = evaluate_upload_warning(app_engine, bad)
+    assert through_cli == through_train == through_evaluate and through_cli.startswith(line)
+    assert not list(app_engine.workspace.uploads.rglob("*.*"))  # nothing stored
+
+
+def test_a_file_no_dataset_has_is_refused_alike_by_both_uploads(app_engine, tmp_path):
+    from ui.train import create_train_tab
+
+    notes = write(tmp_path / "notes.txt", '{"instruction": "a", "output": "b"}\n')
+    through_train = ui_refusal(handlers(lambda: create_train_tab(app_engine))["train_upload"], str(notes))
+    assert through_train == evaluate_upload_warning(app_engine, notes) == \
+        "notes.txt: not a supported file type here; use one of .jsonl, .json, .csv, .tsv"
+    assert not list(app_engine.workspace.uploads.rglob("*.*"))
+
+
 def test_an_evaluation_over_the_row_limit_is_refused_alike(ws, app_engine, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("TUNE_ARENA_MAX_EVAL_ROWS", "2")
     rows = [{"instruction": f"question {i}", "output": "answer"} for i in range(3)]

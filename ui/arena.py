@@ -18,6 +18,7 @@ import gradio as gr
 
 from core.arena import DEFAULT_VARIANTS, STRATEGIES, ArenaConfig, ArenaResult
 from core.arena.feedback import answer_label
+from core.arena.metrics import METRIC_LABELS
 from core.data import demo_path, load_examples
 from core.engine import DEMO_RUN, Engine
 from core.inference import GenerationConfig
@@ -28,8 +29,7 @@ from ui.verdict import arena_verdict
 from ui.visitors import scoped
 
 CLEAR_REFERENCE = "() => ['', null]"  # the reference answer and the demo question picked: both cleared
-CHIPS = (("rougeL", "ROUGE-L"), ("bleu", "BLEU"), ("token_f1", "F1"), ("similarity", "similarity"),
-         ("accuracy", "accuracy"))
+CHIPS = ("rougeL", "bleu", "token_f1", "similarity", "accuracy")  # the scores a card shows, named by METRIC_LABELS
 
 
 def _examples() -> list[tuple[str, int]]:
@@ -55,12 +55,12 @@ def _card(result: dict[str, Any], best: dict[str, float], streaming: str | None 
         chips.append(f"<span class='ta-chip'>{result['latency_s']:.1f} s</span>")
         chips.append("<span class='ta-chip'>label</span>" if result.get("probabilities") else
                      f"<span class='ta-chip'>{result.get('new_tokens', 0)} tokens</span>")
-    for key, label in CHIPS:
+    for key in CHIPS:
         value = (result.get("metrics") or {}).get(key)
         if value is None:
             continue
         star = " ta-best" if best.get(key) is not None and value >= best[key] - 1e-9 else ""
-        chips.append(f"<span class='ta-chip ta-score{star}'>{label} {value:.2f}</span>")
+        chips.append(f"<span class='ta-chip ta-score{star}'>{METRIC_LABELS[key]} {value:.2f}</span>")
     retrieved = "".join(
         f"<li><b>{passage['score']:.2f}</b> {html.escape(passage['source'].rsplit('/', 1)[-1])}: "
         f"{html.escape(' '.join(passage['text'].split())[:300])}</li>" for passage in result.get("retrieved", []))
@@ -83,7 +83,7 @@ def render_cards(results: list[dict[str, Any]], streams: dict[int, str] | None =
     indices of ``results`` to show, in that order, headed A, B, C… (a vote's cards); ``blind`` hides what tells the
     variants apart (see ``_card``). ``streams``: text so far by index of ``results``."""
     best: dict[str, float] = {}
-    for key, _ in CHIPS:
+    for key in CHIPS:
         values = [(r.get("metrics") or {}).get(key) for r in results if r.get("available", True)]
         values = [v for v in values if v is not None]
         if len(values) > 1 and max(values) > min(values):
@@ -300,12 +300,14 @@ def create_arena_tab(engine: Engine) -> dict[str, Any]:
                       api_visibility="private")
 
     def vote_api(arena: dict, winner: str, shown_variants: list[str], input_text: str = "", blind: bool = True,
-                 request: gr.Request | None = None) -> dict:
+                 base_model: str = "", request: gr.Request | None = None) -> dict:
         """Record a vote on an arena result (``ArenaResult.to_dict()``): ``winner`` is one of ``shown_variants``
-        (the variants in the order the cards were shown), "tie" or "all_bad". Returns the saved vote."""
+        (the variants in the order the cards were shown), "tie" or "all_bad"; ``base_model``: the model the /arena
+        call answered with (its ``base_model``; empty = the default). Returns the saved vote."""
         try:
             return scoped(instance, request).record_vote(arena, winner, shown=list(shown_variants),
-                                                         input_text=input_text, blind=blind)
+                                                         input_text=input_text, blind=blind,
+                                                         base_model=(base_model or "").strip() or None)
         except ValueError as err:
             raise gr.Error(one_line(err), print_exception=False) from None
 

@@ -11,14 +11,12 @@ from pathlib import Path
 from typing import Any
 
 from core.arena.evals import ALL_TASKS, HEADLINE
-from core.arena.metrics import CLASSIFICATION_TASK
+from core.arena.metrics import CLASSIFICATION_TASK, METRIC_LABELS
 
 DOWNLOADS = ("examples.csv", "summary.csv", "results.json", "report.md", "report.html")
-METRIC_LABELS = {"rougeL": "ROUGE-L", "bleu": "BLEU", "token_f1": "F1", "contains": "contains",
-                 "similarity": "similarity", "accuracy": "accuracy"}
 LEAD_METRICS = ("rougeL", "token_f1", "accuracy")  # the first one measured names the leader in the status line
 NONE = "—"
-SUMMARY_HEADERS = ["task", "variant", "n", *(METRIC_LABELS[m] for m in HEADLINE if m in METRIC_LABELS), "s / answer"]
+SUMMARY_HEADERS = ["task", "variant", "n", *(METRIC_LABELS[m] for m in HEADLINE), "s / answer"]
 
 
 def format_interval(stats: dict[str, Any] | None, digits: int = 3) -> str:
@@ -166,7 +164,7 @@ def render_example(rows: Sequence[dict[str, Any]], uid: str | None) -> str:
         return "<p class='ta-why'>Pick an example to see every variant's answer.</p>"
     first = group[0]
     best: dict[str, float] = {}
-    for metric in METRIC_LABELS:
+    for metric in HEADLINE:
         values = [(row.get("metrics") or {}).get(metric) for row in group if row.get("available", True)]
         values = [v for v in values if v is not None]
         if len(values) > 1 and max(values) > min(values):
@@ -190,9 +188,9 @@ def render_example(rows: Sequence[dict[str, Any]], uid: str | None) -> str:
                          f"{html.escape(str(row.get('error') or ''))}</i></td></tr>")
             continue
         metrics = row.get("metrics") or {}
-        chips = "".join(_chip(label, metrics.get(metric), metric in best and metrics.get(metric) is not None
-                              and metrics[metric] >= best[metric] - 1e-9)
-                        for metric, label in METRIC_LABELS.items())
+        chips = "".join(_chip(METRIC_LABELS[metric], value, metric in best and value is not None
+                              and value >= best[metric] - 1e-9)
+                        for metric, value in ((metric, metrics.get(metric)) for metric in HEADLINE))
         seconds = row.get("generate_s")
         facts = ("label" if row.get("probabilities") else f"{row.get('new_tokens', 0)} tokens") + (
             f", {seconds:.1f} s" if seconds is not None else "")
@@ -223,6 +221,6 @@ def servable(path: Path) -> str:
     return str(copy)
 
 
-__all__ = ["DOWNLOADS", "METRIC_LABELS", "NONE", "SUMMARY_HEADERS", "download_paths", "example_choices",
+__all__ = ["DOWNLOADS", "NONE", "SUMMARY_HEADERS", "download_paths", "example_choices",
            "examples_table", "format_interval", "headline_metric", "lead_line", "render_example", "servable",
            "status_line", "summary_table", "variants_of"]

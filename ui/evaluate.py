@@ -39,7 +39,7 @@ from ui.eval_views import (
     summary_table,
 )
 from ui.verdict import CSS as VERDICT_CSS
-from ui.verdict import comparisons_html, demo_eval_folder, details_html, report_file, verdict_html
+from ui.verdict import comparisons_html, demo_eval_folder, details_html, verdict_html
 from ui.visitors import scoped
 
 logger = logging.getLogger(__name__)
@@ -91,16 +91,6 @@ def describe_test_set(dataset: Dataset) -> str:
     return f"**{len(dataset)} rows** · tasks: {tasks} · shape `{dataset.shape}` · `{Path(dataset.path).name}`"
 
 
-def store_test_set(engine: Engine, path: str | Path, name: str | None = None) -> Path:
-    """Check an uploaded file loads as a test set (every row with a reference answer), then keep it under
-    ``uploads/datasets/``. Raises ValueError with one line naming the file (and line) on a bad file."""
-    shown = name or Path(path).name
-    if Path(shown).suffix.lower() not in KINDS["datasets"]:
-        raise ValueError(f"{shown}: not a test set file; use one of {', '.join(KINDS['datasets'])}")
-    load_examples(path)  # DataError names the file and line
-    return engine.store_upload(path, "datasets", name=shown)
-
-
 def count_plan(rows: int, variants: int, max_new_tokens: int) -> str:
     """What a run will generate, in one Markdown line."""
     return (f"Will generate **{rows * variants} answers** ({rows} rows × {variants} variants), "
@@ -144,16 +134,16 @@ def build_config(variants: Sequence[str] | None, adapters: Sequence[str] | None,
                        generation=GenerationConfig(max_new_tokens=int(max_new_tokens), temperature=0.0))
 
 
-def result_views(saved: dict[str, Any], folder: str | Path) -> dict[str, Any]:
+def result_views(engine: Engine, saved: dict[str, Any], folder: str | Path) -> dict[str, Any]:
     """The values the result widgets show for a saved evaluation: status, verdict cards, slice and cost tables,
     summary and overview (DataFrames), chart, downloads, comparisons, example choices, the first example's drill-down
-    and report.html (rendered into ``folder`` first when missing; None when it cannot be)."""
+    and report.html (``engine.eval_report``: rendered into ``folder`` first when missing; None when it cannot be)."""
     headers, rows = summary_table(saved)
     example_headers, example_rows = examples_table(saved)
     choices = example_choices(saved.get("rows", []))
     first = choices[0][1] if choices else None
     chart_path = Path(folder) / "chart.png"
-    report = report_file(folder, saved)
+    report = engine.eval_report(folder, saved)
     return {"status": status_line(saved, folder), "verdict": verdict_html(saved), "details": details_html(saved),
             "summary": pd.DataFrame(rows, columns=headers),
             "chart": servable(chart_path) if chart_path.is_file() else None, "downloads": download_paths(folder),
@@ -218,7 +208,7 @@ def create_evaluate_tab(engine: Engine) -> dict[str, Any]:
     except (ValueError, OSError) as err:
         logger.warning("could not open the demo evaluation: %s", one_line(err))
         first_saved = None
-    start = result_views(first_saved, opened) if first_saved is not None and opened else {}
+    start = result_views(engine, first_saved, opened) if first_saved is not None and opened else {}
     with gr.Row():
         past = gr.Dropdown(past_choices(engine), value=str(opened) if start else None,
                            label="Past evaluations (pick one to reopen)", allow_custom_value=True, scale=4,
@@ -248,8 +238,8 @@ def create_evaluate_tab(engine: Engine) -> dict[str, Any]:
     drill = gr.HTML(start.get("drill", render_example([], None)), elem_id="eval-drill")
     shown = gr.State(first_saved if start else None)  # the results.json on display
 
-    def views(saved: dict[str, Any], folder: str | Path) -> tuple:
-        found = result_views(saved, folder)
+    def views(engine: Engine, saved: dict[str, Any], folder: str | Path) -> tuple:
+        found = result_views(engine, saved, folder)
         return (found["status"], gr.update(value=found["report"], interactive=found["report"] is not None),
                 found["verdict"], found["details"], found["summary"], found["chart"], found["downloads"],
                 found["comparisons"], found["overview"], gr.update(choices=found["choices"], value=found["pick"]),
@@ -272,7 +262,7 @@ def create_evaluate_tab(engine: Engine) -> dict[str, Any]:
             return gr.update(), None
         engine = scoped(instance, request)
         try:
-            stored = store_test_set(engine, file)
+            stored = engine.store_dataset(file, "test")
         except ValueError as err:
             gr.Warning(one_line(err))
             return gr.update(), None
@@ -320,7 +310,7 @@ def create_evaluate_tab(engine: Engine) -> dict[str, Any]:
         except Exception as err:  # a failure: one line for the user, the traceback in the server log
             logger.exception("evaluation failed")
             raise gr.Error(one_line(err), print_exception=False) from None
-        return *views(saved, result.eval_dir), gr.update(choices=past_choices(engine), value=result.eval_dir)
+        return *views(engine, saved, result.eval_dir), gr.update(choices=past_choices(engine), value=result.eval_dir)
 
     def on_open(folder: str | None, request: gr.Request | None = None):
         engine = scoped(instance, request)
@@ -332,7 +322,7 @@ def create_evaluate_tab(engine: Engine) -> dict[str, Any]:
             saved = load_eval(folder)
         except (ValueError, OSError) as err:
             raise gr.Error(one_line(err), print_exception=False) from None
-        return views(saved, folder)
+        return views(engine, saved, folder)
 
     def on_pick(uid: str | None, saved: dict[str, Any] | None) -> str:
         return render_example((saved or {}).get("rows", []), uid)
@@ -402,4 +392,4 @@ CSS = """
 
 __all__ = ["CSS", "build_config", "count_plan", "create_evaluate_tab", "dataset_choices", "describe_test_set",
            "download_paths", "example_choices", "examples_table", "format_interval", "lead_line", "past_choices",
-           "plan_text", "render_example", "result_views", "status_line", "store_test_set", "summary_table"]
+           "plan_text", "render_example", "result_views", "status_line", "summary_table"]

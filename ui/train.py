@@ -84,22 +84,6 @@ def describe_dataset(path: str | None) -> tuple[str, pd.DataFrame]:
     return line, pd.DataFrame(rows, columns=list(empty.columns))
 
 
-def store_dataset(engine: Engine, path: str | Path, name: str | None = None) -> Path:
-    """Check an uploaded file loads as training data (or as preference pairs, for the dpo objective), then keep it
-    under ``uploads/datasets/``.
-
-    Raises ValueError (DataError or UploadError) with one line naming the file; a file that fails is not stored.
-    """
-    try:
-        load_examples(path)
-    except (DataError, ValueError) as err:
-        try:  # prompt, chosen, rejected: what the DPO objective trains on
-            read_pairs(path)
-        except (DataError, ValueError, OSError):
-            raise err from None  # neither: the instruction-data loader's line
-    return engine.store_upload(path, "datasets", name=name or Path(path).name)
-
-
 def form_values(data: str | None, val_data: str | None, method: str, method_config: dict[str, Any], *,
                 base_model: str | None = "", epochs: float | None = None, max_steps: int | None = None,
                 learning_rate: float | None = None, batch_size: int | None = None, grad_accum: int | None = None,
@@ -387,7 +371,7 @@ def create_train_tab(engine: Engine) -> dict[str, Any]:
             return gr.update(), gr.update(), gr.update()
         engine = scoped(instance, request)
         try:
-            stored = store_dataset(engine, file)
+            stored = engine.store_dataset(file, "training")
         except ValueError as err:  # DataError (a bad row), UploadError (type, size), QuotaError: nothing stored
             raise gr.Error(one_line(err), print_exception=False) from None
         choices = dataset_choices(engine)

@@ -1,6 +1,6 @@
 """The verdict of a saved evaluation as the app shows it: the cards per task, the slice, cost and comparison tables
-(the same HTML as report.html: core.arena.report), report.html itself (rendered into the evaluation's folder when an
-older one lacks it), the demo evaluation shown on first launch, and the Arena's "latest evaluation" line."""
+(the same HTML as report.html: core.arena.report; the file itself is ``Engine.eval_report``'s), the demo evaluation
+shown on first launch, and the Arena's "latest evaluation" line."""
 
 from __future__ import annotations
 
@@ -11,18 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from core.arena.evals import load_eval
-from core.arena.report import comparisons_table, cost_table, render_html, slices_table, verdict_card, verdict_cards
+from core.arena.report import comparisons_table, cost_table, slices_table, verdict_card, verdict_cards
 from core.engine import DEMO_EVAL, Engine
-from core.io import write_atomic
 from core.text import one_line
 
 logger = logging.getLogger(__name__)
 
-REPORT = "report.html"
 MAX_LOOKUPS = 5  # results.json files read to find the Arena's latest verdict for a task
 
 __all__ = ["DEMO_EVAL", "arena_verdict", "comparisons_html", "demo_eval_folder", "details_html", "latest_verdict",
-           "latest_verdict_html", "report_file", "verdict_html"]
+           "latest_verdict_html", "verdict_html"]
 
 
 def verdict_html(saved: dict[str, Any]) -> str:
@@ -41,21 +39,6 @@ def details_html(saved: dict[str, Any]) -> str:
 def comparisons_html(saved: dict[str, Any]) -> str:
     """Every paired comparison (difference, 95% CI, p and Holm-adjusted p); a line when there are none."""
     return comparisons_table(saved) or "<p class='ta-why'>No paired comparisons in this evaluation.</p>"
-
-
-def report_file(folder: str | Path, saved: dict[str, Any] | None = None) -> Path | None:
-    """``<folder>/report.html``; rendered there from results.json (``saved``, or read) when it is missing. None when
-    it cannot be written (a read-only folder): the rest of the evaluation still shows."""
-    path = Path(folder) / REPORT
-    if path.is_file():
-        return path
-    try:
-        saved = saved if saved is not None else load_eval(folder)
-        write_atomic(path, render_html({**saved, "eval_dir": str(folder)}))
-    except (OSError, ValueError) as err:
-        logger.warning("could not write %s: %s", path, one_line(err))
-        return None
-    return path
 
 
 def demo_eval_folder(engine: Engine) -> Path | None:

@@ -16,8 +16,6 @@ import csv
 import io
 import json
 import logging
-import re
-import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +31,7 @@ from core.charts import save_chart
 from core.data import Example
 from core.errors import ConfigError
 from core.io import write_atomic, write_json
-from core.limits import writable_folder
+from core.limits import new_id, writable_folder
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +63,8 @@ class EvalResult:
 
 
 def new_eval_id(data: str | Path) -> str:
-    stem = re.sub(r"[^A-Za-z0-9_-]+", "-", Path(str(data)).stem)[:40].strip("-") or "eval"
-    return f"{time.strftime('%Y%m%d-%H%M%S')}-{stem}-{secrets.token_hex(2)}"
+    """A new evaluation's folder name from its test file's name (core.limits.new_id)."""
+    return new_id(Path(str(data)).stem, "eval")
 
 
 def dataset_label_set(examples: Sequence[Example], limit: int = 30) -> list[str] | None:

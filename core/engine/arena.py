@@ -1,11 +1,13 @@
 """The engine's arena and evaluation: the adapter host of each base model, the shared scorer and few-shot pools,
-everything a set of variants needs (ArenaContext), one query side by side, and a test set saved under evals/."""
+everything a set of variants needs (ArenaContext), one query side by side, a test set saved under evals/ and its
+report.html."""
 
 from __future__ import annotations
 
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
 from core.arena import (
     STRATEGIES,
@@ -14,19 +16,25 @@ from core.arena import (
     ArenaResult,
     EvalResult,
     Scorer,
+    load_eval,
     new_eval_id,
     run_eval,
     run_query,
 )
+from core.arena.report import render_html
 from core.data import Example, demo_path, load_examples
 from core.errors import AdapterError, ConfigError
 from core.inference import AdapterHost, AdapterInfo, Classifier, is_classification_run, load_classifier
+from core.io import write_atomic
 from core.limits import child_folder, max_eval_rows, writable_folder
 from core.models import default_base_model
 from core.runs import Run
+from core.text import one_line
 from retrieval.evaluation import source_matches
 
 logger = logging.getLogger(__name__)
+
+REPORT = "report.html"  # an evaluation's self-contained report, beside its results.json
 
 
 class ArenaMixin:
@@ -198,6 +206,29 @@ class ArenaMixin:
         if self.confined:
             return child_folder(self.workspace.evals, out, "eval")
         return Path(out).expanduser()
+
+    def eval_report(self, eval_ref: str | Path, saved: dict[str, Any] | None = None) -> Path | None:
+        """``<evaluation>/report.html`` (core.arena.report), rendered there from results.json (``saved``, or read)
+        when an older evaluation lacks it; an existing one is left as it is. ``eval_ref``: a folder (``eval_dir``'s
+        rule; the shared demo evaluation too). None when it cannot be written (a read-only folder) or there is no
+        results.json to render it from: the rest of the evaluation still shows."""
+        folder = self._eval_folder(eval_ref)
+        path = folder / REPORT
+        if path.is_file():
+            return path
+        try:
+            saved = saved if saved is not None else load_eval(folder)
+            write_atomic(path, render_html({**saved, "eval_dir": str(folder)}))
+        except (OSError, ValueError) as err:
+            logger.warning("could not write %s: %s", path, one_line(err))
+            return None
+        return path
+
+    def _eval_folder(self, eval_ref: str | Path) -> Path:
+        """A saved evaluation's folder: ``eval_dir``'s rule, or the (shared) demo evaluation."""
+        if Path(eval_ref).resolve() == self.workspace.demo_eval.resolve():
+            return self.workspace.demo_eval
+        return self.eval_dir(eval_ref)
 
     def list_evals(self) -> list[dict]:
         """Saved evaluations under evals/, newest first: folder, data, n, variants, adapters, summary means."""

@@ -18,10 +18,10 @@ from core.engine.feedback import FeedbackMixin
 from core.engine.jobs import TrainingJobs
 from core.engine.knowledge import KnowledgeMixin
 from core.engine.runs import RunsMixin
-from core.engine.uploads import store_upload
+from core.engine.uploads import check_file_type, store_upload
 from core.engine.visitors import VisitorQuota, Visitors, VisitorSettings
 from core.engine.workspace import DEMO_EVAL, DEMO_INDEX, DEMO_RUN, Workspace
-from core.errors import ConfigError
+from core.errors import ConfigError, DataError
 from core.inference import GenerationConfig, Reply
 from core.methods import METHODS, get_method
 from core.models import (
@@ -34,10 +34,13 @@ from core.models import (
 )
 from core.runs import RunStore
 from core.training import list_presets, load_preset
+from core.training.dpo import read_pairs
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEMO_EVAL", "DEMO_INDEX", "DEMO_RUN", "Engine"]
+
+DATASET_USES = ("training", "test")  # what Engine.store_dataset checks an uploaded dataset for
 
 
 class Engine(RunsMixin, KnowledgeMixin, ArenaMixin, FeedbackMixin, BenchmarksMixin):
@@ -111,6 +114,29 @@ class Engine(RunsMixin, KnowledgeMixin, ArenaMixin, FeedbackMixin, BenchmarksMix
                 size = 0  # store_upload names what is wrong with the file
             self.quota.check_upload(size)
         return store_upload(self.workspace.uploads, source, kind, name=name)
+
+    def store_dataset(self, source: str | Path, use: str = "training", *, name: str | None = None) -> Path:
+        """Check a user's dataset file, then keep it under ``uploads/datasets/`` (``store_upload``). ``use``:
+        ``training`` (instruction data, or preference pairs for the dpo objective) or ``test`` (instruction data,
+        every row with a reference answer). ``name``: the user's file name (default: the source's).
+
+        One line naming the file for each refusal, the same from every tab: an extension no dataset has
+        (UploadError), a file that does not load (the instruction-data loader's DataError, naming the line), then
+        size and quota (``store_upload``). A file that is refused is not stored."""
+        if use not in DATASET_USES:
+            raise ConfigError(f"use: must be one of {', '.join(DATASET_USES)}, got {use!r}")
+        shown = name or Path(source).name
+        check_file_type(shown, "datasets")
+        try:
+            load_examples(source)
+        except DataError as err:
+            if use != "training":
+                raise
+            try:  # prompt, chosen, rejected: what the dpo objective trains on
+                read_pairs(source)
+            except (DataError, OSError):
+                raise err from None  # neither: the instruction-data loader's line
+        return self.store_upload(source, "datasets", name=shown)
 
     def model_info(self, name: str | None = None, *, prepare: bool = False) -> dict[str, Any]:
         """Where the base model ``name`` (default: the default base model) and the embedding model come from. With

@@ -54,6 +54,22 @@ def safe_name(name: str) -> str:
     return stem[: MAX_NAME_CHARS - len(suffix)].rstrip(".") + suffix
 
 
+def shown_name(name: str) -> str:
+    """An upload's name as a message shows it: one line, at most 200 characters, whatever the name holds."""
+    return re.sub(r"[\x00-\x1f\x7f]", "?", str(name))[:200]
+
+
+def check_file_type(name: str, kind: str) -> str:
+    """``name``'s stored form (safe_name), after checking its extension is one ``kind`` takes; UploadError
+    ``"<name>: not a supported file type here; use one of ..."`` otherwise (and for an unknown ``kind``)."""
+    if kind not in KINDS:
+        raise UploadError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
+    target_name = safe_name(name)
+    if Path(target_name).suffix not in KINDS[kind]:
+        raise UploadError(f"{shown_name(name)}: not a supported file type here; use one of {', '.join(KINDS[kind])}")
+    return target_name
+
+
 def _numbered(name: str, number: int) -> str:
     """``report.md`` -> ``report-2.md`` (the stem shortened so the name stays within MAX_NAME_CHARS)."""
     stem, suffix = os.path.splitext(name)
@@ -107,13 +123,9 @@ def store_upload(uploads_root: str | Path, source: str | Path, kind: str, *, nam
     Either way the copy is written to a temporary file and fsynced (core.io) before it takes its name: a reader, or
     a machine that loses power, never sees half an upload under its real name.
     """
-    if kind not in KINDS:
-        raise UploadError(f"kind: must be one of {', '.join(KINDS)}, got {kind!r}")
     source = Path(source)
-    shown = re.sub(r"[\x00-\x1f\x7f]", "?", name or source.name)[:200]  # one line, whatever the name holds
-    target_name = safe_name(name or source.name)
-    if Path(target_name).suffix not in KINDS[kind]:
-        raise UploadError(f"{shown}: not a supported file type here; use one of {', '.join(KINDS[kind])}")
+    shown = shown_name(name or source.name)
+    target_name = check_file_type(name or source.name, kind)
     if source.is_symlink():
         raise UploadError(f"{shown}: is a symbolic link, not an uploaded file")
     if not source.exists():

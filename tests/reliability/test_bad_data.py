@@ -793,8 +793,7 @@ def gradio_message(err: BaseException) -> str:
 @example(data=b'{"instruction": "a", "output": "b"}\n{"instruction": "<b>x</b>"}\n', suffix=".jsonl")
 def test_dataset_preview_and_uploads_show_one_line_and_store_nothing_bad(bad_data_ui, data: bytes,
                                                                          suffix: str) -> None:
-    from ui.evaluate import store_test_set
-    from ui.train import describe_dataset, store_dataset
+    from ui.train import describe_dataset
 
     engine, handlers = bad_data_ui
     root = engine.workspace.root
@@ -809,10 +808,10 @@ def test_dataset_preview_and_uploads_show_one_line_and_store_nothing_bad(bad_dat
         else:
             assert line.startswith("✓ ") and len(frame) >= 1
         valid = not isinstance(load_or_error(path), DataError)
-        for store in (store_dataset, store_test_set):
+        for use in ("training", "test"):  # the Train and Evaluate tabs' uploads (Engine.store_dataset)
             before = listing(root)
             try:
-                stored = store(engine, path)
+                stored = engine.store_dataset(path, use)
             except ValueError as err:
                 assert not valid and type(err) is DataError
                 assert one_line(str(err)) and str(err).startswith(path.name), str(err)

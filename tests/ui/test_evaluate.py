@@ -25,7 +25,6 @@ from ui.evaluate import (
     plan_text,
     render_example,
     status_line,
-    store_test_set,
     summary_table,
 )
 
@@ -76,7 +75,7 @@ def test_format_interval():
 def test_summary_table_has_every_task_and_variant_with_intervals(saved):
     headers, rows = summary_table(saved)
     assert headers[:3] == ["task", "variant", "n"] and headers[-1] == "s / answer"
-    assert {"ROUGE-L", "BLEU", "F1", "similarity", "accuracy"} <= set(headers)
+    assert {"ROUGE-L", "BLEU", "token F1", "similarity", "accuracy"} <= set(headers)  # core.arena.metrics names
     assert "contains" not in headers  # measured nowhere in these rows
     table = {(row[0], row[1]): dict(zip(headers, row, strict=True)) for row in rows}
     # "all" first, then the tasks by name; the unavailable variant keeps one row saying why
@@ -148,16 +147,21 @@ def test_test_sets_on_offer_and_uploads(tmp_path):
     bad = tmp_path / "my set.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "c", "output": \n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"^my set\.jsonl line 2: invalid JSON"):
-        store_test_set(engine, bad)
-    with pytest.raises(ValueError, match="notes.txt: not a test set file"):
-        store_test_set(engine, tmp_path / "notes.txt")
+        engine.store_dataset(bad, "test")
+    # the Train tab's message too (core.engine.uploads): one rule for a dataset's file types
+    with pytest.raises(ValueError, match=r"^notes\.txt: not a supported file type here; use one of \.jsonl, "):
+        engine.store_dataset(tmp_path / "notes.txt", "test")
+    pairs = tmp_path / "pairs.jsonl"  # preference pairs train the dpo objective but have no reference answer
+    pairs.write_text('{"prompt": "p", "chosen": "yes", "rejected": "no"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^pairs\.jsonl line 1: "):
+        engine.store_dataset(pairs, "test")
     assert len(dataset_choices(engine)) == 2  # nothing bad was stored
 
     good = tmp_path / "upload-temp"
     good.mkdir()
     (good / "mine.csv").write_text("instruction,output,task\nWhat is 2+2?,4,math\nCapital of Peru?,Lima,geo\n",
                                    encoding="utf-8")
-    stored = store_test_set(engine, good / "mine.csv")
+    stored = engine.store_dataset(good / "mine.csv", "test")
     assert stored.parent == engine.workspace.uploads / "datasets" and stored.read_text().startswith("instruction")
     assert dataset_choices(engine)[-1] == ("Uploaded: mine.csv", str(stored))
     assert "**2 rows**" in describe_test_set(load_test_set(stored))
@@ -270,10 +274,12 @@ def test_result_views_show_the_verdict_and_write_report_html(tmp_path):
     from verdict_helpers import SENTENCES, install_eval
 
     from core.arena.evals import load_eval
+    from core.engine import Engine
     from ui.evaluate import result_views
 
     folder = install_eval(tmp_path / "ws")
-    found = result_views(load_eval(folder), folder)
+    engine = Engine(tmp_path / "ws", confined=True)
+    found = result_views(engine, load_eval(folder), folder)
     assert all(html.escape(sentence) in found["verdict"] for sentence in SENTENCES.values())
     assert found["verdict"].index(html.escape(SENTENCES["qa"])) < found["verdict"].index("Winner <b>few_shot</b>")
     assert "tie: no significant difference" in found["verdict"] and "winner (significant)" in found["verdict"]
@@ -287,32 +293,37 @@ def test_result_views_show_the_verdict_and_write_report_html(tmp_path):
     assert "Best ROUGE-L" not in found["status"]  # the verdict says who leads, by a paired test
 
     report.write_text("the lead's own report", encoding="utf-8")  # an existing report.html is left as it is
-    assert Path(result_views(load_eval(folder), folder)["report"]).read_text() == "the lead's own report"
+    assert Path(result_views(engine, load_eval(folder), folder)["report"]).read_text() == "the lead's own report"
 
     old = install_eval(tmp_path / "ws", "old-eval", with_verdict=False)
-    found = result_views(load_eval(old), old)
+    found = result_views(engine, load_eval(old), old)
     assert "No verdict in this evaluation" in found["verdict"] and found["details"] == ""
     assert "Best ROUGE-L: **few_shot**" in found["status"]
     assert "No paired comparisons" in found["comparisons"]
     assert "No verdict in this evaluation" in (old / "report.html").read_text(encoding="utf-8")
 
 
-def test_report_file_when_the_folder_cannot_take_it(tmp_path, monkeypatch):
+def test_eval_report_when_the_folder_cannot_take_it(tmp_path, monkeypatch):
     from verdict_helpers import install_eval
 
-    import ui.verdict
-    from ui.verdict import report_file
+    import core.engine.arena
+    from core.engine import Engine
+    from core.errors import NameRuleError
 
     folder = install_eval(tmp_path / "ws")
+    engine = Engine(tmp_path / "ws", confined=True)
 
     def refuse(path, data, **_):
         raise PermissionError(f"{path}: read-only file system")
 
-    monkeypatch.setattr(ui.verdict, "write_atomic", refuse)
-    assert report_file(folder) is None  # the evaluation still shows, without its report
+    monkeypatch.setattr(core.engine.arena, "write_atomic", refuse)
+    assert engine.eval_report(folder) is None  # the evaluation still shows, without its report
     monkeypatch.undo()
-    assert report_file(folder) == folder / "report.html" and (folder / "report.html").is_file()
-    assert report_file(tmp_path / "nowhere") is None  # no results.json to render it from
+    assert engine.eval_report(folder) == folder / "report.html" and (folder / "report.html").is_file()
+    assert engine.eval_report(folder.name) == folder / "report.html"  # by name, as the engine names evaluations
+    assert engine.eval_report(engine.workspace.evals / "nowhere") is None  # no results.json to render it from
+    with pytest.raises(NameRuleError, match="not a folder of this workspace's evals/"):
+        engine.eval_report(tmp_path / "elsewhere" / "evals" / folder.name)  # a confined engine: its own only
 
 
 def test_the_tab_opens_on_the_demo_evaluation_and_reopens_past_ones(tmp_path):
