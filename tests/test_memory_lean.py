@@ -3,6 +3,7 @@ outputs, gradients and training run as nn.Dropout, and saves less for backward."
 
 from __future__ import annotations
 
+import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
@@ -40,8 +41,9 @@ def test_swaps_every_lora_dropout_and_nothing_else():
     assert lean_lora_dropout(_lora(dropout=0.0)) == 0  # PEFT's Identity stays
 
 
-def test_same_loss_and_gradients_bit_for_bit():
-    plain, lean = _lora(), _lora()
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.3])
+def test_same_loss_and_gradients_bit_for_bit(p):
+    plain, lean = _lora(dropout=p), _lora(dropout=p)
     lean_lora_dropout(lean)
     for seed in (1, 2):
         loss_a, grads_a = _step(plain, seed)

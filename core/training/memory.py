@@ -98,22 +98,22 @@ def _lean_dropout_class() -> type:
 
         ``torch.nn.functional.dropout`` on the CPU multiplies by a noise tensor of the input's dtype (the kept
         elements hold 1/(1-p)), and autograd saves that tensor: 2-4 bytes per element of every LoRA input. The same
-        draws (``bernoulli_`` on a tensor like the input, then the division) give the same output bit for bit; only
-        ``noise != 0`` is saved and the noise is rebuilt from it in backward.
+        draws (``bernoulli_`` on a tensor like the input) give the same output: ``x * keep`` is exact and the scale
+        is applied as a float scalar (bit for bit what dropout computes in fp32; in bf16 one rounding instead of
+        dropout's two, whose noise holds 1/(1-p) rounded to bf16). Only the one-byte ``keep`` is saved.
         """
 
         @staticmethod
         def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
-            noise = torch.empty_like(x).bernoulli_(1 - p)
-            noise.div_(1 - p)
-            ctx.p = p
-            ctx.save_for_backward(noise != 0)
-            return x * noise
+            keep = torch.empty_like(x).bernoulli_(1 - p)
+            ctx.scale = 1.0 / (1 - p)
+            ctx.save_for_backward(keep.bool())
+            return (x * keep).mul_(ctx.scale)
 
         @staticmethod
         def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
             (keep,) = ctx.saved_tensors
-            return grad * keep.to(grad.dtype).div_(1 - ctx.p), None
+            return (grad * keep).mul_(ctx.scale), None
 
     class LeanDropout(torch.nn.Dropout):
         """``nn.Dropout`` whose backward keeps a one-byte mask (KeepMask) when it trains with gradients."""
