@@ -1,10 +1,11 @@
 """LoRA training on the bundled SmolLM2-135M: our loop vs TRL's SFTTrainer (default SFTConfig) vs the tutorial recipe.
 
-    python -m bench.train [--smoke] [--steps N] [--batch-size B] [--contenders ours,trl,hf]
+    python -m bench.train [--smoke] [--steps N] [--batch-size B] [--contenders ours,trl,hf,llamafactory]
+                          [--llamafactory-cli PATH] [--result NAME]
 
 One process, one machine, the same base model (the bundled SmolLM2-135M-Instruct via core.models), data
 (assets/demo/train.jsonl), LoRA settings (r=8, alpha=16, dropout=0.05 on q,k,v,o,gate,up,down), learning rate, seed,
-number of optimizer steps and batch size for three contenders:
+number of optimizer steps and batch size for three contenders, and a fourth when its CLI is found:
 
 - ``ours``: core.training.train with its defaults (answer-only loss and LM head, length-grouped batches, cosine
   schedule with 5% warmup, bf16 autocast where the CPU has bf16 hardware) plus the settings above; ``val_fraction=0``
@@ -19,6 +20,15 @@ number of optimizer steps and batch size for three contenders:
 - ``hf``: transformers.Trainer + DataCollatorForLanguageModeling(mlm=False) over the chat-template-formatted text,
   the recipe most tutorials use: loss on every token (and, since pad == eos on SmolLM2, no loss on <|im_end|>),
   fp32, TrainingArguments defaults with the same changes as for TRL.
+- ``llamafactory``: LLaMA-Factory's ``llamafactory-cli train cfg.yaml`` as a subprocess, from its own virtual
+  environment (it pins its own transformers/peft; set-up in bench/README.md), found by ``--llamafactory-cli``, else
+  $LLAMAFACTORY_CLI, else the PATH; left out with a note when not found. The same rows as alpaca json (user turn =
+  instruction), template ``smollm2`` (the same prompt text as SmolLM2's chat template), cutoff_len = max_length, the
+  settings above plus ours' schedule (cosine, int(5% of steps) warmup) and ours' compute dtype (bf16 autocast where
+  the CPU has bf16); its own defaults otherwise (gradient checkpointing, answer-only loss). Per-step time and
+  non-padding tokens come from its trainer_state.json (train_runtime and num_input_tokens_seen with
+  include_num_input_tokens_seen=non_padding); its startup (interpreter, imports, model load, dataset preparation,
+  save) is ``setup_s`` and the whole subprocess ``wall_s_with_startup``; peak RSS is the subprocess tree's, sampled.
 
 Tokens/s: non-padding tokens (attention_mask sum) that went through forward + backward, over the training phase.
 Ours reports it itself (its per-step time: collate, forward, backward, clip, optimizer, metrics write). TRL and hf:
@@ -45,8 +55,12 @@ FLOPs). Achieved FLOP/s = tokens/s * F; MFU = that over the fp32 matmul FLOP/s m
 (2048x2048 torch.matmul, best of several, at the training thread count), and over the bf16 figure too since ours
 and TRL run under bf16 autocast on a CPU with bf16 hardware.
 
+Rows/s: optimizer steps x batch size over the training seconds (every step is a full batch: the training file has
+more rows than steps x batch).
+
 Targets (issue): ours >= 3x TRL-default tokens/s at equal or lower validation loss (within ``VAL_TOLERANCE``);
-ours MFU >= 50% of the fp32 matmul peak.
+ours >= 3x LLaMA-Factory tokens/s where measured (``ratio_vs_llamafactory``); ours MFU >= 50% of the fp32 matmul
+peak. ``--result NAME`` writes bench/results/NAME.json instead of train.json (a partial run beside the full one).
 """
 
 from __future__ import annotations
@@ -63,6 +77,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import argparse  # noqa: E402
 import dataclasses  # noqa: E402
 import gc  # noqa: E402
+import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
@@ -294,7 +309,8 @@ def run_ours(s: Settings, train_file: Path, work: Path) -> Outcome:
     per_step = [(elapsed[i] - elapsed[i - 1], round(seen[i] - seen[i - 1])) for i in range(1, len(elapsed))]
     return Outcome("ours", per_step, result.final_train_loss, "last step, answer tokens", result.peak_mem_bytes,
                    round(result.wall_s - elapsed[-1], 2), Path(result.run_dir) / "adapter", result.dtype,
-                   {"trainable_params": result.trainable_params, "tokens_per_s_reported": result.tokens_per_s},
+                   {"trainable_params": result.trainable_params, "tokens_per_s_reported": result.tokens_per_s,
+                    "train_call_wall_s": result.wall_s},
                    (load_before, os.getloadavg()[0]))
 
 
@@ -383,6 +399,177 @@ def run_hf(s: Settings, examples: list[Example], model_dir: str, work: Path) -> 
 
 
 # --------------------------------------------------------------------------------------------------------------------
+# LLaMA-Factory (its CLI, in its own virtual environment: bench/README.md)
+# --------------------------------------------------------------------------------------------------------------------
+
+LLAMAFACTORY_ENV = "LLAMAFACTORY_CLI"
+LLAMAFACTORY_TEMPLATE = "smollm2"
+"""LLaMA-Factory's template for SmolLM2: ChatML, answer + ``<|im_end|>\\n``, prompt masked, as the tokenizer's own
+chat template that the other contenders use. Its default system prompt ends with a full stop that the tokenizer's
+does not, so ``default_system`` is set to the tokenizer's (``chat_template_default_system``): the token ids are then
+the same as ``encode_for_training``'s."""
+
+
+def find_llamafactory_cli(option: str | None) -> tuple[str | None, str]:
+    """Where ``llamafactory-cli`` is: ``--llamafactory-cli`` PATH, else $LLAMAFACTORY_CLI, else the PATH.
+
+    Returns (path, how it was found) or (None, why not). Raises ValueError naming the option or variable when one was
+    given but is not an executable file."""
+    for source, value in (("--llamafactory-cli", option), (LLAMAFACTORY_ENV, os.environ.get(LLAMAFACTORY_ENV))):
+        if value:
+            path = Path(value).expanduser()
+            if not (path.is_file() and os.access(path, os.X_OK)):
+                raise ValueError(f"{source}: not an executable file: {value}")
+            return str(path), source
+    found = shutil.which("llamafactory-cli")
+    if found:
+        return found, "PATH"
+    return None, ("llamafactory-cli not found (--llamafactory-cli PATH, $LLAMAFACTORY_CLI or the PATH); its set-up "
+                  "in its own virtual environment: bench/README.md")
+
+
+def chat_template_default_system(tokenizer: Any) -> str | None:
+    """The system prompt a ChatML chat template inserts when the messages have none (SmolLM2's), else None."""
+    text = tokenizer.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
+    head, end = "<|im_start|>system\n", "<|im_end|>"
+    return text[len(head) : text.index(end)] if text.startswith(head) and end in text else None
+
+
+def _llamafactory_versions(cli: str) -> dict[str, str] | None:
+    """Package versions in the CLI's own environment (from its script's python), or None when that is not plain."""
+    import subprocess
+
+    first = Path(cli).read_bytes()[:200].split(b"\n", 1)[0].decode(errors="replace")
+    python = first[2:].strip() if first.startswith("#!") else ""
+    if not python or " " in python or not Path(python).is_file():
+        return None
+    code = ("import importlib.metadata as m, json; print(json.dumps({p: m.version(p) for p in "
+            "('llamafactory', 'torch', 'transformers', 'peft', 'accelerate', 'datasets')}))")
+    done = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=60)
+    return json.loads(done.stdout) if done.returncode == 0 else None
+
+
+def llamafactory_config(s: Settings, model_dir: str, data_dir: Path, out: Path, bf16: bool,
+                        default_system: str | None = None) -> dict[str, Any]:
+    """The `llamafactory-cli train` settings: the same model, LoRA, steps, batch, lr, seed and compute dtype as ours;
+    its defaults otherwise (gradient checkpointing, SDPA, answer-only loss, pad to a multiple of 8)."""
+    system = {"default_system": default_system} if default_system is not None else {}
+    return {"model_name_or_path": model_dir, "stage": "sft", "do_train": True, "finetuning_type": "lora",
+            "lora_rank": s.r, "lora_alpha": s.alpha, "lora_dropout": s.dropout, "lora_target": ",".join(TARGETS),
+            "dataset": "bench", "dataset_dir": str(data_dir), "template": LLAMAFACTORY_TEMPLATE,
+            **system, "cutoff_len": s.max_length, "overwrite_cache": True,
+            "output_dir": str(out), "overwrite_output_dir": True, "logging_steps": 1, "save_strategy": "no",
+            "report_to": "none", "per_device_train_batch_size": s.batch_size, "gradient_accumulation_steps": 1,
+            "learning_rate": s.lr, "max_steps": s.steps,
+            # ours' schedule (TrainingConfig: cosine, warmup_ratio 0.05 -> int(steps * 0.05) warmup steps)
+            "lr_scheduler_type": "cosine", "warmup_steps": int(s.steps * 0.05),
+            "seed": s.seed, "bf16": bf16, "use_cpu": s.device in (None, "cpu"),
+            # per-step attention_mask sums in its log: the same token definition as the others
+            "include_num_input_tokens_seen": "non_padding"}
+
+
+def _write_llamafactory_inputs(s: Settings, examples: list[Example], model_dir: str, folder: Path,
+                               bf16: bool) -> tuple[Path, Path, dict[str, Any]]:
+    """The training rows as an alpaca json (user turn = instruction, as ``Example.user_text``; the row's system
+    prompt and history when it has them) + dataset_info.json + cfg.yaml; returns (cfg.yaml, output dir, settings)."""
+    data = folder / "data"
+    data.mkdir(parents=True)
+    has_system = any(ex.system for ex in examples)
+    has_history = any(ex.history for ex in examples)
+    rows = []
+    for ex in examples:
+        row: dict[str, Any] = {"instruction": ex.user_text, "output": ex.output}
+        if has_system:
+            row["system"] = ex.system or ""  # empty: the template's default system prompt, as the chat template
+        if has_history:
+            row["history"] = [list(turn) for turn in ex.history]
+        rows.append(row)
+    columns = {"prompt": "instruction", "response": "output"}
+    columns |= {"system": "system"} if has_system else {}
+    columns |= {"history": "history"} if has_history else {}
+    (data / "bench.json").write_text(json.dumps(rows, ensure_ascii=False), encoding="utf-8")
+    (data / "dataset_info.json").write_text(json.dumps({"bench": {"file_name": "bench.json", "columns": columns}}),
+                                            encoding="utf-8")
+    from transformers import AutoTokenizer
+
+    out = folder / "out"
+    system = chat_template_default_system(AutoTokenizer.from_pretrained(model_dir))
+    config = llamafactory_config(s, model_dir, data, out, bf16, system)
+    cfg = folder / "cfg.yaml"  # one `key: value` line each; JSON scalars are YAML scalars
+    cfg.write_text("".join(f"{key}: {json.dumps(value)}\n" for key, value in config.items()), encoding="utf-8")
+    return cfg, out, config
+
+
+def _wait_sampling_rss(proc: Any, interval: float = 0.05) -> int:
+    """Wait for ``proc``; the peak of the summed RSS of it and all its descendants, sampled every ``interval`` s."""
+    import psutil
+
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        total = 0
+        try:
+            tree = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            tree = []
+        for process in tree:
+            try:
+                total += process.memory_info().rss
+            except psutil.Error:
+                pass
+        peak = max(peak, total)
+        time.sleep(interval)
+    return peak
+
+
+def run_llamafactory(s: Settings, examples: list[Example], model_dir: str, work: Path, cli: str) -> Outcome:
+    """``llamafactory-cli train cfg.yaml`` as a subprocess; its per-step loss, cumulative train_runtime and
+    non-padding tokens come from its trainer_state.json, its adapter from its output dir."""
+    import subprocess
+
+    from core.models import cpu_has_bf16
+
+    folder = work / "llamafactory"
+    bf16 = cpu_has_bf16() if s.device in (None, "cpu") else True
+    cfg, out, config = _write_llamafactory_inputs(s, examples, model_dir, folder, bf16)
+    env = {key: value for key, value in os.environ.items() if key not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "HF_HUB_DISABLE_TELEMETRY": "1", "HF_DATASETS_CACHE": str(folder / "datasets-cache"),
+            "WANDB_DISABLED": "true"}
+    log_path = folder / "llamafactory.log"
+    load_before = os.getloadavg()[0]
+    start = time.perf_counter()
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([cli, "train", str(cfg)], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        peak = _wait_sampling_rss(proc)
+    wall = time.perf_counter() - start
+    load = (load_before, os.getloadavg()[0])
+    state_file = out / "trainer_state.json"
+    if proc.returncode != 0 or not state_file.is_file():
+        tail = "\n".join(log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-25:])
+        raise RuntimeError(f"llamafactory-cli train exited with {proc.returncode}; the end of its log:\n{tail}")
+    history = json.loads(state_file.read_text(encoding="utf-8"))["log_history"]
+    steps = [row for row in history if "loss" in row]
+    if not steps or any("train_runtime" not in row or "num_input_tokens_seen" not in row for row in steps):
+        raise RuntimeError(f"llamafactory: no per-step train_runtime / num_input_tokens_seen in {state_file}")
+    marks = [(0.0, 0)] + [(float(row["train_runtime"]), int(row["num_input_tokens_seen"])) for row in steps]
+    per_step = [(t1 - t0, n1 - n0) for (t0, n0), (t1, n1) in zip(marks, marks[1:], strict=False)]
+    runtime = max(float(row.get("train_runtime", 0.0)) for row in history)  # its whole training loop
+    extra = {"cli": cli, "versions": _llamafactory_versions(cli), "config": config,
+             "wall_s_with_startup": round(wall, 2),
+             "rows_per_s_wall": round(len(steps) * s.batch_size / wall, 3),
+             "train_runtime_s": round(runtime, 3),
+             "timing": "per step: differences of the train_runtime its log records at each step (seconds since its "
+                       "training loop began); setup_s: the subprocess wall time outside that loop (interpreter "
+                       "start and imports, model load, dataset preparation, adapter save, exit)",
+             "tokens_from": "its log: num_input_tokens_seen with include_num_input_tokens_seen=non_padding "
+                            "(attention_mask sums)",
+             "peak_rss": "summed RSS of the subprocess tree, sampled every 50 ms over its whole run",
+             "train_loss": "its logged loss (mean over answer tokens of the step's batch)"}
+    return Outcome("llamafactory", per_step, float(steps[-1]["loss"]), "last step, answer tokens", peak,
+                   round(wall - runtime, 2), out, "bfloat16" if bf16 else "float32", extra, load)
+
+
+# --------------------------------------------------------------------------------------------------------------------
 # Main
 # --------------------------------------------------------------------------------------------------------------------
 
@@ -395,7 +582,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--val-rows", type=int, default=None, help="validation rows (default 32; smoke 4)")
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--r", type=int, default=8)
-    parser.add_argument("--contenders", default="ours,trl,hf", help="comma-separated subset of ours,trl,hf")
+    parser.add_argument("--contenders", default=None,
+                        help="comma-separated subset of ours,trl,hf,llamafactory (default: ours,trl,hf, plus "
+                             "llamafactory when its CLI is found)")
+    parser.add_argument("--llamafactory-cli", default=None, metavar="PATH",
+                        help=f"LLaMA-Factory's CLI (else ${LLAMAFACTORY_ENV}, else llamafactory-cli on the PATH); "
+                             "set-up in its own virtual environment: bench/README.md")
+    parser.add_argument("--result", default="train", metavar="NAME",
+                        help="write bench/results/NAME.json (default train), e.g. train-llamafactory for a partial run")
     parser.add_argument("--seeds", default="42", help="comma-separated seeds; each contender trains once per seed "
                                                       "(validation loss is compared as the mean over seeds)")
     parser.add_argument("--ours-random-batches", action="store_true",
@@ -407,6 +601,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         parser.error(f"--seeds: integers separated by commas, got {args.seeds!r}")
     if not seeds:
         parser.error("--seeds: at least one seed")
+    if not args.result.replace("-", "").replace("_", "").isalnum():
+        parser.error(f"--result: letters, digits, - and _ only, got {args.result!r}")
+    try:
+        llamafactory_cli, found_by = find_llamafactory_cli(args.llamafactory_cli)
+    except ValueError as err:
+        parser.error(str(err))
     logging.basicConfig(level=logging.WARNING)
 
     import torch
@@ -421,10 +621,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  max_length=128 if smoke else 512,
                  val_rows=args.val_rows or (4 if smoke else 32), matmul_n=1024 if smoke else 2048,
                  matmul_repeats=3 if smoke else 6, group_by_length=not args.ours_random_batches)
-    names = [n.strip() for n in args.contenders.split(",") if n.strip()]
-    unknown = sorted(set(names) - {"ours", "trl", "hf"})
+    default_names = "ours,trl,hf" + (",llamafactory" if llamafactory_cli else "")
+    names = [n.strip() for n in (args.contenders or default_names).split(",") if n.strip()]
+    unknown = sorted(set(names) - {"ours", "trl", "hf", "llamafactory"})
     if unknown:
         parser.error(f"--contenders: unknown {unknown[0]!r}")
+    skipped = {}
+    if llamafactory_cli:
+        print(f"llamafactory: {llamafactory_cli} (from {found_by})", flush=True)
+    elif args.contenders is None or "llamafactory" in names:
+        skipped["llamafactory"] = found_by
+        names = [n for n in names if n != "llamafactory"]
+        print(f"note: llamafactory skipped: {found_by}", flush=True)
+    if not names:
+        parser.error("--contenders: nothing left to run")
     wall_start = time.perf_counter()
     load_before = os.getloadavg()
     train_file = demo_path("train.jsonl")
@@ -455,6 +665,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     outcomes.append((seed, run_ours(seeded, train_file, folder)))
                 elif name == "trl":
                     outcomes.append((seed, run_trl(seeded, examples, model_dir, folder)))
+                elif name == "llamafactory":
+                    outcomes.append((seed, run_llamafactory(seeded, examples, model_dir, folder, llamafactory_cli)))
                 else:
                     outcomes.append((seed, run_hf(seeded, examples, model_dir, folder)))
                 gc.collect()
@@ -490,14 +702,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             seconds = sum(o.train_s for o in runs)
             return sum(o.tokens for o in runs) / seconds if seconds else 0.0
 
+        def pooled_rows_rate(name: str) -> float:  # rows per training second; every step is a full batch here
+            runs = [o for _, o in outcomes if o.name == name]
+            seconds = sum(o.train_s for o in runs)
+            return sum(o.steps * s.batch_size for o in runs) / seconds if seconds else 0.0
+
         rows, contenders = [], []
         trl_rate = pooled_rate("trl") if "trl" in names else None
+        lf_rate = pooled_rate("llamafactory") if "llamafactory" in names else None
         for seed, o in outcomes:
             rate = o.tokens / o.train_s if o.train_s else 0.0
             later = sorted(n / sec for sec, n in o.per_step[1:] if sec > 0) or [rate]  # steps 2..N
             achieved = rate * flops["flops_per_token"]
             achieved_req = rate * flops["flops_per_token_required"]
             entry = {"contender": o.name, "seed": seed, "tokens_per_s": round(rate, 2),
+                     "rows_per_s": round(o.steps * s.batch_size / o.train_s, 3) if o.train_s else 0.0,
                      "s_per_step": round(o.train_s / o.steps, 3),
                      "steps": o.steps, "tokens": o.tokens, "train_s": round(o.train_s, 3),
                      "tokens_per_s_median_step": round(later[len(later) // 2], 2),
@@ -511,7 +730,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                      "mfu_fp32": round(achieved / peak["fp32"], 4), "mfu_bf16": round(achieved / peak["bf16"], 4),
                      "mfu_required_fp32": round(achieved_req / peak["fp32"], 4),
                      "mfu_required_bf16": round(achieved_req / peak["bf16"], 4),
-                     "speedup_vs_trl": round(rate / trl_rate, 3) if trl_rate else None, **o.extra}
+                     "speedup_vs_trl": round(rate / trl_rate, 3) if trl_rate else None,
+                     "ratio_vs_llamafactory": round(rate / lf_rate, 3) if lf_rate else None, **o.extra}
             contenders.append(entry)
         entries: dict[str, dict[str, Any]] = {}  # per contender, over its seeds
         for name in names:
@@ -520,6 +740,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             losses = [c["val_loss"] for c in runs]
             entries[name] = {
                 "contender": name, "seeds": [c["seed"] for c in runs], "tokens_per_s": round(rate, 2),
+                "rows_per_s": round(pooled_rows_rate(name), 3),
                 "tokens_per_s_median_step": statistics.median(c["tokens_per_s_median_step"] for c in runs),
                 "val_loss": round(statistics.fmean(losses), 5), "val_loss_by_seed": losses,
                 "val_loss_spread": round(max(losses) - min(losses), 5),
@@ -529,15 +750,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 "mfu_fp32": round(rate * flops["flops_per_token"] / peak["fp32"], 4),
                 "mfu_bf16": round(rate * flops["flops_per_token"] / peak["bf16"], 4),
                 "mfu_required_fp32": round(rate * flops["flops_per_token_required"] / peak["fp32"], 4),
-                "speedup_vs_trl": round(rate / trl_rate, 3) if trl_rate else None}
+                "speedup_vs_trl": round(rate / trl_rate, 3) if trl_rate else None,
+                "ratio_vs_llamafactory": round(rate / lf_rate, 3) if lf_rate else None}
             e = entries[name]
-            rows.append({"contender": name, "seeds": len(runs), "tok/s": e["tokens_per_s"],
+            rows.append({"contender": name, "seeds": len(runs), "rows/s": e["rows_per_s"], "tok/s": e["tokens_per_s"],
                          "median step tok/s": e["tokens_per_s_median_step"],
                          "train loss": round(e["final_train_loss"], 4) if e["final_train_loss"] else None,
                          "val loss (mean)": e["val_loss"], "val loss spread": e["val_loss_spread"],
                          "peak RSS MiB": e["peak_rss_mib"], "dtype": e["compute_dtype"], "MFU fp32": e["mfu_fp32"],
                          "MFU req fp32": e["mfu_required_fp32"], "MFU bf16": e["mfu_bf16"],
-                         "x TRL": e["speedup_vs_trl"]})
+                         "x TRL": e["speedup_vs_trl"], "x LF": e["ratio_vs_llamafactory"],
+                         "setup s": statistics.fmean(o.setup_s for _, o in outcomes if o.name == name)})
         targets = []
         if "ours" in entries and "trl" in entries:
             ours, trl = entries["ours"], entries["trl"]
@@ -548,6 +771,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                       f"(mean over {len(seeds)} seed(s), tolerance {VAL_TOLERANCE} nats)",
                             "value": ours["speedup_vs_trl"], "value_median_step": round(median_ratio, 3),
                             "val_loss_ours": ours["val_loss"], "val_loss_trl": trl["val_loss"],
+                            "speed_met": bool(speed_ok), "val_loss_met": bool(loss_ok),
+                            "met": bool(speed_ok and loss_ok)})
+        if "ours" in entries and "llamafactory" in entries:
+            ours, lf = entries["ours"], entries["llamafactory"]
+            speed_ok = ours["ratio_vs_llamafactory"] >= SPEEDUP_TARGET
+            loss_ok = ours["val_loss"] <= lf["val_loss"] + VAL_TOLERANCE
+            targets.append({"target": f">= {SPEEDUP_TARGET}x LLaMA-Factory tokens/s where measured, at equal or "
+                                      f"lower val loss (mean over {len(seeds)} seed(s), tolerance {VAL_TOLERANCE} "
+                                      "nats)",
+                            "value": ours["ratio_vs_llamafactory"],
+                            "value_rows_per_s": round(ours["rows_per_s"] / lf["rows_per_s"], 3),
+                            "value_median_step": round(ours["tokens_per_s_median_step"]
+                                                       / lf["tokens_per_s_median_step"], 3),
+                            "val_loss_ours": ours["val_loss"], "val_loss_llamafactory": lf["val_loss"],
                             "speed_met": bool(speed_ok), "val_loss_met": bool(loss_ok),
                             "met": bool(speed_ok and loss_ok)})
         if "ours" in entries:
@@ -589,6 +826,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "matmul_flops": {"n": s.matmul_n, "measurements": peaks, "peak_used": peak},
             "flops": flops,
             "seeds": seeds,
+            "llamafactory": {"cli": llamafactory_cli, "found_by": found_by} if llamafactory_cli else None,
+            "skipped": skipped,
             "summary": list(entries.values()),
             "contenders": contenders,
             "targets": targets,
@@ -596,7 +835,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "other_load_during_training": busy,
             "wall_s": round(time.perf_counter() - wall_start, 1),
         }
-        path = write_result("train", payload, smoke=smoke)
+        path = write_result(args.result, payload, smoke=smoke)
         print(f"wrote {path} ({payload['wall_s']} s)")
         return payload
     finally:
