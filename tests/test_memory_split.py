@@ -57,3 +57,15 @@ def test_split_forward_passes_give_the_same_steps(tmp_path, tiny_model_dir):
     for a, b in zip(train_rows(whole.run_dir), train_rows(split.run_dir), strict=True):
         assert b["loss"] == pytest.approx(a["loss"], abs=1e-5)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+
+
+def test_the_default_splits_on_a_cpu_and_not_on_a_gpu(tmp_path, tiny_model_dir):
+    from core.training.config import CPU_FORWARD_TOKENS
+
+    data = write_rows(tmp_path / "train.jsonl", ROWS)
+    default = tiny_config(data, tiny_model_dir)
+    assert default.max_forward_tokens is None
+    assert default.forward_tokens("cpu") == CPU_FORWARD_TOKENS
+    assert default.forward_tokens("cuda:0") == 0 and default.forward_tokens("mps") == 0
+    assert tiny_config(data, tiny_model_dir, max_forward_tokens=0).forward_tokens("cpu") == 0
+    assert tiny_config(data, tiny_model_dir, max_forward_tokens=256).forward_tokens("cuda:0") == 256

@@ -19,6 +19,7 @@ PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
 SCHEDULERS = ("cosine", "linear", "constant")
 TEACHER_CONTEXTS = ("none", "rag")
 DPO_LOSSES = ("sigmoid", "ipo")
+CPU_FORWARD_TOKENS = 1024  # max_forward_tokens' default on a CPU (bench/results/memory.json)
 
 
 def _help(text: str, default: Any = None) -> Any:
@@ -65,9 +66,10 @@ class TrainingConfig:
     group_by_length: bool = _help("Batch examples of similar length (less padding)", True)
     answer_only_head: bool = _help("Apply the LM head to answer positions only: same loss, less work", True)
     gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~30% slower", False)
-    max_forward_tokens: int = _help("Most padded tokens (rows x longest row) in one forward pass: a micro-batch over "
-                                    "it runs in parts whose gradients add up to the same step, for a lower memory "
-                                    "peak (0 = whole micro-batches)", 1024)
+    max_forward_tokens: int | None = _help("Most padded tokens (rows x longest row) in one forward pass: a "
+                                           "micro-batch over it runs in parts whose gradients add up to the same "
+                                           "step, for a lower memory peak (0 = whole micro-batches; default: "
+                                           f"{CPU_FORWARD_TOKENS} on a CPU, whole on a GPU)")
     device: str | None = _help("cpu, cuda, mps (default: best available)")
     dtype: str | None = _help("fp32, bf16 or fp16 (default: the device policy)")
     text_column: str | None = _help("Classification: the column holding the text (default: text, else the prompt of "
@@ -120,9 +122,12 @@ class TrainingConfig:
         check(0 <= self.warmup_ratio < 1, "warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
         check(self.weight_decay >= 0, "weight_decay", f"must be >= 0, got {self.weight_decay}")
         check(self.max_grad_norm >= 0, "max_grad_norm", f"must be >= 0, got {self.max_grad_norm}")
-        for name in ("eval_every", "checkpoint_every", "max_eval_examples", "max_forward_tokens"):
+        for name in ("eval_every", "checkpoint_every", "max_eval_examples"):
             value = getattr(self, name)
             check(isinstance(value, int) and value >= 0, name, f"must be an integer >= 0, got {value!r}")
+        check(self.max_forward_tokens is None or (isinstance(self.max_forward_tokens, int)
+                                                  and self.max_forward_tokens >= 0), "max_forward_tokens",
+              f"must be an integer >= 0, got {self.max_forward_tokens!r}")
         check(self.dtype in (None, "fp32", "float32", "bf16", "bfloat16", "fp16", "float16"), "dtype",
               f"must be fp32, bf16 or fp16, got {self.dtype!r}")
         check(self.student_layers is None or (isinstance(self.student_layers, int) and self.student_layers >= 1),
@@ -175,6 +180,13 @@ class TrainingConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    def forward_tokens(self, device: str) -> int:
+        """The most padded tokens one forward pass takes on ``device`` (0: whole micro-batches). On a CPU memory is
+        the limit and smaller passes cost little; a GPU is fastest with whole micro-batches."""
+        if self.max_forward_tokens is not None:
+            return self.max_forward_tokens
+        return CPU_FORWARD_TOKENS if device == "cpu" else 0
 
 
 def list_presets() -> list[str]:

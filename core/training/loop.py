@@ -281,6 +281,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     cache: dict[int, list[list[int]]] = {}
 
     global_batch = config.batch_size * config.num_processes
+    forward_tokens = config.forward_tokens(device)
 
     def micro_batch(position: int) -> list[int]:
         """The global micro-batch at ``position``."""
@@ -302,7 +303,7 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
                 out.append((session.collate([data.train[i] for i in share or rows[:1]]), bool(share)))
             elif share:
                 out += [(session.collate([data.train[i] for i in part]), True)
-                        for part in split_by_tokens(share, lengths, config.max_forward_tokens)]
+                        for part in split_by_tokens(share, lengths, forward_tokens)]
         return out
 
     allocator = _adalora_allocator(model)
