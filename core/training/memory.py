@@ -87,7 +87,6 @@ def out_of_memory_message(config: Any, err: BaseException, step: int) -> str:
     return f"out of memory in training step {step} ({detail}): {advice}"
 
 
-
 @functools.cache
 def _lean_dropout_class() -> type:
     """LeanDropout, built on first use (torch is imported lazily across core)."""
