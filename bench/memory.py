@@ -7,7 +7,8 @@ not what an earlier run left in the allocator. Arms (same data, steps, batch, se
 - ``lean_dropout``: LoRA dropout that saves a one-byte mask for backward (core.training.memory.LeanDropout);
 - ``lean_split_<N>``: and forward passes of at most N padded tokens (``max_forward_tokens``; 1024 is the default);
 - ``lean_checkpointing``: and gradient checkpointing instead of splitting (recompute in backward);
-- ``no_dropout``: LoRA dropout 0, for scale: what dropout costs in time at all.
+- ``no_dropout``: LoRA dropout 0, for scale: what dropout costs in time at all;
+- ``input_cast``: the default but with PEFT's cast of every LoRA input to fp32 (before ``keep_lora_inputs``).
 
 ``peak_rss_mib`` is sampled every 50 ms while the run trains (the loop's PeakMemory, also ``train --json``'s
 ``peak_mem_bytes``); ``process_peak_mib`` is the child's lifetime maximum (getrusage), model loading included.
@@ -36,6 +37,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "lean_split_512": {"lean": True, "max_forward_tokens": 512},
     "lean_checkpointing": {"lean": True, "max_forward_tokens": 0, "gradient_checkpointing": True},
     "no_dropout": {"lean": True, "max_forward_tokens": 0, "dropout": 0.0},
+    "input_cast": {"lean": True, "max_forward_tokens": 1024, "keep_lora_inputs": False},
 }
 SMOKE_ARMS = ("before", "lean_split_1024")
 TARGET_MIB = 3 * 1024  # issue 21: peak RSS at batch 8 <= 3 GiB
@@ -50,6 +52,8 @@ def child(settings: dict[str, Any]) -> dict[str, Any]:
 
     if not settings["lean"]:  # the arm measured before LeanDropout: PEFT's nn.Dropout stays in place
         model.lean_lora_dropout = lambda _model: 0
+    if not settings.get("keep_lora_inputs", True):  # PEFT casts every LoRA input to fp32, as before
+        model.keep_lora_inputs = lambda _model: 0
     config = TrainingConfig(
         data=settings["data"], val_data=settings["val_data"], max_eval_examples=settings["val_rows"],
         method="lora", method_config={"r": 8, "alpha": 16, "dropout": settings.get("dropout", 0.05),

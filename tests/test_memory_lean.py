@@ -88,3 +88,26 @@ def test_saves_a_one_byte_mask_instead_of_the_noise():
     lean = saved_bytes(_lean_dropout_class()(0.1).train())
     assert lean == x.numel()  # one byte per element
     assert plain >= 4 * lean  # fp32 noise
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
+def test_lora_inputs_stay_in_the_compute_dtype_under_autocast(dtype, tmp_path, tiny_model_dir):
+    """bf16 compute: PEFT's per-layer cast of the input to fp32 is off, and a step still trains every adapter."""
+    from core.training.model import load_training_model
+    from core.training.objectives import autocast
+    from tests.training_helpers import ROWS, tiny_config, write_rows
+
+    config = tiny_config(write_rows(tmp_path / "train.jsonl", ROWS), tiny_model_dir, dtype=dtype, method="lora",
+                         method_config={"dropout": 0.1})
+    model, loaded, compute = load_training_model(config, 1)
+    layers = [m for m in model.modules() if hasattr(m, "lora_dropout")]
+    assert len(layers) > 0
+    kept = {getattr(layer, "cast_input_dtype_enabled", True) for layer in layers}
+    assert kept == ({False} if dtype == "bf16" else {True})
+    ids = torch.randint(3, 64, (2, 9))
+    with autocast("cpu", compute):
+        loss = model(input_ids=ids, labels=ids).loss
+    loss.backward()
+    grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert any(float(g.abs().sum()) > 0 for g in grads)
