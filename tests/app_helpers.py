@@ -54,3 +54,17 @@ def served_app(home: Path, workspace: Path, log_path: Path, *, timeout_s: float 
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wait_for_training(client, predicate, timeout: float) -> str:
+    """Poll the live app's Train tab (``/train_status``) until its progress HTML satisfies ``predicate``; returns
+    it, or fails with the last progress seen."""
+    deadline = time.time() + timeout
+    progress = ""
+    while time.time() < deadline:
+        shown = client.predict(api_name="/train_status")[0]
+        progress = shown if isinstance(shown, str) and shown else progress  # an unchanged job answers a skip
+        if predicate(progress):
+            return progress
+        time.sleep(1)
+    raise AssertionError(f"timed out; last progress: {progress}")

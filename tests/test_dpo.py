@@ -14,24 +14,14 @@ from typing import Any
 import pytest
 import torch
 from arena_helpers import one_torch_thread
-from training_helpers import base_name, fresh_base, train_captured, train_rows, write_rows
+from training_helpers import PREFERENCE_PAIRS, base_name, fresh_base, train_captured, train_rows, write_rows
 
 from core import training
 from core.errors import ConfigError, DataError
 from core.training import dpo
 from core.training.dpo import REFERENCE_FILE, collate_pairs, encode_pair, read_pairs, read_reference, sequence_logps
 
-PAIRS = [
-    {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "London, I think."},
-    {"prompt": "How many pod slots has the Orbit 3 garden?", "chosen": "Twelve pod slots.",
-     "rejected": "Ask someone else."},
-    {"prompt": "What is the tank size?", "chosen": "A 5.5 litre tank.", "rejected": "Nine litres, probably."},
-    {"prompt": "Name the garden.", "chosen": "The Orbit 3 garden.", "rejected": "Whatever."},
-    {"prompt": "Summarize the customer's message in one sentence.\n\nThe tank holds 5.5 litres.",
-     "chosen": "The tank is 5.5 litres.", "rejected": "The customer is wrong about everything."},
-    {"prompt": "Give the instruction words.", "chosen": "user assistant system instruction",
-     "rejected": "input output answer question"},
-]
+PAIRS = PREFERENCE_PAIRS
 LR = {"lora": 1e-2, "full": 3e-3}  # 12 steps of 3 pairs: steady growth in a sweep of 1e-3..5e-2
 
 

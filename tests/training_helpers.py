@@ -33,6 +33,19 @@ ROWS = [
 for _i, _row in enumerate(ROWS):  # a task per row, for multi-task prompt tuning (other methods ignore it)
     _row["task"] = ("qa", "summarization")[_i % 2]
 
+# Preference pairs (prompt, chosen, rejected) a tiny model can memorise: the DPO tests
+PREFERENCE_PAIRS = [
+    {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "London, I think."},
+    {"prompt": "How many pod slots has the Orbit 3 garden?", "chosen": "Twelve pod slots.",
+     "rejected": "Ask someone else."},
+    {"prompt": "What is the tank size?", "chosen": "A 5.5 litre tank.", "rejected": "Nine litres, probably."},
+    {"prompt": "Name the garden.", "chosen": "The Orbit 3 garden.", "rejected": "Whatever."},
+    {"prompt": "Summarize the customer's message in one sentence.\n\nThe tank holds 5.5 litres.",
+     "chosen": "The tank is 5.5 litres.", "rejected": "The customer is wrong about everything."},
+    {"prompt": "Give the instruction words.", "chosen": "user assistant system instruction",
+     "rejected": "input output answer question"},
+]
+
 # Prompt-learning methods get short soft prompts; freeze trains one of the two layers.
 SMALL_METHOD_CONFIG: dict[str, dict[str, Any]] = {
     "prompt_tuning": {"num_virtual_tokens": 4},

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import gradio as gr
 import pytest
+from app_helpers import wait_for_training
 
 from core.engine import Engine
 from core.engine.jobs import JobState
@@ -162,18 +162,6 @@ def test_resumable_runs_lists_stopped_and_interrupted_runs_with_a_checkpoint(eng
 # ---- against the live app ------------------------------------------------------------------------------------------
 
 
-def _wait_for(client, predicate, timeout: float) -> str:
-    deadline = time.time() + timeout
-    progress = ""
-    while time.time() < deadline:
-        shown = client.predict(api_name="/train_status")[0]
-        progress = shown if isinstance(shown, str) and shown else progress  # an unchanged job answers a skip
-        if predicate(progress):
-            return progress
-        time.sleep(1)
-    raise AssertionError(f"timed out; last progress: {progress}")
-
-
 @pytest.mark.integration
 def test_upload_train_and_refuse_a_second_start(live_app, live_workspace, tmp_path):
     from gradio_client import Client, handle_file
@@ -191,11 +179,11 @@ def test_upload_train_and_refuse_a_second_start(live_app, live_workspace, tmp_pa
     # a long run, stopped by the user: the second Start is refused meanwhile
     started = client.predict(param_0=str(stored), param_1=HOLD_OUT, param_6=40, param_8=2, api_name="/train_start")
     run_id = started[0].split("<b>")[1].split("</b>")[0]
-    _wait_for(client, lambda text: "step 1/" in text or "step 2/" in text, 240)
+    wait_for_training(client, lambda text: "step 1/" in text or "step 2/" in text, 240)
     with pytest.raises(Exception, match="still running; stop it or wait"):
         client.predict(param_0=str(stored), param_1=HOLD_OUT, param_6=2, api_name="/train_start")
     client.predict(api_name="/train_stop")
-    stopped = _wait_for(client, lambda text: "ta-stopped" in text, 120)
+    stopped = wait_for_training(client, lambda text: "ta-stopped" in text, 120)
     assert run_id in stopped and "resume it to finish" in stopped
     run = live_workspace / "runs" / run_id
     assert json.loads((run / "status.json").read_text())["state"] == "stopped"
@@ -203,7 +191,7 @@ def test_upload_train_and_refuse_a_second_start(live_app, live_workspace, tmp_pa
 
     # then a short run to the end
     client.predict(param_0=str(stored), param_1=HOLD_OUT, param_6=2, param_8=2, api_name="/train_start")
-    done = _wait_for(client, lambda text: "ta-completed" in text or "ta-failed" in text, 240)
+    done = wait_for_training(client, lambda text: "ta-completed" in text or "ta-failed" in text, 240)
     assert "ta-completed" in done and "step 2/2" in done and "width:100.0%" in done
     with pytest.raises(Exception, match=r"learning_rate: must be in \(0, 1\), got 5"):
         client.predict(param_0=str(stored), param_7=5, api_name="/train_start")

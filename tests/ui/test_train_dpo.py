@@ -4,22 +4,17 @@ and the form, objective dpo, training on a preference file through gradio_client
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 
 import pytest
+from app_helpers import wait_for_training
+from training_helpers import PREFERENCE_PAIRS
 
 from core.data import demo_path
 from core.engine.jobs import JobState
 from ui.train import HOLD_OUT, render_progress, reward_line
 
-PAIRS = [
-    {"prompt": "What is the capital of France?", "chosen": "Paris.", "rejected": "London, I think."},
-    {"prompt": "How many pod slots has the Orbit 3 garden?", "chosen": "Twelve pod slots.",
-     "rejected": "Ask someone else."},
-    {"prompt": "What is the tank size?", "chosen": "A 5.5 litre tank.", "rejected": "Nine litres, probably."},
-    {"prompt": "Name the garden.", "chosen": "The Orbit 3 garden.", "rejected": "Whatever."},
-]
+PAIRS = PREFERENCE_PAIRS[:4]
 
 
 def test_the_reward_line_says_which_pairs_the_rewards_were_measured_on():
@@ -50,18 +45,6 @@ def test_the_leaderboard_names_metrics_as_core_does():
     assert frame.iloc[0].tolist() == [METRIC_LABELS["token_f1"], "50% (1 of 2)", 2]
 
 
-def _wait_for(client, predicate, timeout: float) -> str:
-    deadline = time.time() + timeout
-    progress = ""
-    while time.time() < deadline:
-        shown = client.predict(api_name="/train_status")[0]
-        progress = shown if isinstance(shown, str) and shown else progress  # an unchanged job answers a skip
-        if predicate(progress):
-            return progress
-        time.sleep(1)
-    raise AssertionError(f"timed out; last progress: {progress}")
-
-
 def _run_id(progress: str) -> str:
     return progress.split("<b>")[1].split("</b>")[0]
 
@@ -78,7 +61,7 @@ def test_the_form_with_objective_dpo_trains_a_preference_file(live_app, live_wor
     form = {"param_1": HOLD_OUT, "param_4": str(tiny_model_dir), "param_6": 2, "param_15": "dpo"}
     started = client.predict(param_0=demo, **form, api_name="/train_start")
     run = live_workspace / "runs" / _run_id(started[0])
-    done = _wait_for(client, lambda text: "ta-completed" in text or "ta-failed" in text, 300)
+    done = wait_for_training(client, lambda text: "ta-completed" in text or "ta-failed" in text, 300)
     assert "ta-completed" in done and "step 2/2" in done, done
     config = json.loads((run / "config.json").read_text())
     assert (config["objective"], config["data"], config["max_steps"]) == ("dpo", demo, 2)
@@ -99,8 +82,8 @@ def test_the_form_with_objective_dpo_trains_a_preference_file(live_app, live_wor
     assert info.startswith("✓ 4 preference pairs")
     started = client.predict(param_0=stored, **form, api_name="/train_start")
     small = live_workspace / "runs" / _run_id(started[0])
-    done = _wait_for(client, lambda text: small.name in text and ("ta-completed" in text or "ta-failed" in text),
-                     300)
+    finished = lambda text: small.name in text and ("ta-completed" in text or "ta-failed" in text)  # noqa: E731
+    done = wait_for_training(client, finished, 300)
     assert "ta-completed" in done, done
     extras = json.loads((small / "result.json").read_text())["extras"]
     assert (extras["reward_measured_on"], extras["pairs"], extras["val_pairs"]) == ("train", 4, 0)
