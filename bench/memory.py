@@ -3,7 +3,8 @@
 Each arm trains in a fresh process (``python -m bench.memory --child``), so its peak resident memory is its own and
 not what an earlier run left in the allocator. Arms (same data, steps, batch, seed):
 
-- ``before``: the loop as it was: PEFT's ``nn.Dropout`` in every LoRA layer, whole micro-batches per forward pass;
+- ``before``: the loop as it was: PEFT's ``nn.Dropout`` in every LoRA layer, whole micro-batches per forward pass,
+  every LoRA input cast to fp32 by PEFT;
 - ``lean_dropout``: LoRA dropout that saves a one-byte mask for backward (core.training.memory.LeanDropout);
 - ``lean_split_<N>``: and forward passes of at most N padded tokens (``max_forward_tokens``; 1024 is the default);
 - ``lean_checkpointing``: and gradient checkpointing instead of splitting (recompute in backward);
@@ -31,7 +32,7 @@ from typing import Any
 from bench.common import cpu_shares, print_table, write_result
 
 ARMS: dict[str, dict[str, Any]] = {
-    "before": {"lean": False, "max_forward_tokens": 0},
+    "before": {"lean": False, "max_forward_tokens": 0, "keep_lora_inputs": False},
     "lean_dropout": {"lean": True, "max_forward_tokens": 0},
     "lean_split_1024": {"lean": True, "max_forward_tokens": 1024},
     "lean_split_512": {"lean": True, "max_forward_tokens": 512},
@@ -39,7 +40,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "no_dropout": {"lean": True, "max_forward_tokens": 0, "dropout": 0.0},
     "input_cast": {"lean": True, "max_forward_tokens": 1024, "keep_lora_inputs": False},
 }
-SMOKE_ARMS = ("before", "lean_split_1024")
+SMOKE_ARMS = ("before", "input_cast", "lean_split_1024")
 TARGET_MIB = 3 * 1024  # issue 21: peak RSS at batch 8 <= 3 GiB
 
 
@@ -79,7 +80,7 @@ def run_arm(name: str, seed: int, base: dict[str, Any], work: Path) -> dict[str,
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes, two arms: proves the code paths run")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, three arms: proves the code paths run")
     parser.add_argument("--arms", default=None, help=f"comma-separated subset of {', '.join(ARMS)}")
     parser.add_argument("--seeds", default="42", help="comma-separated seeds (each arm trains once per seed)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 12; smoke 1)")

@@ -29,15 +29,21 @@ def _run_bench(name: str, home: Path, *args: str) -> dict:
 
 @pytest.mark.integration
 def test_memory_bench_smoke(bundled_home):
-    """Each arm trains in its own process; the arm without LeanDropout keeps PEFT's dropout (same loss)."""
+    """Each arm trains in its own process; LeanDropout draws the same masks as PEFT's dropout."""
     result = _run_bench("memory", bundled_home)
     arms = {row["arm"]: row for row in result["summary"]}
-    assert set(arms) == {"before", "lean_split_1024"}
+    assert set(arms) == {"before", "input_cast", "lean_split_1024"}
     for row in result["runs"]:
         assert row["peak_rss_mib"] > 100 and row["process_peak_mib"] >= row["peak_rss_mib"] - 50
         assert row["tokens_per_s"] > 0
-    # one step of batch 2 at 128 tokens fits 1024 tokens: the split arm runs the same passes, bit for bit
-    assert arms["before"]["final_val_loss"] == arms["lean_split_1024"]["final_val_loss"]
+    # one step of batch 2 at 128 tokens fits 1024 tokens, and with PEFT's cast dropout sees fp32 inputs either way:
+    # LeanDropout (and the split) run the same computation as before, bit for bit
+    assert arms["before"]["final_val_loss"] == arms["input_cast"]["final_val_loss"]
+    # LoRA inputs kept in a bf16 compute dtype round differently, nothing more (the same in fp32)
+    before, default = arms["before"]["final_val_loss"], arms["lean_split_1024"]["final_val_loss"]
+    assert abs(default - before) <= 0.01 * before
+    if result["runs"][0]["dtype"] == "float32":
+        assert default == before
 
 
 @pytest.mark.integration
