@@ -110,7 +110,7 @@ class Settings:
     val_rows: int
     matmul_n: int
     matmul_repeats: int
-    group_by_length: bool = True  # ours only: batches of similar-length examples (TrainingConfig's default)
+    group_by_length: bool = False  # ours only: random batches, as TRL and hf batch (TrainingConfig's default)
     device: str | None = None  # None: as on a CPU machine (TRL and hf told use_cpu); "cuda": every contender on it
 
 
@@ -592,8 +592,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="write bench/results/NAME.json (default train), e.g. train-llamafactory for a partial run")
     parser.add_argument("--seeds", default="42", help="comma-separated seeds; each contender trains once per seed "
                                                       "(validation loss is compared as the mean over seeds)")
-    parser.add_argument("--ours-random-batches", action="store_true",
-                        help="ours without length-grouped batches (group_by_length=False), as TRL and hf batch")
+    parser.add_argument("--ours-grouped-batches", action="store_true",
+                        help="ours with batches of similar-length examples (group_by_length=True)")
     args = parser.parse_args(argv)
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
@@ -620,7 +620,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  lr=args.lr, r=args.r, alpha=2 * args.r, dropout=0.05, seed=seeds[0],
                  max_length=128 if smoke else 512,
                  val_rows=args.val_rows or (4 if smoke else 32), matmul_n=1024 if smoke else 2048,
-                 matmul_repeats=3 if smoke else 6, group_by_length=not args.ours_random_batches)
+                 matmul_repeats=3 if smoke else 6, group_by_length=args.ours_grouped_batches)
     default_names = "ours,trl,hf" + (",llamafactory" if llamafactory_cli else "")
     names = [n.strip() for n in (args.contenders or default_names).split(",") if n.strip()]
     unknown = sorted(set(names) - {"ours", "trl", "hf", "llamafactory"})

@@ -40,6 +40,48 @@ def test_longest_rows_share_a_part_so_padding_stays_small():
     assert parts == [[0, 2], [1, 3]]  # not [[0, 1], [2, 3]], which pads the short rows to 10
 
 
+def _cost(parts: list[list[int]], lengths: list[int], pass_cost: int) -> int:
+    return sum(padded(part, lengths) + pass_cost for part in parts)
+
+
+def _cheapest_by_brute_force(rows: list[int], lengths: list[int], cap: int, pass_cost: int) -> int:
+    """Every way to cut the length-sorted rows into consecutive parts (2^(n-1) of them)."""
+    order = sorted(rows, key=lambda i: -lengths[i])
+    best = None
+    for mask in range(2 ** (len(order) - 1)):
+        parts, part = [], [order[0]]
+        for k, row in enumerate(order[1:]):
+            if mask >> k & 1:
+                parts.append(part)
+                part = []
+            part.append(row)
+        parts.append(part)
+        if all(len(p) == 1 or padded(p, lengths) <= cap for p in parts):
+            cost = _cost(parts, lengths, pass_cost)
+            best = cost if best is None else min(best, cost)
+    return best
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_the_split_is_the_cheapest_cut_of_the_sorted_rows(seed):
+    import random
+
+    rng = random.Random(seed)
+    lengths = [rng.choice([rng.randint(5, 40), rng.randint(100, 300)]) for _ in range(9)]
+    rows = rng.sample(range(9), rng.randint(2, 9))
+    cap, pass_cost = rng.choice([256, 512, 1024, 4096]), rng.choice([0, 16, 64, 400])
+    parts = split_by_tokens(rows, lengths, cap, pass_cost)
+    assert sorted(i for part in parts for i in part) == sorted(rows)
+    assert all(len(part) == 1 or padded(part, lengths) <= cap for part in parts)
+    assert _cost(parts, lengths, pass_cost) == _cheapest_by_brute_force(rows, lengths, cap, pass_cost)
+
+
+def test_a_random_batch_that_fits_is_cut_where_padding_costs_more_than_a_pass():
+    lengths = [300, 40, 35, 30, 25]
+    assert split_by_tokens([1, 0, 2, 3, 4], lengths, 4096) == [[0], [1, 2, 3, 4]]  # 1500 padded -> 460
+    assert split_by_tokens([1, 0, 2, 3, 4], lengths, 4096, pass_cost=2000) == [[1, 0, 2, 3, 4]]  # a pass dearer
+
+
 def test_negative_cap_is_refused_by_name(tmp_path, tiny_model_dir):
     data = write_rows(tmp_path / "train.jsonl", ROWS)
     with pytest.raises(ConfigError, match="^max_forward_tokens: "):

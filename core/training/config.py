@@ -63,12 +63,14 @@ class TrainingConfig:
     max_eval_examples: int = _help("Validation examples per pass (the first N, fixed)", 64)
     checkpoint_every: int = _help("Steps between checkpoints (0 = about 4 per run)", 0)
     keep_checkpoints: int = _help("Checkpoints kept on disk (oldest removed first)", 2)
-    group_by_length: bool = _help("Batch examples of similar length (less padding)", True)
+    group_by_length: bool = _help("Batch examples of similar length: less padding where passes are not split (a "
+                                  "GPU), at a higher validation loss per step (default: random batches)", False)
     answer_only_head: bool = _help("Apply the LM head to answer positions only: same loss, less work", True)
     gradient_checkpointing: bool = _help("Recompute activations in backward: less memory, ~30% slower", False)
     max_forward_tokens: int | None = _help("Most padded tokens (rows x longest row) in one forward pass: a "
-                                           "micro-batch over it runs in parts whose gradients add up to the same "
-                                           "step, for a lower memory peak (0 = whole micro-batches; default: "
+                                           "micro-batch runs in parts of similar-length rows whose gradients add up "
+                                           "to the same step, for less padding and a lower memory peak (0 = whole "
+                                           "micro-batches; default: "
                                            f"{CPU_FORWARD_TOKENS} on a CPU, whole on a GPU)")
     device: str | None = _help("cpu, cuda, mps (default: best available)")
     dtype: str | None = _help("fp32, bf16 or fp16 (default: the device policy)")
