@@ -58,6 +58,10 @@ and TRL run under bf16 autocast on a CPU with bf16 hardware.
 Rows/s: optimizer steps x batch size over the training seconds (every step is a full batch: the training file has
 more rows than steps x batch).
 
+Each contender trains in a fresh process (``python -m bench.train --child``), one after another: it starts with an
+empty allocator, and its peak RSS (the process's, sampled while it trains) is its own, not what an earlier
+contender left behind. Validation losses and the matmul peaks are measured in the parent.
+
 Targets (issue): ours >= 3x TRL-default tokens/s at equal or lower validation loss (within ``VAL_TOLERANCE``);
 ours >= 3x LLaMA-Factory tokens/s where measured (``ratio_vs_llamafactory``); ours MFU >= 50% of the fp32 matmul
 peak. ``--result NAME`` writes bench/results/NAME.json instead of train.json (a partial run beside the full one).
@@ -81,6 +85,8 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -574,6 +580,50 @@ def run_llamafactory(s: Settings, examples: list[Example], model_dir: str, work:
 # --------------------------------------------------------------------------------------------------------------------
 
 
+def run_contender(name: str, s: Settings, train_file: Path, work: Path, llamafactory_cli: str | None) -> Outcome:
+    """One contender's training in this process."""
+    if name == "ours":
+        return run_ours(s, train_file, work)
+    examples = load_examples(train_file).examples
+    model_dir = loadable_location_of_bundled()
+    if name == "trl":
+        return run_trl(s, examples, model_dir, work)
+    if name == "llamafactory":
+        return run_llamafactory(s, examples, model_dir, work, llamafactory_cli)
+    return run_hf(s, examples, model_dir, work)
+
+
+def loadable_location_of_bundled() -> str:
+    from core.models import loadable_location, resolve_base_model
+
+    return loadable_location(resolve_base_model(None))  # the cached safetensors copy (converted once)
+
+
+def run_in_child(name: str, s: Settings, train_file: Path, work: Path, llamafactory_cli: str | None) -> Outcome:
+    """``run_contender`` in a fresh process (``python -m bench.train --child``): each contender starts with the
+    same empty allocator and its peak RSS is its own, not what earlier contenders left behind."""
+    spec = {"name": name, "settings": dataclasses.asdict(s), "train_file": str(train_file), "work": str(work),
+            "llamafactory_cli": llamafactory_cli}
+    done = subprocess.run([sys.executable, "-m", "bench.train", "--child", json.dumps(spec)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1])
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        raise SystemExit(f"bench.train: {name} (seed {s.seed}) failed: {done.stderr.strip().splitlines()[-1:]}")
+    data = json.loads(lines[-1])
+    return Outcome(**{**data, "per_step": [tuple(step) for step in data["per_step"]], "adapter": Path(data["adapter"]),
+                      "load_average": tuple(data["load_average"])})
+
+
+def _child(spec: dict[str, Any]) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    outcome = run_contender(spec["name"], Settings(**spec["settings"]), Path(spec["train_file"]), Path(spec["work"]),
+                            spec["llamafactory_cli"])
+    print(json.dumps({**dataclasses.asdict(outcome), "adapter": str(outcome.adapter)}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes: proves the code paths run (~1 min)")
@@ -594,7 +644,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                                                       "(validation loss is compared as the mean over seeds)")
     parser.add_argument("--ours-grouped-batches", action="store_true",
                         help="ours with batches of similar-length examples (group_by_length=True)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        _child(json.loads(args.child))
+        return {}
     try:
         seeds = [int(seed) for seed in args.seeds.split(",") if seed.strip()]
     except ValueError:
@@ -611,8 +665,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     import torch
     from transformers.utils import logging as hf_logging
-
-    from core.models import loadable_location, resolve_base_model
 
     hf_logging.set_verbosity_error()
     smoke = args.smoke
@@ -642,7 +694,6 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if smoke:  # a smaller file keeps TRL's and the tutorial's dataset preparation short
         examples = examples[: s.batch_size * s.steps * 2]
     val_examples = load_examples(demo_path("validation.jsonl")).examples[: s.val_rows]
-    model_dir = loadable_location(resolve_base_model(None))  # the cached safetensors copy (converted once)
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     try:
         if smoke:
@@ -661,15 +712,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             folder.mkdir()
             for name in names:
                 print(f"training: {name} ({s.steps} steps, batch {s.batch_size}, seed {seed})", flush=True)
-                if name == "ours":
-                    outcomes.append((seed, run_ours(seeded, train_file, folder)))
-                elif name == "trl":
-                    outcomes.append((seed, run_trl(seeded, examples, model_dir, folder)))
-                elif name == "llamafactory":
-                    outcomes.append((seed, run_llamafactory(seeded, examples, model_dir, folder, llamafactory_cli)))
-                else:
-                    outcomes.append((seed, run_hf(seeded, examples, model_dir, folder)))
-                gc.collect()
+                outcomes.append((seed, run_in_child(name, seeded, train_file, folder, llamafactory_cli)))
                 peaks.append(measure_peaks(f"after {name} (seed {seed})"))
         # the best block seen: contention from other jobs only ever lowers it, so this is the conservative peak
         peak = {k: max(m[k]["best"] for m in peaks) for k in ("fp32", "bf16")}

@@ -4,8 +4,9 @@ with checkpoints, stop and resume.
 Why a plain loop: bench/train.py measures it against TRL's SFTTrainer on the same data and settings (results in
 bench/results/train.json and the README: about 3x TRL's tokens/s on a 2-core CPU).
 
-The loop: examples are encoded by the objective (SFT: chat template, prompt tokens masked with -100); micro-batches
-of similar length (group by length, padded to the longest in the batch); gradient accumulation with the loss
+The loop: examples are encoded by the objective (SFT: chat template, prompt tokens masked with -100); random
+micro-batches (or of similar length: ``group_by_length``), on a CPU run as passes of similar-length rows padded to
+the longest in the pass (core.training.batches.split_by_tokens); gradient accumulation with the loss
 weighted by the objective's units (answer tokens); AdamW; warmup then cosine/linear/constant; gradient clipping; a
 seed fixes init, order and dropout. Trainable weights are fp32; the forward pass runs under autocast when the dtype
 policy picks bf16/fp16.
