@@ -161,3 +161,11 @@ def test_lora_inputs_stay_in_the_compute_dtype_under_autocast(dtype, tmp_path, t
     grads = [p.grad for n, p in model.named_parameters() if p.requires_grad]
     assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
     assert any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_an_empty_input_passes_through():
+    layer = _lean_dropout_class()(0.1).train()
+    x = torch.empty(0, 16, requires_grad=True)
+    out = layer(x)
+    out.sum().backward()
+    assert out.shape == (0, 16) and x.grad.shape == (0, 16)

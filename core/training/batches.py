@@ -81,7 +81,8 @@ def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
 
 PASS_COST_TOKENS = 64
 """What one more forward+backward pass costs on a CPU, in padded tokens: a pass reads every weight twice whatever its
-size (135M bf16 model, 2-core AMD EPYC: 1 x 16 tokens 0.30 s, 1 x 256 0.85 s; bench/results/train.json)."""
+size (135M bf16 model, 2-core AMD EPYC: 1 x 16 tokens 0.30 s, 1 x 256 0.85 s; 64 vs 128 within the noise, 0 at 56%
+of the speed: README, "Every lever, measured")."""
 
 
 def split_by_tokens(rows: list[int], lengths: list[int], max_tokens: int,
@@ -89,8 +90,8 @@ def split_by_tokens(rows: list[int], lengths: list[int], max_tokens: int,
     """One forward pass's rows cut into parts of at most ``max_tokens`` padded tokens each (rows x the longest row's
     length), in the cheapest way: rows sorted longest first, cut where the padding saved is worth more than
     ``pass_cost`` tokens of another pass (exact, by dynamic programming over the cut points). A row longer than
-    ``max_tokens`` goes alone. ``max_tokens`` 0, or one part is cheapest: ``[rows]`` unchanged. The loop weighs each part's loss by its
-    units, so the step's gradient is the same sum whatever the parts."""
+    ``max_tokens`` goes alone. ``max_tokens`` 0, or one part is cheapest: ``[rows]`` unchanged. The loop weighs each
+    part's loss by its units, so the step's gradient is the same sum whatever the parts."""
     if not rows or not max_tokens:
         return [rows]
     order = sorted(rows, key=lambda i: lengths[i], reverse=True)

@@ -108,9 +108,9 @@ def _lean_dropout_class() -> type:
 
         ``torch.nn.functional.dropout`` on the CPU multiplies by a noise tensor of the input's dtype (the kept
         elements hold 1/(1-p)) and autograd saves it: 2-4 bytes per element of every LoRA input. Its draw, one
-        ``bernoulli_`` number per element, is a quarter of a LoRA training step on a 2-core CPU
-        (bench/results/memory.json). Two ways to draw, the same distribution (each element dropped independently
-        with probability p):
+        ``bernoulli_`` number per element, was a quarter of a LoRA training step on a 2-core CPU (a profiled
+        8 x 128-token pass: README, "Every lever, measured"). Two ways to draw, the same distribution (each element
+        dropped independently with probability p):
 
         - sparse (p <= SPARSE_DROP_P, CPU): Poissonisation. Draw K ~ Poisson(n * lam) with lam = -ln(1 - p), then
           K positions uniformly with replacement; an element's number of hits is then Poisson(lam), independent
@@ -126,7 +126,7 @@ def _lean_dropout_class() -> type:
         @staticmethod
         def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
             ctx.scale = 1.0 / (1 - p)
-            ctx.sparse = p <= SPARSE_DROP_P and x.device.type == "cpu"
+            ctx.sparse = p <= SPARSE_DROP_P and x.device.type == "cpu" and x.numel() > 0
             if ctx.sparse:
                 hits = int(torch.poisson(torch.tensor([x.numel() * -math.log1p(-p)], dtype=torch.float64)))
                 dropped = torch.randint(0, x.numel(), (hits,), device=x.device)
