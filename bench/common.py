@@ -6,8 +6,11 @@ Each benchmark is ``python -m bench.<name> [--smoke]``: it prints a table, write
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -96,6 +99,18 @@ def generation_config(args: Any, **values: Any) -> Any:
     from core.inference import GenerationConfig
 
     return GenerationConfig(decoder="hf" if args.decoder == "hf" else "auto", **values)
+
+
+def run_child(module: str, spec: dict[str, Any], what: str) -> dict[str, Any]:
+    """``python -m <module> --child <spec as JSON>`` in a fresh process (its own allocator, its own peak RSS); returns
+    the JSON object the child prints last. A failure ends the benchmark with ``what`` and the child's last error line.
+    """
+    done = subprocess.run([sys.executable, "-m", module, "--child", json.dumps(spec)], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines or not lines[-1].startswith("{"):
+        raise SystemExit(f"{module}: {what} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(lines[-1])
 
 
 def write_result(name: str, payload: dict[str, Any], *, smoke: bool = False) -> Path:

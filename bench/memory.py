@@ -5,7 +5,8 @@ not what an earlier run left in the allocator. Arms (same data, steps, batch, se
 
 - ``before``: the loop as it was: PEFT's ``nn.Dropout`` in every LoRA layer, whole micro-batches per forward pass,
   every LoRA input cast to fp32 by PEFT;
-- ``lean_dropout``: LoRA dropout that saves a one-byte mask for backward (core.training.memory.LeanDropout);
+- ``lean_dropout``: LoRA dropout that draws only the dropped positions on a CPU and saves those (or a one-byte
+  mask) for backward (core.training.memory.LeanDropout);
 - ``lean_split_<N>``: and forward passes of at most N padded tokens (``max_forward_tokens``; 1024 is the default);
 - ``lean_checkpointing``: and gradient checkpointing instead of splitting (recompute in backward);
 - ``no_dropout``: LoRA dropout 0, for scale: what dropout costs in time at all;
@@ -22,14 +23,12 @@ import json
 import os
 import resource
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from bench.common import cpu_shares, print_table, write_result
+from bench.common import cpu_shares, print_table, run_child, write_result
 
 ARMS: dict[str, dict[str, Any]] = {
     "before": {"lean": False, "max_forward_tokens": 0, "keep_lora_inputs": False},
@@ -71,11 +70,7 @@ def child(settings: dict[str, Any]) -> dict[str, Any]:
 
 def run_arm(name: str, seed: int, base: dict[str, Any], work: Path) -> dict[str, Any]:
     settings = {**base, **ARMS[name], "seed": seed, "runs": str(work / f"{name}-{seed}")}
-    done = subprocess.run([sys.executable, "-m", "bench.memory", "--child", json.dumps(settings)],
-                          capture_output=True, text=True, cwd=Path(__file__).resolve().parents[1])
-    if done.returncode != 0:
-        raise SystemExit(f"bench.memory: arm {name} (seed {seed}) failed: {done.stderr.strip().splitlines()[-1:]}")
-    return {"arm": name, "seed": seed, **json.loads(done.stdout.strip().splitlines()[-1])}
+    return {"arm": name, "seed": seed, **run_child("bench.memory", settings, f"arm {name} (seed {seed})")}
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:

@@ -85,15 +85,13 @@ import json  # noqa: E402
 import logging  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
-from bench.common import cpu_shares, print_table, write_result  # noqa: E402
+from bench.common import cpu_shares, print_table, run_child, write_result  # noqa: E402
 from core.data import Example, build_messages, demo_path, encode_for_training, load_examples  # noqa: E402
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -582,10 +580,12 @@ def run_llamafactory(s: Settings, examples: list[Example], model_dir: str, work:
 
 def run_contender(name: str, s: Settings, train_file: Path, work: Path, llamafactory_cli: str | None) -> Outcome:
     """One contender's training in this process."""
+    from core.models import loadable_location, resolve_base_model
+
     if name == "ours":
         return run_ours(s, train_file, work)
     examples = load_examples(train_file).examples
-    model_dir = loadable_location_of_bundled()
+    model_dir = loadable_location(resolve_base_model(None))  # the cached safetensors copy (converted once)
     if name == "trl":
         return run_trl(s, examples, model_dir, work)
     if name == "llamafactory":
@@ -593,23 +593,12 @@ def run_contender(name: str, s: Settings, train_file: Path, work: Path, llamafac
     return run_hf(s, examples, model_dir, work)
 
 
-def loadable_location_of_bundled() -> str:
-    from core.models import loadable_location, resolve_base_model
-
-    return loadable_location(resolve_base_model(None))  # the cached safetensors copy (converted once)
-
-
 def run_in_child(name: str, s: Settings, train_file: Path, work: Path, llamafactory_cli: str | None) -> Outcome:
     """``run_contender`` in a fresh process (``python -m bench.train --child``): each contender starts with the
     same empty allocator and its peak RSS is its own, not what earlier contenders left behind."""
     spec = {"name": name, "settings": dataclasses.asdict(s), "train_file": str(train_file), "work": str(work),
             "llamafactory_cli": llamafactory_cli}
-    done = subprocess.run([sys.executable, "-m", "bench.train", "--child", json.dumps(spec)], capture_output=True,
-                          text=True, cwd=Path(__file__).resolve().parents[1])
-    lines = done.stdout.strip().splitlines()
-    if done.returncode != 0 or not lines or not lines[-1].startswith("{"):
-        raise SystemExit(f"bench.train: {name} (seed {s.seed}) failed: {done.stderr.strip().splitlines()[-1:]}")
-    data = json.loads(lines[-1])
+    data = run_child("bench.train", spec, f"{name} (seed {s.seed})")
     return Outcome(**{**data, "per_step": [tuple(step) for step in data["per_step"]], "adapter": Path(data["adapter"]),
                       "load_average": tuple(data["load_average"])})
 
