@@ -98,10 +98,10 @@ def _lean_dropout_class() -> type:
 
     import torch
 
-    def scaled(t: torch.Tensor, scale: float) -> torch.Tensor:
-        """``t * scale`` in a fresh contiguous tensor of ``t``'s dtype (so ``view(-1)`` can write into it)."""
-        out = torch.empty(t.shape, dtype=t.dtype, device=t.device)
-        return torch.mul(t, scale, out=out)
+    def drop_at(t: torch.Tensor, dropped: torch.Tensor, scale: float) -> torch.Tensor:
+        """``t * scale`` in a fresh contiguous tensor of ``t``'s dtype, zero at the flat positions ``dropped``."""
+        out = torch.mul(t, scale, out=torch.empty(t.shape, dtype=t.dtype, device=t.device))
+        return out.view(-1).index_fill_(0, dropped, 0).view(t.shape)
 
     class KeepMask(torch.autograd.Function):
         """Inverted dropout whose backward keeps far less than ``nn.Dropout``'s, drawn far faster on a CPU.
@@ -131,9 +131,7 @@ def _lean_dropout_class() -> type:
                 hits = int(torch.poisson(torch.tensor([x.numel() * -math.log1p(-p)], dtype=torch.float64)))
                 dropped = torch.randint(0, x.numel(), (hits,), device=x.device)
                 ctx.save_for_backward(dropped)
-                out = scaled(x, ctx.scale)
-                out.view(-1).index_fill_(0, dropped, 0)
-                return out
+                return drop_at(x, dropped, ctx.scale)
             keep = torch.empty_like(x).bernoulli_(1 - p)
             ctx.save_for_backward(keep.bool())
             return (x * keep).mul_(ctx.scale)
@@ -142,9 +140,7 @@ def _lean_dropout_class() -> type:
         def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
             if ctx.sparse:
                 (dropped,) = ctx.saved_tensors
-                out = scaled(grad, ctx.scale)
-                out.view(-1).index_fill_(0, dropped, 0)
-                return out, None
+                return drop_at(grad, dropped, ctx.scale), None
             (keep,) = ctx.saved_tensors
             return (grad * keep).mul_(ctx.scale), None
 
