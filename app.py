@@ -23,7 +23,6 @@ from starlette.middleware import Middleware  # noqa: E402
 from core.engine import Engine  # noqa: E402
 from core.engine.uploads import MAX_UPLOAD_BYTES  # noqa: E402
 from core.engine.visitors import VisitorSettings  # noqa: E402
-from core.io import folder_bytes  # noqa: E402
 from core.text import fmt_bytes  # noqa: E402
 from ui import arena, benchmarks, evaluate, knowledge, leaderboard, runs, train  # noqa: E402
 from ui.common import index_choices, run_choices  # noqa: E402
@@ -133,7 +132,7 @@ def visitor_line(engine: Engine, request: gr.Request | None) -> str:
     visitors = engine.visitors
     found = visitor_of(request)
     view = visitors.engine(found)
-    used = fmt_bytes(folder_bytes(view.workspace.root))
+    used = fmt_bytes(view.workspace.bytes_of())
     most = fmt_bytes(visitors.settings.disk_bytes)
     if found.signed_in:
         kept = ("kept across restarts" if visitors.settings.persistent is not None

@@ -142,3 +142,17 @@ def test_remove_folder_hides_first_and_sweeps_earlier_leftovers(tmp_path):
     (leftover / "config.json").write_text("{}")
     remove_folder(runs / "r1")
     assert sorted(p.name for p in runs.iterdir()) == ["r2"]
+
+
+def test_a_workspace_counts_its_own_bytes_and_not_what_a_link_points_at(tmp_path):
+    from core.engine.workspace import Workspace
+
+    outside = tmp_path / "outside.bin"
+    outside.write_bytes(b"x" * 5000)
+    workspace = Workspace.open(tmp_path / "ws")
+    (workspace.runs / "r1").mkdir()
+    (workspace.runs / "r1" / "weights.bin").write_bytes(b"y" * 300)
+    (workspace.uploads / "note.txt").write_bytes(b"z" * 20)
+    (workspace.uploads / "link.bin").symlink_to(outside)
+    assert workspace.bytes_of() == 320
+    assert workspace.bytes_of(workspace.runs / "r1") == 300

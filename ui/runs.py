@@ -21,7 +21,6 @@ import gradio as gr
 from core.charts import loss_curves_svg, tradeoff_png
 from core.engine import Engine
 from core.engine.catalogue import headline_facts, tradeoff_groups
-from core.io import folder_bytes
 from core.text import fmt_bytes, fmt_count, fmt_duration, fmt_number, fmt_percent, one_line
 from ui.bench_views import forgetting_cell, forgetting_line
 from ui.visitors import scoped
@@ -281,7 +280,8 @@ def create_runs_tab(engine: Engine, tab: gr.Tab | None = None) -> dict[str, Any]
             logger.exception("merging %s failed", run_id)
             raise gr.Error(f"merge: {type(err).__name__}: {one_line(err)}") from None
         gr.Info(f"Exported {run_id}")
-        return (f"Merged and exported `{run_id}` to `{out}` ({fmt_bytes(folder_bytes(out))}): a standalone "
+        size = fmt_bytes(engine.workspace.bytes_of(out))
+        return (f"Merged and exported `{run_id}` to `{out}` ({size}): a standalone "
                 "transformers model folder (safetensors + tokenizer).")
 
     listing = [table, chart, summary, pick]

@@ -165,8 +165,7 @@ def _launch_argv(args: argparse.Namespace, config: TrainingConfig | None, engine
     resumable."""
     argv = list(args.argv)
     if config is None:
-        found = engine().find_run(_run_ref(args.resume, folder_first=True))
-        found.check_resumable()
+        found = engine().check_resume(_run_ref(args.resume, folder_first=True))
         if args.num_processes is None:
             argv += ["--num-processes", str(found.config.get("num_processes") or 1)]
         return argv

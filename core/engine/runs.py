@@ -47,6 +47,13 @@ class RunsMixin:
         prepare_data(checked, lambda: load_tokenizer(checked.base_model))
         return checked
 
+    def check_resume(self, run: str | Path) -> Run:
+        """The run ``resume`` would continue, after what it refuses before any process starts (not found, no
+        checkpoint, still running, finished): one line for the first problem, as the Train tab's Resume says it."""
+        found = self.find_run(run)
+        found.check_resumable()
+        return found
+
     def _training_inputs(self, config: TrainingConfig) -> tuple[TrainingConfig, TrainingResources | None]:
         """``training_resources`` after a visitor's checks (their uploads and the demo splits only), then the
         visitor's disk quota: the checks ``train`` and ``check_training`` share."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.errors import ConfigError
+from core.io import folder_bytes
 
 SUBFOLDERS = ("runs", "indexes", "evals", "uploads", "exports", "feedback", "benchmarks")
 DEMO_RUN = "demo-quick-lora"  # runs/demo-quick-lora: the shipped demo adapter (assets/demo/run-quick-lora)
@@ -91,6 +92,10 @@ class Workspace:
     @property
     def demo_eval(self) -> Path:
         return self.demo_root / "evals" / DEMO_EVAL
+
+    def bytes_of(self, folder: str | Path | None = None) -> int:
+        """Bytes of the files under ``folder`` (default: this whole workspace), links not followed."""
+        return folder_bytes(Path(folder) if folder is not None else self.root)
 
     def is_shared(self, folder: str | Path) -> bool:
         """True for the shared demo items of a visitor's workspace (read-only to the visitor)."""
