@@ -75,13 +75,18 @@ def scoped(engine: Engine, request: Any) -> Engine:
     return engine.visitors.engine(visitor_of(request))
 
 
-def file_route_target(path: str) -> str | None:
-    """The file a request path asks Gradio's file route for (as Gradio reads it), or None for any other path."""
+def file_route_targets(path: str) -> list[str]:
+    """Every file a request path could ask Gradio's file route for: the rest of the path after each ``/file=`` and
+    each ``/file/`` in it (Gradio's router takes the first marker after its own prefix, which a guard cannot know
+    for a mounted app: ``/gradio_api/file/x/file=/../../a`` is read by ``/file/`` as ``x/file=/../../a``, a file
+    other than the one after ``/file=``). Empty for any other path."""
+    targets = []
     for marker in FILE_ROUTES:
         at = path.find(marker)
-        if at != -1:
-            return path[at + len(marker):]
-    return None
+        while at != -1:
+            targets.append(path[at + len(marker):])
+            at = path.find(marker, at + 1)
+    return targets
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -124,8 +129,8 @@ class VisitorMiddleware:
         if scope.get("type") != "http":
             await self.app(scope, receive, send)
             return
-        target = file_route_target(scope.get("path", ""))
-        if target is not None and not self.allowed(target, scope):
+        targets = file_route_targets(scope.get("path", ""))
+        if not all(self.allowed(target, scope) for target in targets):
             await send({"type": "http.response.start", "status": 404,
                         "headers": [(b"content-type", b"text/plain; charset=utf-8")]})
             await send({"type": "http.response.body", "body": b"Not found"})

@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from core.engine import Engine
 from core.engine.visitors import Visitor, VisitorSettings
-from ui.visitors import VISITOR_COOKIE, VisitorMiddleware, file_route_target, scoped, signed_in_name, visitor_of
+from ui.visitors import VISITOR_COOKIE, VisitorMiddleware, file_route_targets, scoped, signed_in_name, visitor_of
 
 
 @pytest.fixture
@@ -99,7 +99,10 @@ def test_the_file_route_serves_a_visitor_their_own_files_only(instance, tmp_path
     link.symlink_to(secret)
     bob_folder = instance.workspace.root / "visitors" / Visitor.anonymous(bob_cookie).key
     spellings = [str(secret), f"{instance.workspace.root}//visitors/./{alice.workspace.root.name}/uploads/documents/"
-                 "plans.md", f"{bob_folder}/../{alice.workspace.root.name}/uploads/documents/plans.md", str(link)]
+                 "plans.md", f"{bob_folder}/../{alice.workspace.root.name}/uploads/documents/plans.md", str(link),
+                 # a second marker inside the path: Gradio's /file/ route reads past it, to Alice's file
+                 f"{bob_folder}/file=/../../{alice.workspace.root.name}/uploads/documents/plans.md",
+                 f"{bob_folder}/file=/..%2f..%2f{alice.workspace.root.name}/uploads/documents/plans.md"]
 
     client = served(instance)
     for prefix in ("/gradio_api/file=", "/file=", "/gradio_api/file/"):
@@ -119,11 +122,13 @@ def test_the_file_route_serves_a_visitor_their_own_files_only(instance, tmp_path
     assert client.get(f"/gradio_api/file={outside}").status_code == 200  # Gradio's own rules decide the rest
 
 
-def test_file_route_target_reads_the_path_as_gradio_does():
-    assert file_route_target("/gradio_api/file=/ws/a.md") == "/ws/a.md"
-    assert file_route_target("/file=ws/a.md") == "ws/a.md"
-    assert file_route_target("/gradio_api/file//ws/a.md") == "/ws/a.md"
-    assert file_route_target("/gradio_api/queue/join") is None
+def test_file_route_targets_are_every_reading_gradio_could_make():
+    assert file_route_targets("/gradio_api/file=/ws/a.md") == ["/ws/a.md"]
+    assert file_route_targets("/file=ws/a.md") == ["ws/a.md"]
+    assert file_route_targets("/gradio_api/file//ws/a.md") == ["/ws/a.md"]
+    assert sorted(file_route_targets("/gradio_api/file/x/file=/../b")) == ["/../b", "x/file=/../b"]
+    assert sorted(file_route_targets("/gradio_api/file//a/file/b")) == ["/a/file/b", "b"]
+    assert file_route_targets("/gradio_api/queue/join") == []
 
 
 def test_a_signed_in_visitor_reads_their_own_files_in_persistent_storage_only(tmp_path):
