@@ -4,6 +4,7 @@ with one-line refusals, one training queue for all, and the sweep of stale anony
 from __future__ import annotations
 
 import inspect
+import json
 import logging
 import os
 import re
@@ -328,3 +329,23 @@ def test_a_sweeper_thread_stops_when_asked(instance):
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
+
+
+def test_one_visitors_benchmarks_are_neither_listed_nor_opened_nor_run_for_another(instance):
+    alice, bob = instance.visitors.engine(ALICE), instance.visitors.engine(BOB)
+    fake_run(alice.workspace.runs, "alice-run")
+    saved = {"id": "tune_arena_probe-alice", "model": "SmolLM2-135M-Instruct", "tasks": {"tune_arena_probe": {}},
+             "models": {"base": {}}, "config": {"limit": 5}}
+    (alice.benchmarks_dir / "tune_arena_probe-alice.json").write_text(json.dumps(saved))
+
+    assert "tune_arena_probe-alice" in [row["id"] for row in alice.list_benchmarks()]
+    assert alice.load_benchmark("tune_arena_probe-alice")["config"] == {"limit": 5}
+    assert "tune_arena_probe-alice" not in [row["id"] for row in bob.list_benchmarks()]
+    with pytest.raises(ConfigError, match="no saved benchmark"):
+        bob.load_benchmark("tune_arena_probe-alice")
+    for ref in ("tune_arena_probe-alice", f"../../{alice.workspace.root.name}/benchmarks/tune_arena_probe-alice"):
+        with pytest.raises(ConfigError):
+            bob.load_benchmark(ref)
+    with pytest.raises((NameRuleError, RunStateError)):  # refused before any model loads
+        bob.benchmark(["tune_arena_probe"], adapters=["alice-run"], limit=1)
+    assert list(bob.benchmarks_dir.iterdir()) == []

@@ -138,7 +138,9 @@ class VisitorMiddleware:
         if _cookie(scope.get("headers")) is not None:
             await self.app(scope, receive, send)
             return
-        attributes = "; Secure; SameSite=None" if self.secure else "; SameSite=Lax"  # a Space runs in an iframe
+        # A Space runs in huggingface.co's iframe, where browsers block third-party cookies unless they are
+        # partitioned (CHIPS): then the cookie is kept per embedding site, else the visitor is their Gradio session.
+        attributes = "; Secure; SameSite=None; Partitioned" if self.secure else "; SameSite=Lax"
         header = (f"{VISITOR_COOKIE}={secrets.token_urlsafe(24)}; Path=/; Max-Age={COOKIE_MAX_AGE_S}; HttpOnly"
                   f"{attributes}").encode("latin-1")
 

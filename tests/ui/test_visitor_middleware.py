@@ -82,7 +82,8 @@ def test_every_browser_gets_a_cookie_once(instance):
     assert "httponly" in first.headers["set-cookie"].lower() and "samesite=lax" in first.headers["set-cookie"].lower()
     assert VISITOR_COOKIE not in client.get("/").headers.get("set-cookie", "")  # it has one now
     space = served(instance, secure=True).get("/").headers["set-cookie"].lower()
-    assert "secure" in space and "samesite=none" in space  # a Space shows the app in an iframe of huggingface.co
+    # a Space shows the app in an iframe of huggingface.co: a cookie there must be cross-site and partitioned
+    assert "secure" in space and "samesite=none" in space and "partitioned" in space
 
 
 def test_the_file_route_serves_a_visitor_their_own_files_only(instance, tmp_path):
