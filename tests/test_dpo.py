@@ -5,6 +5,7 @@ exit 2 through the CLI."""
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import threading
@@ -17,6 +18,7 @@ from arena_helpers import one_torch_thread
 from training_helpers import PREFERENCE_PAIRS, base_name, fresh_base, train_captured, train_rows, write_rows
 
 from core import training
+from core.data import Example, encode_for_training
 from core.errors import ConfigError, DataError
 from core.training import dpo
 from core.training.dpo import REFERENCE_FILE, collate_pairs, encode_pair, read_pairs, read_reference, sequence_logps
@@ -233,6 +235,30 @@ def test_votes_exported_and_trained_through_the_cli_make_the_chosen_answers_win(
     assert float(margins.mean()) > 0 and not torch.allclose(enabled, disabled)
 
 
+def test_a_dpo_run_answers_in_the_arena_and_a_vote_names_its_objective(pairs, tmp_path, tiny_model_dir):
+    """The run is a ``finetuned`` variant like any other: the engine's arena answers with its adapter, and a vote
+    on that answer records the run and names its approach with the objective (the leaderboard's ``lora (dpo)``)."""
+    from core.arena import ArenaConfig
+    from core.arena.leaderboard import method_name
+    from core.engine import Engine
+    from core.runs import Run
+
+    engine = Engine(tmp_path / "ws", device="cpu", dtype="fp32")
+    result = training.train(dpo_config(pairs, tiny_model_dir, max_steps=2, eval_every=2),
+                            runs_root=engine.workspace.runs)
+    config = ArenaConfig(variants=["zero_shot", "finetuned"], adapters=[result.run_dir],
+                         generation={"max_new_tokens": 4})
+    arena = engine.arena(PAIRS[0]["prompt"], config, model=str(tiny_model_dir)).to_dict()
+    tuned = next(row for row in arena["results"] if row["variant"] == "finetuned")
+    assert tuned["available"] and tuned["adapter"] == result.run_dir and tuned["new_tokens"] > 0, tuned
+    vote = engine.record_vote(arena, "finetuned", shown=["finetuned", "zero_shot"])
+    answer = next(answer for answer in vote["answers"] if answer["variant"] == "finetuned")
+    run = Run(Path(result.run_dir))
+    assert (vote["winner"], answer["run_id"], answer["answer"]) == ("A", run.run_id, tuned["answer"])
+    assert (answer["method"], answer["objective"]) == (run.config["method"], dpo.DPO)
+    assert method_name(answer) == f"{run.config['method']} ({dpo.DPO})"
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Pieces
 # --------------------------------------------------------------------------------------------------------------------
@@ -266,10 +292,40 @@ def test_csv_json_and_exported_votes_read_alike(tmp_path):
     tsv = tmp_path / "p.tsv"
     tsv.write_text("prompt\tchosen\trejected\n" + "".join(f"{p['prompt']}\t{p['chosen']}\t{p['rejected']}\n"
                                                           for p in PAIRS[:4]), encoding="utf-8")
+    with (tmp_path / "p.csv").open("w", encoding="utf-8", newline="") as handle:  # quoted: commas and a newline
+        writer = csv.DictWriter(handle, fieldnames=["prompt", "chosen", "rejected"])
+        writer.writeheader()
+        writer.writerows(PAIRS)
     assert [(p.prompt, p.chosen, p.rejected) for p in jsonl] == [tuple(p.values()) for p in PAIRS]
     assert {p.task for p in jsonl} == {"qa"} and [p.line for p in jsonl] == list(range(1, 7))
     assert [p.chosen for p in read_pairs(tmp_path / "p.json")] == [p["chosen"] for p in PAIRS]
     assert [p.rejected for p in read_pairs(tsv)] == [p["rejected"] for p in PAIRS[:4]]
+    assert [(p.prompt, p.chosen, p.rejected) for p in read_pairs(tmp_path / "p.csv")] == [
+        (p.prompt, p.chosen, p.rejected) for p in jsonl]
+
+
+def test_max_prompt_length_cuts_the_prompt_from_the_left_and_the_answers_keep_their_tokens(pairs, tiny_model_dir,
+                                                                                           tiny_tokenizer):
+    pair = dpo.PreferencePair("word " * 200 + PAIRS[2]["prompt"], PAIRS[2]["chosen"], PAIRS[2]["rejected"])
+    whole = encode_pair(tiny_tokenizer, pair, max_length=4096)
+    cut = encode_pair(tiny_tokenizer, pair, max_length=4096, max_prompt_length=16)
+    for full, short in ((whole.chosen, cut.chosen), (whole.rejected, cut.rejected)):
+        prompt = len(full.labels) - full.answer_tokens
+        assert prompt > 200 and not full.truncated and short.truncated
+        assert short.input_ids == full.input_ids[prompt - 16 :]  # the prompt's last 16 tokens, then every answer one
+        assert short.labels == [-100] * 16 + full.labels[prompt:]
+    # then the sequence is cut to max_length as before; unset (0), the prompt is only cut by max_length, as before
+    both = encode_pair(tiny_tokenizer, pair, max_length=18, max_prompt_length=16)
+    assert len(both.chosen.input_ids) == 18
+    assert both.chosen == encode_for_training(tiny_tokenizer, Example(pair.prompt, output=pair.chosen), None, 18)
+    assert encode_pair(tiny_tokenizer, pair, max_length=64) == encode_pair(tiny_tokenizer, pair, max_length=64,
+                                                                            max_prompt_length=0)
+    assert encode_pair(tiny_tokenizer, pair, max_length=64).chosen == encode_for_training(
+        tiny_tokenizer, Example(pair.prompt, output=pair.chosen), None, 64)
+    # the setting reaches the run's pairs
+    prepared = dpo.prepare(dpo_config(pairs, tiny_model_dir, max_prompt_length=4), lambda: tiny_tokenizer)
+    assert all(len(side.labels) - side.answer_tokens == 4 for row in prepared.train for side in (row.chosen,
+                                                                                                 row.rejected))
 
 
 def test_settings_are_checked_by_name(pairs, tiny_model_dir):
@@ -277,6 +333,8 @@ def test_settings_are_checked_by_name(pairs, tiny_model_dir):
         dpo_config(pairs, tiny_model_dir, dpo_beta=0.0)
     with pytest.raises(ConfigError, match="^dpo_loss: must be one of sigmoid, ipo"):
         dpo_config(pairs, tiny_model_dir, dpo_loss="hinge")
+    with pytest.raises(ConfigError, match="^max_prompt_length: must be an integer >= 0"):
+        dpo_config(pairs, tiny_model_dir, max_prompt_length=-1)
     with pytest.raises(ConfigError, match="^method: the dpo objective trains with full, freeze, lora, qlora"):
         dpo_config(pairs, tiny_model_dir, "prompt_tuning")
 
@@ -292,12 +350,13 @@ def test_the_cli_trains_pairs_and_reports_the_rewards(pairs, tmp_path, tiny_mode
     monkeypatch.setenv("TUNE_ARENA_WORKSPACE", str(tmp_path / "ws"))
     out = tmp_path / "runs" / "prefs"
     assert main(["train", "--data", pairs, "--val-data", pairs, "--model", str(tiny_model_dir), "--objective", "dpo",
-                 "--dpo-beta", "0.2", "--max-steps", "2", "--batch-size", "3", "--dtype", "fp32", "--out", str(out),
-                 "--json"]) == 0
+                 "--dpo-beta", "0.2", "--max-prompt-length", "64", "--max-steps", "2", "--batch-size", "3",
+                 "--dtype", "fp32", "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["objective"] == "dpo" and result["method"] == "lora" and result["dpo_beta"] == 0.2
     assert {"reward_accuracy", "reward_margin", "final_val_loss", "tokens_per_s"} <= set(result)
     assert (out / REFERENCE_FILE).is_file() and (out / "adapter").is_dir()
+    assert json.loads((out / "config.json").read_text())["max_prompt_length"] == 64
 
 
 BAD_FILES = [

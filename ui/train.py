@@ -45,6 +45,7 @@ OBJECTIVE_LABELS = {  # the widget labels of the objectives' own fields (their h
     "distill_temperature": "Temperature", "teacher_context": "Teacher context",
     "index": "Knowledge base the teacher reads", "teacher_top_k": "Cache the teacher's top-K logits (0 = on the fly)",
     "dpo_beta": "DPO beta (β: how far from the reference)", "dpo_loss": "Preference loss",
+    "max_prompt_length": "Most prompt tokens (0 = only max length cuts)",
 }
 
 

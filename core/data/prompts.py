@@ -68,11 +68,13 @@ class EncodedExample:
 
 
 def encode_for_training(
-    tokenizer: PreTrainedTokenizerBase, example: Example, system: str | None = None, max_length: int = 1024
+    tokenizer: PreTrainedTokenizerBase, example: Example, system: str | None = None, max_length: int = 1024,
+    max_prompt_length: int = 0,
 ) -> EncodedExample:
     """Tokenize prompt + answer with the chat template; mask the prompt. Shapes: two lists of equal length.
 
-    The answer ends with the template's end-of-turn token (so the model learns to stop). When the pair is longer
+    The answer ends with the template's end-of-turn token (so the model learns to stop). With ``max_prompt_length``
+    the prompt is first cut from the left to that many tokens (0: no limit of its own). When the pair is then longer
     than ``max_length`` the prompt is cut from the left first, then the answer from the right.
     """
     prompt = format_prompt(tokenizer, example, system)
@@ -85,8 +87,11 @@ def encode_for_training(
         answer_text = (example.output or "") + (tokenizer.eos_token or "")
     prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     answer_ids = tokenizer(answer_text, add_special_tokens=False)["input_ids"]
-    truncated = len(prompt_ids) + len(answer_ids) > max_length
-    if truncated:
+    cut_prompt = 0 < max_prompt_length < len(prompt_ids)
+    if cut_prompt:
+        prompt_ids = prompt_ids[-max_prompt_length:]
+    truncated = cut_prompt or len(prompt_ids) + len(answer_ids) > max_length
+    if len(prompt_ids) + len(answer_ids) > max_length:
         answer_ids = answer_ids[: max(1, max_length // 2)] if len(answer_ids) > max_length // 2 else answer_ids
         keep = max_length - len(answer_ids)
         prompt_ids = prompt_ids[-keep:] if keep > 0 else []

@@ -92,6 +92,8 @@ class TrainingConfig:
                             "implicit reward of an answer is beta * (log p - log p_ref). Lower: further", 0.1)
     dpo_loss: str = _help("DPO: sigmoid (-log sigmoid(beta * h), the DPO paper) or ipo ((h - 1/(2 beta))^2), h = "
                           "the chosen minus the rejected answer's log-ratio to the reference", "sigmoid")
+    max_prompt_length: int = _help("DPO: most prompt tokens, the prompt cut from the left to them before each prompt "
+                                   "+ answer sequence is cut to max_length (0 = no limit of its own)", 0)
     layerwise_lr_decay: float = _help("Full and freeze: each block gets this factor of the learning rate of the block "
                                       "above it (1 = off)", 1.0)
     gradual_unfreezing: int = _help("Freeze: unfreeze one more block, from the top, every N steps (0 = off)", 0)
@@ -143,6 +145,9 @@ class TrainingConfig:
         check(isinstance(self.dpo_beta, int | float) and not isinstance(self.dpo_beta, bool) and self.dpo_beta > 0,
               "dpo_beta", f"must be > 0, got {self.dpo_beta!r}")
         check(self.dpo_loss in DPO_LOSSES, "dpo_loss", f"must be one of {', '.join(DPO_LOSSES)}, got {self.dpo_loss!r}")
+        check(isinstance(self.max_prompt_length, int) and not isinstance(self.max_prompt_length, bool)
+              and self.max_prompt_length >= 0, "max_prompt_length",
+              f"must be an integer >= 0, got {self.max_prompt_length!r}")
         check(0 < self.layerwise_lr_decay <= 1, "layerwise_lr_decay",
               f"must be in (0, 1], got {self.layerwise_lr_decay}")
         check(isinstance(self.gradual_unfreezing, int) and self.gradual_unfreezing >= 0, "gradual_unfreezing",

@@ -4,7 +4,8 @@ reference, the model it started from, holds it in place (Rafailov et al. 2023; t
 Data: rows ``{prompt, chosen, rejected}`` in .jsonl/.json/.csv/.tsv (extra keys are ignored, so the pairs that
 ``python -m core feedback export`` writes from the Arena's votes train as they are). The prompt is the user turn
 of the base model's chat template (with ``system_prompt`` when set), as SFT renders an instruction; each answer is
-the assistant turn, ending with the template's end-of-turn token. Each prompt + answer sequence holds at most
+the assistant turn, ending with the template's end-of-turn token. With ``max_prompt_length`` the prompt is first
+cut from the left to that many tokens (as TRL's DPOTrainer does); then each prompt + answer sequence holds at most
 ``max_length`` tokens, the prompt cut from the left first (core.data.encode_for_training). Bad input is one
 DataError naming the file and line: a row missing ``chosen`` or ``rejected``, ``chosen == rejected``, an empty
 prompt, fewer than 2 training pairs.
@@ -75,7 +76,7 @@ REFERENCE_FILE = "reference_logps.safetensors"
 """The reference log-probs in the run folder: ``keys`` (N, 20) uint8 (each pair's SHA-1), ``chosen`` and
 ``rejected`` (N,) float32 (summed over answer tokens, nats)."""
 COLUMNS = ("prompt", "chosen", "rejected")
-OWN_FIELDS = ("dpo_beta", "dpo_loss")
+OWN_FIELDS = ("dpo_beta", "dpo_loss", "max_prompt_length")
 METHODS = tuple(name for name, method in METHOD_REGISTRY.items() if not method.prompt_learning)
 """Every method but prompt learning, whose virtual tokens shift the answer positions the log-probs are read at."""
 MIN_PAIRS = 2
@@ -149,11 +150,13 @@ def pair_key(chosen_ids: list[int], rejected_ids: list[int]) -> str:
     return hashlib.sha1(f"{chosen_ids}|{rejected_ids}".encode()).hexdigest()
 
 
-def encode_pair(tokenizer: Any, pair: PreferencePair, system: str | None = None,
-                max_length: int = 1024) -> PreferenceRow:
+def encode_pair(tokenizer: Any, pair: PreferencePair, system: str | None = None, max_length: int = 1024,
+                max_prompt_length: int = 0) -> PreferenceRow:
     """``Objective.encode`` of a pair: both sequences through the chat template, the prompt masked."""
-    chosen = encode_for_training(tokenizer, Example(pair.prompt, output=pair.chosen), system, max_length)
-    rejected = encode_for_training(tokenizer, Example(pair.prompt, output=pair.rejected), system, max_length)
+    chosen = encode_for_training(tokenizer, Example(pair.prompt, output=pair.chosen), system, max_length,
+                                 max_prompt_length)
+    rejected = encode_for_training(tokenizer, Example(pair.prompt, output=pair.rejected), system, max_length,
+                                   max_prompt_length)
     return PreferenceRow(chosen, rejected, pair_key(chosen.input_ids, rejected.input_ids))
 
 
@@ -172,8 +175,9 @@ def prepare(config: TrainingConfig, load_tokenizer: Any) -> PreparedData:
                         f"at least {MIN_PAIRS}")
     val = val[: config.max_eval_examples or len(val)]
     tokenizer = load_tokenizer()
-    train_rows = [encode_pair(tokenizer, pair, config.system_prompt, config.max_length) for pair in train]
-    val_rows = [encode_pair(tokenizer, pair, config.system_prompt, config.max_length) for pair in val]
+    encode = lambda pair: encode_pair(tokenizer, pair, config.system_prompt, config.max_length,  # noqa: E731
+                                      config.max_prompt_length)
+    train_rows, val_rows = [encode(pair) for pair in train], [encode(pair) for pair in val]
     same = next((pair for pair, row in zip(train, train_rows, strict=True)
                  if row.chosen.labels == row.rejected.labels), None)
     if same is not None:  # distinct texts, the same tokens once cut to max_length: nothing to prefer

@@ -315,7 +315,8 @@ def test_a_preference_file_is_offered_and_previewed_for_dpo(tmp_path):
 
 
 def test_train_from_votes_exports_the_pairs_and_trains_a_dpo_run(tmp_path, tiny_model_dir):
-    """The button's handler on the tiny model: the workspace's votes become pairs and a DPO run that completes."""
+    """The button's handler on the tiny model: the workspace's votes become pairs and a DPO run that learns them: on
+    the held-out pairs the chosen answers' implicit reward beats the rejected ones'."""
     import json
 
     engine = Engine(tmp_path / "ws", confined=True)
@@ -331,9 +332,11 @@ def test_train_from_votes_exports_the_pairs_and_trains_a_dpo_run(tmp_path, tiny_
                              {"variant": "rag", "strategy": "rag", "adapter": None, "available": True,
                               "answer": "No idea, ask someone else.", "prompt": "q", "metrics": {}}]}
         engine.record_vote(arena, "zero_shot", shown=["rag", "zero_shot"])
-    on_from_votes(2, str(tiny_model_dir))
+    on_from_votes(12, str(tiny_model_dir))  # 12 steps at the preset's settings: enough to learn the pattern
     done = engine.jobs.wait(120)
     assert done.state == "completed", done.error
     config = json.loads((tmp_path / "ws" / "runs" / done.run_id / "config.json").read_text())
     assert config["objective"] == "dpo" and config["data"].endswith("feedback/preferences.jsonl")
-    assert done.result["reward_accuracy"] is not None and done.result["pairs"] >= 2
+    result = done.result
+    assert (result["reward_measured_on"], result["pairs"], result["val_pairs"]) == ("validation", 10, 2)
+    assert result["reward_accuracy"] > 0.5 and result["reward_margin"] > 0, result
