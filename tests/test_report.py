@@ -43,7 +43,11 @@ def test_report_with_the_verdict_keys():
     assert "ab" * 32 in page and "torch 2.13.0" in page and "python -m core eval --data assets/demo/test.jsonl" in page
     assert "demo-quick-lora" in page and "<details class='ta-rep-example'>" in page
     assert page.count("<details class='ta-rep-example'>") == 6  # one collapsible block per example
-    assert "src='data:image/png;base64," in page  # the chart, inline
+    assert "src='data:image/png;base64," in page  # the charts, inline: one of all tasks, then one per task
+    assert page.count("<img class='ta-rep-chart' alt='scores by variant (all)'") == 1
+    for task in ("classification", "qa"):
+        assert page.count(f"<img class='ta-rep-task-chart' alt='scores by variant ({task})'") == 1
+    assert page.count("src='data:image/png;base64,") == 3
 
 
 def test_report_escapes_user_text_and_links_to_nothing():
@@ -178,9 +182,9 @@ def test_the_slices_table_marks_the_best_variant_of_each_slice():
     from core.arena.report import slice_leaders, slices_table
     from core.arena.verdict import slices
 
-    kinds = ["knowledge"] * 6 + ["behaviour"] * 4
-    table = {"rag": [0.8] * 6 + [0.2] * 4, "finetuned": [0.3] * 6 + [0.7] * 4,
-             "nearest_answer": [0.9] * 6 + [0.9] * 4, "zero_shot": [0.1] * 10}  # copying tops both: not marked
+    kinds = ["knowledge"] * 12 + ["behaviour"] * 12
+    table = {"rag": [0.8] * 12 + [0.2] * 12, "finetuned": [0.3] * 12 + [0.7] * 12,
+             "nearest_answer": [0.9] * 24, "zero_shot": [0.1] * 24}  # copying tops both: not marked
     saved = {"slices": slices(_scored("mixed", table, slice_of=kinds), n_resamples=50)}
     assert slice_leaders(saved) == {"knowledge": {"rougeL": "rag"}, "behaviour": {"rougeL": "finetuned"}}
     page = slices_table(saved)
@@ -188,11 +192,21 @@ def test_the_slices_table_marks_the_best_variant_of_each_slice():
     cells = {row.split("</b>")[0].rsplit(">", 1)[1]: row for row in page.split("<tr>")[2:]}
     assert "★ 0.800" in cells["rag"] and "★ 0.700" in cells["finetuned"] and "★" not in cells["nearest_answer"]
     text = html.unescape(re.sub(r"<[^>]+>", "", page))
-    assert "knowledge (6 examples): best rougeL rag 0.800" in text
-    assert "behaviour (4 examples): best rougeL finetuned 0.700" in text
-    tied = {"slices": slices(_scored("mixed", {"b": [0.5] * 10, "a": [0.5] * 10}, slice_of=kinds), n_resamples=50)}
-    assert slice_leaders(tied) == {"knowledge": {"rougeL": "a"}, "behaviour": {"rougeL": "a"}}  # a tie: by name
+    assert ("knowledge (12 examples): rougeL: ★ rag 0.800, significantly above finetuned 0.300 (+0.500 [+0.500, "
+            "+0.500], Holm-adjusted p ") in text
+    assert "behaviour (12 examples): rougeL: ★ finetuned 0.700, significantly above rag 0.200 (+0.500 [" in text
+    tied = {"slices": slices(_scored("mixed", {"b": [0.5] * 24, "a": [0.5] * 24}, slice_of=kinds), n_resamples=50)}
+    assert slice_leaders(tied) == {}  # a tie: no best variant, and the table says so
+    text = html.unescape(re.sub(r"<[^>]+>", "", slices_table(tied)))
+    assert "★" not in text.split("★ the best variant")[0]
+    assert "knowledge (12 examples): rougeL: no significant difference between a 0.500 and b 0.500 (+0.000 " in text
     assert slice_leaders({"slices": {"knowledge": {"n": 3, "summary": {}}}}) == {} and slices_table({}) == ""
+    # a slice saved before slices had comparisons: means only, no star, nothing called
+    old = {"slices": {"knowledge": {"n": 3, "summary": {"rag": {"rougeL": {"mean": 0.8, "low": 0.7, "high": 0.9}},
+                                                        "zero_shot": {"rougeL": {"mean": 0.1}}}}}}
+    page = slices_table(old)
+    assert slice_leaders(old) == {} and "class='ta-rep-best'" not in page
+    assert "rougeL: no paired comparisons in this evaluation, no best variant called" in page
 
 
 def test_a_pair_turned_around_shows_no_negative_zero():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import json
 import math
 import re
@@ -279,6 +280,46 @@ def test_slices_split_knowledge_and_behaviour() -> None:
     assert knowledge["finetuned"]["rougeL"]["n"] == 6 and knowledge["finetuned"]["bleu"]["mean"] == pytest.approx(0.1)
     assert result["behaviour"]["summary"]["finetuned"]["rougeL"]["mean"] == pytest.approx(0.8)
     assert slices(_rows("qa", table, "rougeL")) == {}
+
+
+def test_a_slice_leader_is_starred_only_when_it_beats_the_next_best_significantly() -> None:
+    """Per slice and metric: every pair of variants on the slice's rows (compare's tests, Holm within the slice), and
+    the leader called only when its pair against the next best is significant on THIN_N rows or more."""
+    from core.arena.report import slice_leaders, slices_table
+    from core.arena.stats import holm
+
+    clear = _noisy(20, {"rag": 0.7, "finetuned": 0.4, "zero_shot": 0.1, "nearest_answer": 0.8})  # copying: a baseline
+    tie = _noisy(20, {"finetuned": 0.5, "rag": 0.5, "zero_shot": 0.1}, seed=1)
+    thin = {"finetuned": [0.9, 0.8] * 4, "rag": [0.1, 0.2] * 4}  # 8 rows, all one way: p = 2 / 256, still too few
+    rows = (_rows("qa", clear, "rougeL", prefix="k", slice_of=["knowledge"] * 20)
+            + _rows("summarization", tie, "rougeL", prefix="b", slice_of=["behaviour"] * 20)
+            + _rows("classification", thin, "rougeL", prefix="t", slice_of=["thin"] * 8))
+    result = slices(rows, n_resamples=50)
+    assert list(result) == ["knowledge", "behaviour", "thin"]
+    won = result["knowledge"]["leaders"]["rougeL"]
+    assert (won["status"], won["variant"], won["runner_up"], won["n"]) == ("win", "rag", "finetuned", 20)
+    assert won["diff"] == pytest.approx(0.3, abs=0.05) and won["ci"][0] > 0 and won["p_holm"] < 0.05
+    assert won["mean"] == pytest.approx(result["knowledge"]["summary"]["rag"]["rougeL"]["mean"])
+    tied = result["behaviour"]["leaders"]["rougeL"]
+    assert (tied["status"], tied["n"]) == ("tie", 20) and tied["ci"][0] < 0 < tied["ci"][1]
+    few = result["thin"]["leaders"]["rougeL"]
+    assert (few["status"], few["variant"], few["n"]) == ("thin", "finetuned", 8) and few["p_holm"] < 0.05
+    assert result["knowledge"]["leaders"]["bleu"]["status"] == "tie"  # 0.1 for every variant: an exact tie
+    # the pairs: compare's on the slice's rows (its tasks pooled), Holm across that slice's pairs on the metric
+    pairs = [c for c in result["knowledge"]["comparisons"] if c["metric"] == "rougeL"]
+    assert len(pairs) == 6 and {c["task"] for c in pairs} == {"all"}
+    assert [c["p_holm"] for c in pairs] == holm([c["p"] for c in pairs])
+    assert pairs == compare([{**row, "task": "all"} for row in rows if row["slice"] == "knowledge"], primary="rougeL")
+    # the table: the star on the clear winner only; the tie and the thin slice say so
+    saved = {"slices": result}
+    assert slice_leaders(saved) == {"knowledge": {"rougeL": "rag"}}
+    page = slices_table(saved)
+    assert page.count("class='ta-rep-best'") == 1
+    text = html.unescape(re.sub(r"<[^>]+>", "", page))
+    assert f"knowledge (20 examples): rougeL: ★ rag {won['mean']:.3f}, significantly above finetuned " in text
+    assert "behaviour (20 examples): rougeL: no significant difference between " in text
+    assert "thin (8 examples): rougeL: too few rows to call: finetuned 0.850 vs rag 0.150 (+0.700 " in text
+    json.dumps(result, allow_nan=False)
 
 
 def test_cost_counts_seconds_per_answer_not_since_the_start_of_the_run():

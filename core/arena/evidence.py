@@ -9,6 +9,9 @@ The knowledge/behaviour rule, per test example (``SLICE_RULE``):
   retrieving variant;
 - *behaviour* otherwise: format, style or labels that no document holds.
 Without a knowledge base the rule falls back to "the example names a source document".
+
+:func:`reweigh` weighs a saved evaluation again from its rows, without a model (assets/demo/eval-demo/reweigh.py
+rebuilds the shipped demo evaluation with it).
 """
 
 from __future__ import annotations
@@ -17,13 +20,13 @@ import hashlib
 import importlib.metadata
 import shlex
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from core.arena.metrics.modules._text import answer_tokens
 from core.arena.runner import ArenaConfig, ArenaContext, VariantResult
-from core.arena.verdict import compare, cost_table, slices, verdict
+from core.arena.verdict import RUN_COSTS, compare, cost_table, slices, verdict
 from core.data import Example
 from core.runs import Run
 
@@ -124,6 +127,17 @@ def provenance(data_path: str, config: ArenaConfig, context: ArenaContext,
             "command": command_line(data_path, config), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def _weighed(rows: list[dict[str, Any]], cost: dict[str, dict[str, Any]], seed: int,
+             rules: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The comparisons, verdict and slices of rows that carry their ``slice`` (each slice with its rule: ``rules``'
+    or SLICE_RULE), and ``cost`` as given."""
+    comparisons = compare(rows, seed=seed)
+    found = slices(rows, seed=seed)
+    for name, part in found.items():
+        part["rule"] = (rules or {}).get(name) or SLICE_RULE
+    return {"comparisons": comparisons, "verdict": verdict(rows, comparisons, cost), "slices": found, "cost": cost}
+
+
 def evidence(examples: Sequence[Example], table: Sequence[Sequence[VariantResult]], rows: list[dict[str, Any]],
              config: ArenaConfig, context: ArenaContext, *, data_path: str = "",
              source_in_index: Callable[[str], bool] | None = None) -> dict[str, Any]:
@@ -136,9 +150,24 @@ def evidence(examples: Sequence[Example], table: Sequence[Sequence[VariantResult
     runs = run_results(context, table[0]) if table else {}
     kb = context.knowledge_base
     cost = cost_table(rows, runs, getattr(kb, "build_s", None) if kb is not None else None)
-    comparisons = compare(rows, seed=config.seed)
-    found = slices(rows, seed=config.seed)
-    for part in found.values():
-        part["rule"] = SLICE_RULE
-    return {"comparisons": comparisons, "verdict": verdict(rows, comparisons, cost), "slices": found, "cost": cost,
-            "provenance": provenance(data_path, config, context, runs)}
+    return {**_weighed(rows, cost, config.seed), "provenance": provenance(data_path, config, context, runs)}
+
+
+def reweigh(saved: Mapping[str, Any], *, runs: Mapping[str, Mapping[str, Any]] | None = None,
+            index_build_s: float | None = None) -> dict[str, Any]:
+    """A saved evaluation (results.json as a dict) weighed again from its rows, no model run: the ``comparisons``,
+    ``verdict``, ``slices`` and ``cost`` that :func:`evidence` gives, with the saved seed. The rows keep the
+    ``slice`` they were saved with (the rule needs the knowledge base and the passages retrieved, not saved), and
+    each slice its saved rule. ``runs`` (variant -> its run's result.json) and ``index_build_s`` price the training
+    and the index; by default the figures the evaluation saved in its ``cost``."""
+    rows = [dict(row) for row in saved.get("rows") or []]
+    before = {variant: entry for variant, entry in (saved.get("cost") or {}).items() if isinstance(entry, dict)}
+    if runs is None:
+        runs = {variant: {key: entry[key] for key in ("train_wall_s", *RUN_COSTS) if entry.get(key) is not None}
+                for variant, entry in before.items() if entry.get("training")}
+    if index_build_s is None:
+        index_build_s = next((entry["index_build_s"] for entry in before.values()
+                              if entry.get("index_build_s") is not None), None)
+    rules = {name: part.get("rule") for name, part in (saved.get("slices") or {}).items() if isinstance(part, dict)}
+    seed = int((saved.get("config") or {}).get("seed") or 0)
+    return _weighed(rows, cost_table(rows, runs, index_build_s), seed, rules)

@@ -1,7 +1,8 @@
 """An evaluation as one self-contained HTML page (report.html beside results.json): the verdict per task, the
-knowledge vs behaviour slices, the cost per variant, the paired comparisons, every example's answers, the settings
-and the provenance. Inline CSS, charts as base64 PNG (core.charts): no external URL, so it opens offline and can be
-mailed around. Every text that came from a user or a model is HTML-escaped.
+scores (a chart of all tasks, then one per task), the knowledge vs behaviour slices, the cost per variant, the paired
+comparisons, every example's answers, the settings and the provenance. Inline CSS, charts as base64 PNG
+(core.charts): no external URL, so it opens offline and can be mailed around. Every text that came from a user or a
+model is HTML-escaped.
 
 Reads the results.json dict only (core.arena.evals.load_eval); an old one without ``verdict``, ``slices``, ``cost``,
 ``comparisons`` or ``provenance`` renders with "no verdict in this evaluation" and without those sections.
@@ -18,7 +19,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from core.arena.verdict import ALPHA, is_baseline
+from core.arena.verdict import ALPHA, THIN_N
 from core.charts import eval_chart_png
 from core.text import fmt_bytes, fmt_count, fmt_duration
 
@@ -196,24 +197,52 @@ def _mean_of(part: dict[str, Any], variant: str, metric: str) -> float | None:
     return mean if isinstance(mean, int | float) and not isinstance(mean, bool) else None
 
 
+def _leader_of(part: dict[str, Any], metric: str) -> dict[str, Any] | None:
+    """The slice's saved leader on ``metric`` (core.arena.verdict.slices' ``leaders``); None when it has none."""
+    leader = (part.get("leaders") or {}).get(metric) if isinstance(part.get("leaders"), dict) else None
+    return leader if isinstance(leader, dict) and leader.get("variant") else None
+
+
 def slice_leaders(saved: dict[str, Any], metrics: Sequence[str] | None = None) -> dict[str, dict[str, str]]:
-    """slice -> metric -> the variant with the highest mean on that slice (ties: the first by name); baselines
-    that generate nothing (nearest_answer) are left out, as they are never a verdict's winner."""
+    """slice -> metric -> the variant that leads the slice with a significant difference: its saved leader (the
+    highest mean, baselines that generate nothing aside, as they are never a verdict's winner) when its
+    Holm-adjusted pair against the next best variant is significant (status "win"); a tie, thin data or a slice
+    saved without comparisons has none."""
     slices = {name: part for name, part in (saved.get("slices") or {}).items() if isinstance(part, dict)}
     leaders: dict[str, dict[str, str]] = {}
     for name, part in slices.items():
         found = metrics if metrics is not None else _metrics_of([part.get("summary") or {}])
         for metric in found:
-            scored = [(mean, variant) for variant in part.get("summary") or {} if not is_baseline(variant)
-                      and (mean := _mean_of(part, variant, metric)) is not None]
-            if scored:
-                leaders.setdefault(name, {})[metric] = min(scored, key=lambda item: (-item[0], item[1]))[1]
+            leader = _leader_of(part, metric)
+            if leader is not None and leader.get("status") == "win" and _called(leader):
+                leaders.setdefault(name, {})[metric] = str(leader["variant"])
     return leaders
 
 
+def _leader_note(part: dict[str, Any], metric: str) -> str:
+    """What a slice says on ``metric``: its significant leader with the pair's numbers, or no significant difference
+    (a tie), too few rows, one variant, or no paired comparisons (an evaluation saved before them)."""
+    leader = _leader_of(part, metric)
+    if leader is None:
+        return f"{_e(metric)}: no paired comparisons in this evaluation, no best variant called"
+    best = f"<b>{_e(leader['variant'])}</b> {fmt_score(leader.get('mean'))}"
+    if leader.get("runner_up") is None:
+        return f"{_e(metric)}: only {best} was scored, nothing to compare it with"
+    other = f"<b>{_e(leader['runner_up'])}</b> {fmt_score(leader.get('runner_up_mean'))}"
+    numbers = (f" ({fmt_score(leader.get('diff'), signed=True)} {fmt_ci(leader.get('ci'))}, Holm-adjusted p "
+               f"{_e(fmt_p(leader.get('p_holm')))}, n = {_e(leader.get('n'))})" if _called(leader) is not None else "")
+    status = leader.get("status")
+    if status == "win" and _called(leader):
+        return f"{_e(metric)}: ★ {best}, significantly above {other}{numbers}"
+    if status == "thin":
+        return f"{_e(metric)}: too few rows to call: {best} vs {other}{numbers}"
+    return f"{_e(metric)}: no significant difference between {best} and {other}{numbers}"
+
+
 def slices_table(saved: dict[str, Any]) -> str:
-    """Knowledge vs behaviour: per variant, the mean [95% CI] of each metric on each slice, the best variant of each
-    slice and metric marked with ★ and named under the table; empty without slices."""
+    """Knowledge vs behaviour: per variant, the mean [95% CI] of each metric on each slice; ★ marks a slice's best
+    variant on a metric only when it is significantly better than the next best (slice_leaders); under the table,
+    per slice and metric, the leader with its pair's numbers or "no significant difference"; empty without slices."""
     slices = {name: part for name, part in (saved.get("slices") or {}).items() if isinstance(part, dict)}
     if not slices:
         return ""
@@ -224,22 +253,26 @@ def slices_table(saved: dict[str, Any]) -> str:
     def cell(name: str, part: dict[str, Any], variant: str, metric: str) -> str:
         shown = _cell(((part.get("summary") or {}).get(variant) or {}).get(metric))
         best = leaders.get(name, {}).get(metric) == variant
-        return f"<b class='ta-rep-best' title='best of this slice'>★ {shown}</b>" if best else shown
+        return (f"<b class='ta-rep-best' title='best of this slice, significantly'>★ {shown}</b>" if best
+                else shown)
 
     headers = ["variant", *(f"{name} {metric}" for name in slices for metric in metrics)]
     rows = [[f"<b>{_e(variant)}</b>", *(cell(name, part, variant, metric) for name, part in slices.items()
                                         for metric in metrics)] for variant in variants]
     notes = []
     for name, part in slices.items():
-        best = ", ".join(f"{_e(metric)} <b>{_e(variant)}</b> {fmt_score(_mean_of(part, variant, metric))}"
-                         for metric, variant in leaders.get(name, {}).items())
-        notes.append(f"<li class='ta-slice-best'><b>{_e(name)}</b> ({_e(part.get('n', '?'))} examples): best "
-                     f"{best or NONE}</li>")
+        scored = [metric for metric in metrics if any(metric in stats for stats in (part.get("summary") or {}).values()
+                                                      if isinstance(stats, dict))]
+        said = "; ".join(_leader_note(part, metric) for metric in scored)
+        notes.append(f"<li class='ta-slice-best'><b>{_e(name)}</b> ({_e(part.get('n', '?'))} examples): "
+                     f"{said or NONE}</li>")
     said = list(dict.fromkeys(str(part.get("rule")) for part in slices.values() if part.get("rule")))
     rules = (f"<li>The rule: {_e(said[0])}</li>" if len(said) == 1 else
              "".join(f"<li><b>{_e(name)}</b>: {_e(part.get('rule') or '')}</li>" for name, part in slices.items()))
-    legend = ("<li>★ the best variant of the slice on that metric (highest mean; the copying baseline aside, as it "
-              "never wins a verdict)</li>")
+    legend = (f"<li>★ the best variant of the slice on that metric, marked only when it is significantly better than "
+              f"the next best: paired test on the slice's examples, Holm-adjusted p &lt; {ALPHA} within the slice, "
+              f"95% CI of the difference excluding 0, n ≥ {THIN_N} (the copying baseline aside, as it never wins a "
+              "verdict); otherwise the slice has no significant difference</li>")
     return _table(headers, rows) + f"<ul class='ta-rep-notes'>{''.join(notes)}{legend}{rules}</ul>"
 
 
@@ -351,15 +384,39 @@ class _Summary:  # what core.charts.eval_chart_png reads (its Evaluated protocol
     summary: dict[str, dict[str, dict[str, dict[str, Any]]]]
 
 
-def chart_img(saved: dict[str, Any], task: str = "all") -> str:
-    """The scores-by-variant chart of ``task`` as an inline ``<img>`` (base64 PNG); empty when nothing to draw."""
+def _examples_of(saved: dict[str, Any], task: str) -> int:
+    """How many examples ``task`` has ("all": the evaluation's n): its distinct row ids, else its largest metric n."""
+    if task == "all":
+        return int(saved.get("n") or 0)
+    ids = {row.get("id") for row in saved.get("rows") or [] if (row.get("task") or "default") == task}
+    if ids:
+        return len(ids)
+    counts = [stats.get("n") for tasks in (saved.get("by_task") or {}).values()
+              for stats in ((tasks or {}).get(task) or {}).values() if isinstance(stats, dict)]
+    return max((count for count in counts if isinstance(count, int)), default=0)
+
+
+def chart_img(saved: dict[str, Any], task: str = "all", css: str = "ta-rep-chart") -> str:
+    """The scores-by-variant chart of ``task`` as an inline ``<img class=css>`` (base64 PNG, titled with the task's
+    number of examples); empty when nothing to draw."""
     by_task = saved.get("by_task") or {}
     variants = list(dict.fromkeys([row.get("variant") for row in saved.get("rows") or []] + list(by_task)))
-    png = eval_chart_png(_Summary(int(saved.get("n") or 0), [v for v in variants if v], by_task), task=task)
+    png = eval_chart_png(_Summary(_examples_of(saved, task), [v for v in variants if v], by_task), task=task)
     if png is None:
         return ""
-    return (f"<img class='ta-rep-chart' alt='scores by variant ({_e(task)})' "
+    return (f"<img class='{_e(css)}' alt='scores by variant ({_e(task)})' "
             f"src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>")
+
+
+def task_charts(saved: dict[str, Any]) -> str:
+    """One chart per task (class ``ta-rep-task-chart``, each under its task's name) when the evaluation has two tasks
+    or more; empty otherwise (the one task's chart is the chart of all)."""
+    tasks = sorted({task for tasks in (saved.get("by_task") or {}).values() for task in tasks or {}} - {"all"})
+    if len(tasks) < 2:
+        return ""
+    shown = [(task, chart_img(saved, task, "ta-rep-task-chart")) for task in tasks]
+    return "<div class='ta-rep-task-charts'>" + "".join(
+        f"<figure><figcaption>{_e(task)}</figcaption>{img}</figure>" for task, img in shown if img) + "</div>"
 
 
 CSS = """
@@ -380,6 +437,9 @@ h1 {font-size: 1.6em;} h2 {margin-top: 1.8em; border-bottom: 1px solid #ddd; pad
 .ta-verdict-n {opacity: 0.7;} .ta-verdict-sentence {font-size: 1.25em; font-weight: 600; margin: 8px 0;}
 .ta-verdict-facts {margin: 0; padding-left: 18px; font-size: 0.92em;} .ta-verdict-none {font-style: italic;}
 .ta-rep-best {color: #2e7d32;}
+.ta-rep-task-charts {display: grid; grid-template-columns: repeat(auto-fit, minmax(360px, 1fr)); gap: 12px;}
+.ta-rep-task-charts figure {margin: 0;} .ta-rep-task-charts figcaption {font-weight: 600;}
+.ta-rep-task-chart {max-width: 100%;}
 """
 
 
@@ -392,7 +452,7 @@ def render_html(saved: dict[str, Any]) -> str:
              f"{len(variants)} variants ({_e(', '.join(str(v) for v in variants))})"
              f"{f', {fmt_duration(wall)}' if isinstance(wall, int | float) else ''}.")
     sections = [("Verdict", verdict_cards(saved)),
-                ("Scores", chart_img(saved) + summary_table(saved)),
+                ("Scores", chart_img(saved) + task_charts(saved) + summary_table(saved)),
                 ("Knowledge vs behaviour", slices_table(saved)),
                 ("Cost per variant", cost_table(saved)),
                 ("Paired comparisons", comparisons_table(saved)),

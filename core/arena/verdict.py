@@ -6,7 +6,7 @@ Pure functions over an evaluation's rows (one dict per (example, variant), as in
     comparisons = compare(rows)                          # every pair of variants of each task, paired tests
     cost = cost_table(rows, runs, index_build_s)         # what each variant costs to run and to build
     verdicts = verdict(rows, comparisons, cost)          # task -> winner, margin, status and a sentence
-    by_slice = slices(rows)                              # knowledge vs behaviour examples
+    by_slice = slices(rows)                              # knowledge vs behaviour: scores, pairs and leaders
 
 Rows with ``available`` False are left out everywhere; ``task`` None is "default". Everything returned is
 JSON-ready (str, int, float, bool, None, lists and dicts); sentences are built only from the returned numbers.
@@ -35,6 +35,8 @@ RUN_COSTS = ("trainable_params", "adapter_bytes", "peak_mem_bytes")  # copied fr
 ALPHA = 0.05  # a difference is called when its Holm-adjusted p is below this (and its CI excludes 0)
 THIN_N = 10  # fewer paired rows than this: "thin", no winner called
 SLICE_ORDER = ("knowledge", "behaviour")
+SLICE_METRICS = ("rougeL", "token_f1", "accuracy", "contains", "similarity", "bleu")  # compared within each slice
+POOLED = "all"  # the ``task`` of a slice's comparisons: every task of the slice pooled (by_task's "all")
 
 Row = Mapping[str, Any]
 Scores = dict[str, dict[Any, float]]  # variant -> example id -> score
@@ -319,10 +321,55 @@ def verdict(rows: Sequence[Row], comparisons: Sequence[Mapping[str, Any]], cost:
     return verdicts
 
 
-def slices(rows: Sequence[Row], *, n_resamples: int = 1000, seed: int = 0) -> dict[str, dict[str, Any]]:
-    """slice -> ``{"n": examples, "summary": {variant: {metric: {"mean", "low", "high", "n"}}}}`` for the slices that
-    occur in the rows' ``slice`` field (knowledge, behaviour, then any other by name); rows without one are left
-    out. Intervals are :func:`core.arena.metrics.bootstrap_ci`'s."""
+def _slice_leader(table: Scores, pairs: Sequence[Mapping[str, Any]], alpha: float) -> dict[str, Any]:
+    """The best variant of a slice on one metric against the next best, judged as a verdict's winner is (baselines
+    aside): ``{"variant", "mean", "runner_up", "runner_up_mean" (means on all their rows), "diff", "ci", "p_holm",
+    "n" (the pair's, on the rows both scored; None without a pair), "status"}``; status "win" only when the
+    Holm-adjusted pair is significant on THIN_N rows or more, else "tie", "thin" or "single"."""
+    ranked = _ranked(table)
+    means = dict(ranked)
+    contenders = [variant for variant, _ in ranked if not is_baseline(variant)] or [variant for variant, _ in ranked]
+    leader = contenders[0]
+    runner_up = contenders[1] if len(contenders) > 1 else None
+    head = _find(pairs, leader, runner_up) if runner_up is not None else None
+    if runner_up is None:
+        status = "single"
+    elif head is None or head["n"] < THIN_N:
+        status = "thin"
+    else:
+        status = "win" if significant(head, alpha) and head["diff"] > 0 else "tie"
+    return {"variant": leader, "mean": means[leader], "runner_up": runner_up,
+            "runner_up_mean": means[runner_up] if runner_up is not None else None,
+            **{key: head[key] if head else None for key in ("diff", "ci", "p_holm", "n")}, "status": status}
+
+
+def _slice_pairs(rows: Sequence[Row], metrics: Iterable[str], *, alpha: float, seed: int,
+                 ) -> tuple[list[dict[str, Any]], dict[str, dict[str, Any]]]:
+    """(comparisons, leaders) of one slice's rows: per metric of SLICE_METRICS that it has, every pair of variants on
+    the slice's examples (every task pooled, ``task`` POOLED) as :func:`compare` makes them, Holm across the pairs of
+    that slice and metric, and the metric's leader (:func:`_slice_leader`)."""
+    pooled = [{**row, "task": POOLED} for row in _available(rows)]
+    comparisons: list[dict[str, Any]] = []
+    leaders: dict[str, dict[str, Any]] = {}
+    for metric in (name for name in SLICE_METRICS if name in metrics):
+        table = _scores(pooled, POOLED, metric)
+        if not table:
+            continue
+        pairs = compare(pooled, primary=metric, alpha=alpha, seed=seed)
+        comparisons.extend(pairs)
+        leaders[metric] = _slice_leader(table, pairs, alpha)
+    return comparisons, leaders
+
+
+def slices(rows: Sequence[Row], *, n_resamples: int = 1000, seed: int = 0, alpha: float = ALPHA,
+           ) -> dict[str, dict[str, Any]]:
+    """slice -> ``{"n": examples, "summary": {variant: {metric: {"mean", "low", "high", "n"}}}, "comparisons":
+    [pairs as compare returns them, "task": POOLED], "leaders": {metric: leader}}`` for the slices that occur in the
+    rows' ``slice`` field (knowledge, behaviour, then any other by name); rows without one are left out. Intervals
+    are :func:`core.arena.metrics.bootstrap_ci`'s. Comparisons and leaders cover the SLICE_METRICS the slice has:
+    every pair of variants on the slice's examples (its tasks pooled), the same tests as :func:`compare`, Holm
+    within the slice (across its pairs on that metric); a leader is called ("status" "win") only when it is
+    significantly better than the next best variant (:func:`_slice_leader`)."""
     examples: dict[str, set[Any]] = {}
     grouped: dict[str, dict[str, dict[str, list[float]]]] = {}
     for row in rows:
@@ -343,9 +390,12 @@ def slices(rows: Sequence[Row], *, n_resamples: int = 1000, seed: int = 0) -> di
             for metric, values in metrics.items():
                 mean, low, high = bootstrap_ci(values, n_resamples=n_resamples, seed=seed)
                 summary.setdefault(variant, {})[metric] = {"mean": mean, "low": low, "high": high, "n": len(values)}
-        result[name] = {"n": len(examples[name]), "summary": summary}
+        chosen = [row for row in rows if row.get("slice") == name]
+        comparisons, leaders = _slice_pairs(chosen, {m for stats in summary.values() for m in stats}, alpha=alpha,
+                                            seed=seed)
+        result[name] = {"n": len(examples[name]), "summary": summary, "comparisons": comparisons, "leaders": leaders}
     return result
 
 
-__all__ = ["ALPHA", "is_baseline", "DEFAULT_METRIC", "FALLBACK_METRICS", "PRIMARY_METRIC", "compare", "cost_table",
-           "format_p", "primary_metric", "significant", "slices", "verdict"]
+__all__ = ["ALPHA", "is_baseline", "DEFAULT_METRIC", "FALLBACK_METRICS", "POOLED", "PRIMARY_METRIC", "SLICE_METRICS",
+           "THIN_N", "compare", "cost_table", "format_p", "primary_metric", "significant", "slices", "verdict"]
