@@ -76,22 +76,33 @@ def _demo_eval() -> dict:
 
 
 def test_the_demo_verdict_is_what_its_own_rows_say():
-    """The shipped verdict is computed from the shipped rows (never written by hand): recomputing the comparisons
-    and the verdict from them gives the same sentences, and the report carries each one."""
+    """The shipped evidence is computed from the shipped rows (never written by hand, never stale): weighing the rows
+    again (core.arena.evidence.reweigh, the fine-tuned variants priced from the shipped run) gives the same summary,
+    comparisons, verdict, slices and cost, field for field; the report carries each sentence and one chart per task.
+    After a change to how evidence is computed: python assets/demo/eval-demo/reweigh.py"""
     import html
 
-    from core.arena.verdict import compare, verdict
+    from core.arena.evals import summarise
+    from core.arena.evidence import reweigh
+    from core.runs import Run
 
     saved = _demo_eval()
     rows = saved["rows"]
     assert saved["n"] == len(load_examples(demo_path("test.jsonl")).examples)
     assert {row["variant"] for row in rows} == {"zero_shot", "few_shot", "rag", "finetuned", "finetuned_rag",
                                                "finetuned_few_shot", "nearest_answer"}
-    again = verdict(rows, compare(rows, seed=saved["config"]["seed"]), saved["cost"])
-    assert {task: v["sentence"] for task, v in again.items()} == {t: v["sentence"] for t, v in saved["verdict"].items()}
+    run = {**Run(demo_path("run-quick-lora")).result, "run_id": "run-quick-lora"}
+    again = reweigh(saved, runs={variant: run for variant in saved["provenance"]["runs"]})
+    assert again["verdict"] == saved["verdict"]  # the whole dict: copying's numbers, margins, p-values, sentences
+    assert again["comparisons"] == saved["comparisons"] and again["slices"] == saved["slices"]
+    assert again["cost"] == saved["cost"] and saved["cost"]["finetuned"]["train_wall_s"] == run["wall_s"]
+    assert summarise(rows, seed=saved["config"]["seed"]) == saved["by_task"]
     assert set(saved["verdict"]) == TASKS
+    assert all(part["leaders"] and part["comparisons"] for part in saved["slices"].values())
     report = (demo_path("eval-demo") / "report.html").read_text(encoding="utf-8")
     assert all(html.escape(v["sentence"]) in report for v in saved["verdict"].values())
+    assert all(f"<img class='ta-rep-task-chart' alt='scores by variant ({task})'" in report for task in TASKS)
+    assert "significantly above" in report or "no significant difference between" in report  # the slices' pairs
     assert saved["provenance"]["command"].startswith("python -m core eval --data assets/demo/test.jsonl")
     assert "/tmp/" not in saved["provenance"]["command"]
 
