@@ -42,7 +42,7 @@ lint: $(STAMP)
 	$(VENV)/bin/lint-imports --no-cache
 
 # The benchmark modules, one at a time (bench/common.py is their library); a module not written yet is skipped.
-BENCHMARKS := train memory methods arena retrieval eval benchmarks
+BENCHMARKS := train memory methods arena retrieval eval benchmarks leaderboard
 
 bench: $(STAMP)
 	@for name in $(BENCHMARKS); do \

@@ -171,3 +171,11 @@ def test_distributed_bench_smoke(bundled_home):
     # the same steps; bf16 autocast rounds a batch of 2 padded rows and two batches of 1 differently (2.4e-2 seen),
     # fp32 agrees to 1e-6 (tests/test_distributed.py)
     assert result["max_loss_difference"] < 0.1
+
+
+def test_leaderboard_bench_smoke(tmp_path):
+    """No models: synthetic votes from known ratings, fitted by the product's leaderboard."""
+    result = _run_bench("leaderboard", tmp_path)
+    row = result["rows"][0]
+    assert result["benchmark"] == "leaderboard" and row["votes"] == 60 and row["fit_s"] > 0
+    assert -1.0 <= row["spearman"] <= 1.0 and row["max_error"] >= 0
