@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import threading
 from typing import Any
 
@@ -22,14 +24,20 @@ def is_out_of_memory(err: BaseException) -> bool:
 
 
 def release_memory() -> None:
-    """Collect unreachable objects (models in reference cycles) and hand cached GPU memory back to the driver."""
-    import gc
-
+    """Collect unreachable objects (models in reference cycles), hand cached GPU memory back to the driver, and
+    return the freed heap to the operating system. glibc keeps freed pages below the heap's top in the process:
+    after a LoRA run on the bundled model a long-lived process (the app) held 2.3 GiB instead of 1.2 GiB until
+    ``malloc_trim`` (measured 2026-12-07, AMD EPYC). Elsewhere (macOS, musl) that call does not exist and is skipped."""
     import torch
 
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return
+    trim(0)
 
 
 class PeakMemory:
