@@ -204,17 +204,19 @@ def render_example(rows: Sequence[dict[str, Any]], uid: str | None) -> str:
     return "".join(parts)
 
 
-def download_paths(folder: str | Path) -> list[str]:
-    """The evaluation's files that exist, in DOWNLOADS order, at paths Gradio may serve."""
-    return [servable(Path(folder) / name) for name in DOWNLOADS if (Path(folder) / name).is_file()]
+def download_paths(folder: str | Path, roots: Sequence[Path] = ()) -> list[str]:
+    """The evaluation's files that exist, in DOWNLOADS order, at paths Gradio may serve (``servable``)."""
+    return [servable(Path(folder) / name, roots) for name in DOWNLOADS if (Path(folder) / name).is_file()]
 
 
-def servable(path: Path) -> str:
-    """Gradio serves only files under the working directory, the temp directory or launch(allowed_paths=...): a
-    workspace elsewhere (``$TUNE_ARENA_WORKSPACE=~/work``) has its files copied to a temp folder first."""
+def servable(path: Path, roots: Sequence[Path] = ()) -> str:
+    """Gradio serves only files under the working directory, the temp directory or launch(allowed_paths=...), which
+    the app sets to its workspaces (``roots``: the asking engine's workspace and the shared demo items'). A file under
+    none of them (``$TUNE_ARENA_WORKSPACE=~/work`` outside the app) is copied to a temp folder first; a file under a
+    workspace is served where it lies, so a shared instance's file guard (ui.visitors) keeps it its owner's."""
     resolved = path.resolve()
-    roots = (Path.cwd().resolve(), Path(tempfile.gettempdir()).resolve())
-    if any(resolved.is_relative_to(root) for root in roots):
+    places = (Path.cwd(), Path(tempfile.gettempdir()), *roots)
+    if any(resolved.is_relative_to(Path(place).resolve()) for place in places):
         return str(resolved)
     copy = Path(tempfile.mkdtemp(prefix="tune-arena-eval-")) / path.name
     shutil.copyfile(resolved, copy)

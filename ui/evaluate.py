@@ -144,10 +144,12 @@ def result_views(engine: Engine, saved: dict[str, Any], folder: str | Path) -> d
     first = choices[0][1] if choices else None
     chart_path = Path(folder) / "chart.png"
     report = engine.eval_report(folder, saved)
+    roots = (engine.workspace.root, engine.workspace.demo_root)  # the app's allowed_paths hold both
     return {"status": status_line(saved, folder), "verdict": verdict_html(saved), "details": details_html(saved),
             "summary": pd.DataFrame(rows, columns=headers),
-            "chart": servable(chart_path) if chart_path.is_file() else None, "downloads": download_paths(folder),
-            "report": servable(report) if report is not None else None, "comparisons": comparisons_html(saved),
+            "chart": servable(chart_path, roots) if chart_path.is_file() else None,
+            "downloads": download_paths(folder, roots),
+            "report": servable(report, roots) if report is not None else None, "comparisons": comparisons_html(saved),
             "overview": pd.DataFrame(example_rows, columns=example_headers), "choices": choices, "pick": first,
             "drill": render_example(saved.get("rows", []), first)}
 

@@ -196,6 +196,9 @@ def test_download_paths_outside_cwd_and_temp_are_copied(tmp_path, monkeypatch):
     copied = download_paths(folder)
     assert all(Path(p).is_relative_to(elsewhere) for p in copied)
     assert [Path(p).read_text() for p in copied] == ["examples.csv", "results.json", "report.md"]
+    # under a workspace the app serves (its allowed_paths): as is, no copy left behind in the temp dir
+    assert download_paths(folder, [tmp_path / "evals"]) == [str((folder / name).resolve())
+                                                            for name in ("examples.csv", "results.json", "report.md")]
 
 
 def test_building_the_tab_loads_no_model(tmp_path):
