@@ -349,3 +349,23 @@ def test_one_visitors_benchmarks_are_neither_listed_nor_opened_nor_run_for_anoth
     with pytest.raises((NameRuleError, RunStateError)):  # refused before any model loads
         bob.benchmark(["tune_arena_probe"], adapters=["alice-run"], limit=1)
     assert list(bob.benchmarks_dir.iterdir()) == []
+
+
+def test_a_run_that_would_write_past_the_disk_quota_ends_before_it_writes(tmp_path, tiny_model_dir):
+    from core.training.loop import disk_estimate
+
+    probe = Engine(tmp_path / "probe", confined=False).train(
+        tiny_config(write_rows(tmp_path / "probe.jsonl", ROWS), tiny_model_dir, method="full", max_steps=1))
+    full_bytes = disk_estimate(probe.trainable_params, 2)
+    engine = Engine(tmp_path / "ws", confined=True,
+                    visitors=VisitorSettings(enabled=True, disk_mb=full_bytes / 2 / 10**6))
+    alice = engine.visitors.engine(ALICE)
+    data = str(alice.store_upload(write_rows(tmp_path / "train.jsonl", ROWS), "datasets"))
+    with pytest.raises(QuotaError, match=r"^disk quota: your workspace holds .* \(\+.* for this run's checkpoints "
+                                         r"and weights\) of its "):
+        alice.train(tiny_config(data, tiny_model_dir, method="full", max_steps=2))
+    (failed,) = alice.workspace.runs.iterdir()  # the run is there, failed with that line, and holds no weights
+    assert "disk quota" in json.loads((failed / "status.json").read_text())["error"]
+    assert not list(failed.rglob("*.safetensors"))
+    done = alice.train(tiny_config(data, tiny_model_dir, max_steps=2))  # LoRA: far less to write
+    assert done.state == "completed"

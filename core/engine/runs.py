@@ -32,8 +32,9 @@ class RunsMixin:
         A distillation run gets its teacher and retriever from here (``training_resources``)."""
         config, resources = self._training_inputs(config)
         kwargs.setdefault("resources", resources)
-        if self.quota is not None:  # a visitor: the steps one job may take on a CPU instance
+        if self.quota is not None:  # a visitor: the steps one job may take on a CPU instance, and what it may write
             kwargs.setdefault("step_limit", self.quota.step_limit())
+            kwargs.setdefault("disk_check", self.quota.check_disk)
         return train(config, runs_root=self.workspace.runs, **kwargs)
 
     def check_training(self, config: TrainingConfig) -> TrainingConfig:

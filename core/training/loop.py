@@ -50,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int, float, float, float, float], None]  # step, total, loss, lr, tokens/s, eta_s
 EvalCallback = Callable[[int, float], None]  # step, validation loss
+DiskCheck = Callable[[int, str], None]  # bytes the run will write, what they are: raises to refuse them
 
 
 @dataclass
@@ -151,6 +152,12 @@ def _scheduler(optimizer: Any, kind: str, warmup: int, total: int) -> Any:
     return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
 
 
+def disk_estimate(trainable: int, keep_checkpoints: int) -> int:
+    """Bytes a run with ``trainable`` parameters writes at most: ``keep_checkpoints`` checkpoints of fp32 weights and
+    AdamW's two fp32 moments (12 bytes a parameter) and its final fp32 weights (4)."""
+    return trainable * (12 * keep_checkpoints + 4)
+
+
 def train(
     config: TrainingConfig,
     *,
@@ -161,12 +168,14 @@ def train(
     stop_event: threading.Event | None = None,
     resources: TrainingResources | None = None,
     step_limit: int | None = None,
+    disk_check: DiskCheck | None = None,
 ) -> TrainResult:
     """Train a new run. ``run_dir`` (a new or empty folder) or a fresh id under ``runs_root`` (default: the
     workspace's runs/). Returns when the run completes, is stopped, or fails (the error is then raised after the
     run's status is recorded). ``resources``: what the objective needs from above (a teacher, a retriever).
     ``step_limit``: the most optimizer steps the run may plan (a shared CPU instance's quota; QuotaError before any
-    run folder exists otherwise)."""
+    run folder exists otherwise). ``disk_check(bytes, what)``: called once the model is loaded with what the run
+    will write (``disk_estimate``); it raises (a visitor's disk quota) to end the run before it writes any."""
     if run_dir is None and runs_root is None:
         raise ConfigError("out: give the run folder (run_dir) or the runs folder to create it in (runs_root)")
     store = RunStore(runs_root or Path(run_dir).parent)
@@ -184,7 +193,7 @@ def train(
     distributed.barrier()  # the folder and its config exist before the other processes read it
     if not world.is_main:
         run = _Follower(Path(run_dir))
-    return _run(run, config, None, on_step, on_eval, stop_event, data, resources)
+    return _run(run, config, None, on_step, on_eval, stop_event, data, resources, disk_check)
 
 
 def resume(
@@ -194,6 +203,7 @@ def resume(
     on_eval: EvalCallback | None = None,
     stop_event: threading.Event | None = None,
     resources: TrainingResources | None = None,
+    disk_check: DiskCheck | None = None,
 ) -> TrainResult:
     """Continue a run from its latest checkpoint (also after the process was killed): same data order, optimizer,
     scheduler and RNG state, so the steps after the checkpoint repeat what an uninterrupted run would do."""
@@ -208,18 +218,18 @@ def resume(
         run = _Follower(run.path)
     checkpoint = run.latest_checkpoint()
     data = prepare_data(config, lambda: load_tokenizer(config.base_model))
-    return _run(run, config, checkpoint, on_step, on_eval, stop_event, data, resources)
+    return _run(run, config, checkpoint, on_step, on_eval, stop_event, data, resources, disk_check)
 
 
 def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
          on_eval: EvalCallback | None, stop_event: threading.Event | None, data: PreparedData,
-         resources: TrainingResources | None) -> TrainResult:
+         resources: TrainingResources | None, disk_check: DiskCheck | None = None) -> TrainResult:
     import torch
 
     start_wall = time.perf_counter()
     run.set_status("running", step=0)
     try:
-        return _loop(run, config, checkpoint, on_step, on_eval, stop_event, start_wall, data, resources)
+        return _loop(run, config, checkpoint, on_step, on_eval, stop_event, start_wall, data, resources, disk_check)
     except BaseException as err:  # record the failure (also KeyboardInterrupt), then let it propagate
         if not is_out_of_memory(err):
             message = f"{type(err).__name__}: {err}".splitlines()[0]
@@ -241,7 +251,7 @@ def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: Ste
 
 def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
           on_eval: EvalCallback | None, stop_event: threading.Event | None, start_wall: float,
-          data: PreparedData, resources: TrainingResources | None) -> TrainResult:
+          data: PreparedData, resources: TrainingResources | None, disk_check: DiskCheck | None = None) -> TrainResult:
     import torch
 
     method = get_method(config.method)
@@ -254,6 +264,8 @@ def _loop(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: St
     session.start(run, checkpoint is not None)
     model, device, compute = session.model, session.device, session.compute
     trainable, total_params = session.counts()
+    if disk_check is not None and world.is_main:
+        disk_check(disk_estimate(trainable, config.keep_checkpoints), "this run's checkpoints and weights")
     sharded = sharding.sharded_run(config)
     if sharded:  # before the optimizer: it holds the shards
         sharding.shard(model)
