@@ -260,14 +260,28 @@ def _copying(near: str, means: Mapping[str, float], versus: Mapping[str, Any] | 
             "n": versus["n"] if versus else None}
 
 
+def _leader(table: Scores, pairs: Sequence[Mapping[str, Any]], alpha: float,
+            ) -> tuple[dict[str, float], list[str], Mapping[str, Any] | None, str]:
+    """Who leads ``table`` and how firmly: (means by variant, best first; the contenders in that order, baselines
+    aside unless only baselines scored; the leader's pair against the runner-up in ``pairs`` (None without one);
+    status: "single" (one contender), "thin" (no pair, or fewer than THIN_N paired rows), "win" (the pair is
+    significant after Holm and the leader is ahead) or "tie")."""
+    ranked = _ranked(table)
+    contenders = [variant for variant, _ in ranked if not is_baseline(variant)] or [variant for variant, _ in ranked]
+    head = _find(pairs, contenders[0], contenders[1]) if len(contenders) > 1 else None
+    if len(contenders) == 1:
+        status = "single"
+    elif head is None or head["n"] < THIN_N:
+        status = "thin"
+    else:
+        status = "win" if significant(head, alpha) and head["diff"] > 0 else "tie"
+    return dict(ranked), contenders, head, status
+
+
 def _task_verdict(task: str, metric: str, table: Scores, comparisons: Sequence[Mapping[str, Any]],
                   cost: Mapping[str, Mapping[str, Any]], alpha: float) -> dict[str, Any]:
-    ranked = _ranked(table)
-    means = dict(ranked)
-    contenders = [variant for variant, _ in ranked if not is_baseline(variant)] or [variant for variant, _ in ranked]
-    winner = contenders[0]
-    runner_up = contenders[1] if len(contenders) > 1 else None
-    head = _find(comparisons, winner, runner_up) if runner_up is not None else None
+    means, contenders, head, status = _leader(table, comparisons, alpha)
+    winner, runner_up = contenders[0], contenders[1] if len(contenders) > 1 else None
     enough = min(THIN_N, head["n"]) if head else 0  # "not significantly worse" on 3 rows says nothing
     equivalent = [winner] + [v for v in contenders[1:] if (c := _find(comparisons, winner, v)) is not None
                              and c["n"] >= enough and not (significant(c, alpha) and c["diff"] > 0)]
@@ -275,13 +289,7 @@ def _task_verdict(task: str, metric: str, table: Scores, comparisons: Sequence[M
     zero = _find(comparisons, winner, "zero_shot") if winner != "zero_shot" else None
     near = next((variant for variant in means if is_baseline(variant) and variant != winner), None)
     near_vs = _find(comparisons, winner, near) if near is not None else None
-    if runner_up is None:
-        status, n = "single", len(table[winner])
-    elif head is None:
-        status, n = "thin", 0
-    else:
-        n = head["n"]
-        status = "thin" if n < THIN_N else ("win" if significant(head, alpha) and head["diff"] > 0 else "tie")
+    n = head["n"] if head else len(table[winner]) if runner_up is None else 0
     result: dict[str, Any] = {
         "metric": metric, "n": n, "means": means, "winner": winner,
         "winner_mean": head["mean_a"] if head else means[winner], "runner_up": runner_up,
@@ -326,18 +334,8 @@ def _slice_leader(table: Scores, pairs: Sequence[Mapping[str, Any]], alpha: floa
     aside): ``{"variant", "mean", "runner_up", "runner_up_mean" (means on all their rows), "diff", "ci", "p_holm",
     "n" (the pair's, on the rows both scored; None without a pair), "status"}``; status "win" only when the
     Holm-adjusted pair is significant on THIN_N rows or more, else "tie", "thin" or "single"."""
-    ranked = _ranked(table)
-    means = dict(ranked)
-    contenders = [variant for variant, _ in ranked if not is_baseline(variant)] or [variant for variant, _ in ranked]
-    leader = contenders[0]
-    runner_up = contenders[1] if len(contenders) > 1 else None
-    head = _find(pairs, leader, runner_up) if runner_up is not None else None
-    if runner_up is None:
-        status = "single"
-    elif head is None or head["n"] < THIN_N:
-        status = "thin"
-    else:
-        status = "win" if significant(head, alpha) and head["diff"] > 0 else "tie"
+    means, contenders, head, status = _leader(table, pairs, alpha)
+    leader, runner_up = contenders[0], contenders[1] if len(contenders) > 1 else None
     return {"variant": leader, "mean": means[leader], "runner_up": runner_up,
             "runner_up_mean": means[runner_up] if runner_up is not None else None,
             **{key: head[key] if head else None for key in ("diff", "ci", "p_holm", "n")}, "status": status}
