@@ -7,10 +7,13 @@ not what an earlier run left in the allocator. Arms (same data, steps, batch, se
   every LoRA input cast to fp32 by PEFT;
 - ``lean_dropout``: LoRA dropout that draws only the dropped positions on a CPU and saves those (or a one-byte
   mask) for backward (core.training.memory.LeanDropout);
-- ``lean_split_<N>``: and forward passes of at most N padded tokens (``max_forward_tokens``; 1024 is the default);
+- ``lean_split_<N>``: and forward passes of at most N padded tokens (``max_forward_tokens``; 512 is the CPU default);
 - ``lean_checkpointing``: and gradient checkpointing instead of splitting (recompute in backward);
 - ``no_dropout``: LoRA dropout 0, for scale: what dropout costs in time at all;
 - ``input_cast``: the default but with PEFT's cast of every LoRA input to fp32 (before ``keep_lora_inputs``).
+
+``--epochs N`` trains whole epochs (the run a user makes; RSS grows over an epoch as longer batches come and the heap
+fragments) instead of ``--steps``; ``--result NAME`` writes bench/results/NAME.json instead of memory.json.
 
 ``peak_rss_mib`` is sampled every 50 ms while the run trains (the loop's PeakMemory, also ``train --json``'s
 ``peak_mem_bytes``); ``process_peak_mib`` is the child's lifetime maximum (getrusage), model loading included.
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import cpu_shares, print_table, run_child, write_result
+from core.training.config import CPU_FORWARD_TOKENS
 
 ARMS: dict[str, dict[str, Any]] = {
     "before": {"lean": False, "max_forward_tokens": 0, "keep_lora_inputs": False},
@@ -37,9 +41,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "lean_split_512": {"lean": True, "max_forward_tokens": 512},
     "lean_checkpointing": {"lean": True, "max_forward_tokens": 0, "gradient_checkpointing": True},
     "no_dropout": {"lean": True, "max_forward_tokens": 0, "dropout": 0.0},
-    "input_cast": {"lean": True, "max_forward_tokens": 1024, "keep_lora_inputs": False},
+    "input_cast": {"lean": True, "max_forward_tokens": CPU_FORWARD_TOKENS, "keep_lora_inputs": False},
 }
-SMOKE_ARMS = ("before", "input_cast", "lean_split_1024")
+DEFAULT_ARM = f"lean_split_{CPU_FORWARD_TOKENS}"  # what a CPU run does by default
+SMOKE_ARMS = ("before", "input_cast", DEFAULT_ARM)
 TARGET_MIB = 3 * 1024  # issue 21: peak RSS at batch 8 <= 3 GiB
 
 
@@ -58,8 +63,10 @@ def child(settings: dict[str, Any]) -> dict[str, Any]:
         data=settings["data"], val_data=settings["val_data"], max_eval_examples=settings["val_rows"],
         method="lora", method_config={"r": 8, "alpha": 16, "dropout": settings.get("dropout", 0.05),
                                       "target_modules": "all-linear"},
-        max_steps=settings["steps"], batch_size=settings["batch_size"], max_length=settings["max_length"],
-        seed=settings["seed"], eval_every=settings["steps"], max_forward_tokens=settings["max_forward_tokens"],
+        max_steps=None if settings.get("epochs") else settings["steps"], epochs=settings.get("epochs") or 1.0,
+        batch_size=settings["batch_size"], max_length=settings["max_length"], seed=settings["seed"],
+        eval_every=10**6 if settings.get("epochs") else settings["steps"],  # validation at the end only
+        max_forward_tokens=settings["max_forward_tokens"],
         gradient_checkpointing=settings.get("gradient_checkpointing", False))
     result = train(config, runs_root=settings["runs"])
     return {"peak_rss_mib": round(result.peak_mem_bytes / 2**20), "tokens_per_s": result.tokens_per_s,
@@ -79,6 +86,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--arms", default=None, help=f"comma-separated subset of {', '.join(ARMS)}")
     parser.add_argument("--seeds", default="42", help="comma-separated seeds (each arm trains once per seed)")
     parser.add_argument("--steps", type=int, default=None, help="optimizer steps per run (default 12; smoke 1)")
+    parser.add_argument("--epochs", type=int, default=None, help="whole epochs per run instead of --steps")
+    parser.add_argument("--result", default="memory", help="write bench/results/RESULT.json (default memory)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -97,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     smoke = args.smoke
     base = {"data": str(demo_path("train.jsonl")), "val_data": str(demo_path("validation.jsonl")),
             "val_rows": 4 if smoke else 32, "steps": args.steps or (1 if smoke else 12),
-            "batch_size": 2 if smoke else 8, "max_length": 128 if smoke else 512}
+            "batch_size": 2 if smoke else 8, "max_length": 128 if smoke else 512, "epochs": args.epochs}
     started = time.perf_counter()
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-memory-") as work:
@@ -116,10 +125,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         "seeds": len(runs), **ARMS[name]})
     print_table(summary, ["arm", "peak_rss_mib", "peak_rss_mib_max", "process_peak_mib", "tokens_per_s",
                           "final_val_loss"])
-    default = next((row for row in summary if row["arm"] == "lean_split_1024"), None)
+    default = next((row for row in summary if row["arm"] == DEFAULT_ARM), None)
     targets = []
     if default is not None and not smoke:
-        targets.append({"target": "peak RSS at batch 8 <= 3 GiB (the default: lean dropout, 1024-token passes)",
+        what = f"the default: lean dropout, {CPU_FORWARD_TOKENS}-token passes"
+        targets.append({"target": f"peak RSS at batch 8 <= 3 GiB ({what})",
                         "value": default["peak_rss_mib_max"], "met": default["peak_rss_mib_max"] <= TARGET_MIB})
     payload = {"settings": {**base, "data": "assets/demo/train.jsonl", "val_data": "assets/demo/validation.jsonl",
                             "method": "lora r=8 all-linear", "seeds": seeds, "threads": os.cpu_count()},
@@ -128,7 +138,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     shares = cpu_shares()
     if shares is not None and shares["other_jobs"] > 0.1:
         print(f"warning: other jobs used {shares['other_jobs']:.0%} of the CPU: tokens/s are not reliable")
-    path = write_result("memory", payload, smoke=smoke)
+    path = write_result(args.result, payload, smoke=smoke)
     print(f"wrote {path}")
     return payload
 

@@ -32,13 +32,15 @@ def test_memory_bench_smoke(bundled_home):
     """Each arm trains in its own process and ends where the loop as it was ends."""
     result = _run_bench("memory", bundled_home)
     arms = {row["arm"]: row for row in result["summary"]}
-    assert set(arms) == {"before", "input_cast", "lean_split_1024"}
+    from bench.memory import DEFAULT_ARM
+
+    assert set(arms) == {"before", "input_cast", DEFAULT_ARM}
     for row in result["runs"]:
         assert row["peak_rss_mib"] > 100 and row["process_peak_mib"] >= row["peak_rss_mib"] - 50
         assert row["tokens_per_s"] > 0
     # one step of batch 2 at 128 tokens: LeanDropout's draws (and bf16 LoRA inputs) move the loss within noise
     before = arms["before"]["final_val_loss"]
-    for name in ("input_cast", "lean_split_1024"):
+    for name in ("input_cast", DEFAULT_ARM):
         assert abs(arms[name]["final_val_loss"] - before) <= 0.01 * before, name
 
 

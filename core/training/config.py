@@ -19,7 +19,10 @@ PRESETS_DIR = Path(__file__).resolve().parents[2] / "assets" / "presets"
 SCHEDULERS = ("cosine", "linear", "constant")
 TEACHER_CONTEXTS = ("none", "rag")
 DPO_LOSSES = ("sigmoid", "ipo")
-CPU_FORWARD_TOKENS = 1024  # max_forward_tokens' default on a CPU (bench/results/memory.json)
+# max_forward_tokens' default on a CPU: over a whole epoch of the demo set, passes of at most 512 tokens peak at
+# 2,889 MiB (1,024: 3,374) at the same 261.8 tokens/s (AMD EPYC, bench/results/memory-epoch.json; on the Intel AMX
+# machine, earlier code: 2,670 vs 3,141 MiB at -10% tokens/s). A free Space has 16 GB for the app and its users.
+CPU_FORWARD_TOKENS = 512
 
 
 def _help(text: str, default: Any = None) -> Any:
