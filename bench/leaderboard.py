@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
 import time
 from typing import Any
@@ -93,13 +92,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.smoke:
         args.votes, args.samples, args.repeats = "60", 50, 1
-    load_before = os.getloadavg()
     began = time.perf_counter()
     rows = [measure(int(count), args.samples, args.repeats, args.seed) for count in args.votes.split(",")]
     print_table(rows)
-    payload = {"true_ratings": TRUE_RATINGS, "rows": rows,
-               "loadavg_before": [round(x, 2) for x in load_before],
-               "loadavg_after": [round(x, 2) for x in os.getloadavg()],
+    payload = {"true_ratings": TRUE_RATINGS, "rows": rows,  # write_result adds the machine and cpu_during_run
                "bench_wall_s": round(time.perf_counter() - began, 1)}
     path = write_result("leaderboard", payload, smoke=args.smoke)
     print(f"\nwrote {path}")

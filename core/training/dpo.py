@@ -39,6 +39,7 @@ training pairs: how well the run learnt its own pairs, not how well it generalis
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import time
@@ -175,8 +176,8 @@ def prepare(config: TrainingConfig, load_tokenizer: Any) -> PreparedData:
                         f"at least {MIN_PAIRS}")
     val = val[: config.max_eval_examples or len(val)]
     tokenizer = load_tokenizer()
-    encode = lambda pair: encode_pair(tokenizer, pair, config.system_prompt, config.max_length,  # noqa: E731
-                                      config.max_prompt_length)
+    encode = functools.partial(encode_pair, tokenizer, system=config.system_prompt, max_length=config.max_length,
+                               max_prompt_length=config.max_prompt_length)
     train_rows, val_rows = [encode(pair) for pair in train], [encode(pair) for pair in val]
     same = next((pair for pair, row in zip(train, train_rows, strict=True)
                  if row.chosen.labels == row.rejected.labels), None)

@@ -203,7 +203,6 @@ def resume(
     on_eval: EvalCallback | None = None,
     stop_event: threading.Event | None = None,
     resources: TrainingResources | None = None,
-    disk_check: DiskCheck | None = None,
 ) -> TrainResult:
     """Continue a run from its latest checkpoint (also after the process was killed): same data order, optimizer,
     scheduler and RNG state, so the steps after the checkpoint repeat what an uninterrupted run would do."""
@@ -218,7 +217,7 @@ def resume(
         run = _Follower(run.path)
     checkpoint = run.latest_checkpoint()
     data = prepare_data(config, lambda: load_tokenizer(config.base_model))
-    return _run(run, config, checkpoint, on_step, on_eval, stop_event, data, resources, disk_check)
+    return _run(run, config, checkpoint, on_step, on_eval, stop_event, data, resources)
 
 
 def _run(run: Run, config: TrainingConfig, checkpoint: Path | None, on_step: StepCallback | None,
