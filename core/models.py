@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.attention import use_cpu_attention
 from core.errors import ConfigError, ModelNotFoundError
 from core.io import atomic_folder
 
@@ -371,6 +372,8 @@ def load_causal_lm(
         tokenizer.pad_token = tokenizer.eos_token
     if quantization_config is None:
         model.to(device)
+    if device == "cpu":
+        use_cpu_attention(model)  # bf16 on a CPU: plain attention where SDPA's flash kernel is slower
     model.eval()
     return LoadedModel(model, tokenizer, resolved, device, torch_dtype, time.perf_counter() - start)
 
