@@ -4,13 +4,14 @@ Each arm trains in a fresh process (``python -m bench.memory --child``), so its 
 not what an earlier run left in the allocator. Arms (same data, steps, batch, seed):
 
 - ``before``: the loop as it was: PEFT's ``nn.Dropout`` in every LoRA layer, whole micro-batches per forward pass,
-  every LoRA input cast to fp32 by PEFT;
+  every LoRA input cast to fp32 by PEFT, SDPA's attention;
 - ``lean_dropout``: LoRA dropout that draws only the dropped positions on a CPU and saves those (or a one-byte
   mask) for backward (core.training.memory.LeanDropout);
 - ``lean_split_<N>``: and forward passes of at most N padded tokens (``max_forward_tokens``; 512 is the CPU default);
 - ``lean_checkpointing``: and gradient checkpointing instead of splitting (recompute in backward);
 - ``no_dropout``: LoRA dropout 0, for scale: what dropout costs in time at all;
-- ``input_cast``: the default but with PEFT's cast of every LoRA input to fp32 (before ``keep_lora_inputs``).
+- ``input_cast``: the default but with PEFT's cast of every LoRA input to fp32 (before ``keep_lora_inputs``);
+- ``sdpa_attention``: the default but with SDPA's attention (before core.attention's plain bf16 attention).
 
 ``--epochs N`` trains whole epochs (the run a user makes; RSS grows over an epoch as longer batches come and the heap
 fragments) instead of ``--steps``; ``--result NAME`` writes bench/results/NAME.json instead of memory.json.
@@ -35,13 +36,14 @@ from bench.common import cpu_shares, print_table, run_child, write_result
 from core.training.config import CPU_FORWARD_TOKENS
 
 ARMS: dict[str, dict[str, Any]] = {
-    "before": {"lean": False, "max_forward_tokens": 0, "keep_lora_inputs": False},
+    "before": {"lean": False, "max_forward_tokens": 0, "keep_lora_inputs": False, "attention": "sdpa"},
     "lean_dropout": {"lean": True, "max_forward_tokens": 0},
     "lean_split_1024": {"lean": True, "max_forward_tokens": 1024},
     "lean_split_512": {"lean": True, "max_forward_tokens": 512},
     "lean_checkpointing": {"lean": True, "max_forward_tokens": 0, "gradient_checkpointing": True},
     "no_dropout": {"lean": True, "max_forward_tokens": 0, "dropout": 0.0},
     "input_cast": {"lean": True, "max_forward_tokens": CPU_FORWARD_TOKENS, "keep_lora_inputs": False},
+    "sdpa_attention": {"lean": True, "max_forward_tokens": CPU_FORWARD_TOKENS, "attention": "sdpa"},
 }
 DEFAULT_ARM = f"lean_split_{CPU_FORWARD_TOKENS}"  # what a CPU run does by default
 SMOKE_ARMS = ("before", "input_cast", DEFAULT_ARM)
@@ -59,6 +61,10 @@ def child(settings: dict[str, Any]) -> dict[str, Any]:
         model.lean_lora_dropout = lambda _model: 0
     if not settings.get("keep_lora_inputs", True):  # PEFT casts every LoRA input to fp32, as before
         model.keep_lora_inputs = lambda _model: 0
+    if settings.get("attention") == "sdpa":  # the model keeps transformers' default attention, as before
+        import core.models
+
+        core.models.use_cpu_attention = lambda _model: False
     config = TrainingConfig(
         data=settings["data"], val_data=settings["val_data"], max_eval_examples=settings["val_rows"],
         method="lora", method_config={"r": 8, "alpha": 16, "dropout": settings.get("dropout", 0.05),
