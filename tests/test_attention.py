@@ -7,12 +7,12 @@ import json
 
 import pytest
 import torch
+from tiny_models import build_tiny_llama
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 import core.attention as attention
 from core.attention import CPU_ATTENTION, cpu_attention, use_cpu_attention
 from core.models import load_causal_lm
-from tiny_models import build_tiny_llama
 
 
 class Heads(torch.nn.Module):
