@@ -35,7 +35,8 @@ def cpu_attention(module: Any, query: Any, key: Any, value: Any, attention_mask:
     batch, heads, q, k = query.shape[0], query.shape[1], query.shape[2], key.shape[2]
     plain = (query.device.type == "cpu" and query.dtype == torch.bfloat16 and not (dropout and module.training)
              and batch * heads * q * k <= PROBS_BUDGET
-             and (attention_mask is None or attention_mask.dtype == torch.bool))
+             and (attention_mask.dtype == torch.bool if attention_mask is not None
+                  else kwargs.get("is_causal", getattr(module, "is_causal", True)) is not False))
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)

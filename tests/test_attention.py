@@ -83,6 +83,10 @@ def test_everything_else_goes_to_sdpa_unchanged(monkeypatch):
     assert torch.equal(large, flash)
     assert not torch.equal(plain, flash)  # the two paths really differ (bf16 rounding), so the check above means it
     monkeypatch.undo()
+    module.is_causal = False  # a bidirectional use of the same layers: no mask means no mask, SDPA's answer
+    both_ways, _ = cpu_attention(module, q16, k16, v16, None, scaling=0.25)
+    assert torch.equal(both_ways, sdpa_attention_forward(module, q16, k16, v16, None, scaling=0.25)[0])
+    module.is_causal = True
     module.train()  # attention dropout while training: SDPA's, the same draws
     torch.manual_seed(3)
     dropped, _ = cpu_attention(module, q16, k16, v16, None, scaling=0.25, dropout=0.5)
