@@ -11,7 +11,7 @@ backends agree on (greedy; whitespace stripped) and the task score of each; then
 becomes core.benchmarks' default only when it is faster by more than the noise, 10%).
 
 Then what a user would run instead of the engine: lm-evaluation-harness's own ``HFLM`` as it ships, over the same
-loaded model and rows, at its default batch size (1) and at the engine's (``--batch-size``), against the engine
+weights and rows, at its default batch size (1) and at the engine's (``--batch-size``), against the engine
 backend, all timed by the wall time of the whole ``simple_evaluate`` call (best of ``--rounds``). HFLM gets its own
 copy of the model with transformers' default attention (SDPA), as ``HFLM(pretrained=...)`` would load it; the
 engine's copy uses core.attention on a CPU, part of what is measured:
