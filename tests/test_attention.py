@@ -109,8 +109,12 @@ def test_a_plain_llama_switches_and_answers_as_before(tiny_tokenizer, tmp_path):
         assert torch.allclose(got[real].float(), want[real].float(), atol=0.05)
         prompt = torch.tensor([[2, 2, 5, 9, 30], [5, 60, 61, 62, 63]])  # left padding, as generation batches it
         prompt_mask = (prompt != 2).long()
-        kwargs = dict(attention_mask=prompt_mask, max_new_tokens=6, do_sample=False, pad_token_id=2)
-        assert after.generate(prompt, **kwargs).shape == before.generate(prompt, **kwargs).shape
+        kwargs = dict(attention_mask=prompt_mask, max_new_tokens=2, do_sample=False, pad_token_id=2,
+                      output_scores=True, return_dict_in_generate=True)
+        want, got = before.generate(prompt, **kwargs), after.generate(prompt, **kwargs)
+        assert torch.allclose(got.scores[0].float(), want.scores[0].float(), atol=0.05)  # left-padded prefill
+        if torch.equal(got.sequences[:, -2], want.sequences[:, -2]):  # the same first token: the cached step too
+            assert torch.allclose(got.scores[1].float(), want.scores[1].float(), atol=0.05)
     after.save_pretrained(tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())
     assert not any("attn" in key for key in saved)  # a saved model loads anywhere with the default attention
